@@ -1,0 +1,1 @@
+"""Networks and weights: architecture builders, loaders for the released file formats, the weights registry."""

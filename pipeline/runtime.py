@@ -1,0 +1,131 @@
+"""Execution context handed to every long-running pipeline function.
+
+The pipeline never imports ComfyUI. Whoever calls it (a ComfyUI node through ``nodes/comfy.py``, the CLI, a test)
+passes a :class:`Runtime` that knows the device, the compute dtype, how to report progress, how to check for
+cancellation and how to put a model on the device. The default implementation here is the standalone one
+(DESIGN.md "nodes/ ... standalone fallbacks").
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger("musetalk_enhanced")
+
+
+class Cancelled(Exception):
+    """Raised between batches when the user cancelled the run (ComfyUI's Cancel, Ctrl-C in the CLI)."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu. Any explicit torch device string is accepted."""
+    if name and name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """Compute dtype for the neural stages: fp32 on CPU, bf16 on CUDA when supported else fp16 (spec musetalk §5:
+    the original's realtime mode runs fp16; latentsync §1: fp16 only on Ampere+)."""
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if name and name != "auto":
+        if name not in table:
+            raise ValueError(f"dtype: unknown value {name!r}; use one of auto, fp32, fp16, bf16")
+        return table[name]
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if major >= 7 else torch.float32
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an accelerator out-of-memory error (any backend)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "outofmemory" in text)
+
+
+@dataclass
+class Runtime:
+    """Standalone runtime: tqdm-style progress on stderr, no cancellation source, torch's own device handling."""
+
+    device: torch.device = field(default_factory=pick_device)
+    dtype: Optional[torch.dtype] = None
+    show_progress: bool = True
+    cancel_flag: Callable[[], bool] = lambda: False
+    _bars: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.device, str):
+            self.device = pick_device(self.device)
+        if self.dtype is None:
+            self.dtype = pick_dtype(self.device)
+
+    # progress / cancellation -------------------------------------------------------------------------------------
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` units of ``stage``. Also a cancel point."""
+        self.check_cancelled()
+        if not self.show_progress:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a requirement
+            return
+        bar = self._bars.get(stage)
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bars[stage] = bar
+        bar.update(max(0, done - bar.n))
+        if done >= total:
+            bar.close()
+            self._bars.pop(stage, None)
+
+    def check_cancelled(self) -> None:
+        if self.cancel_flag():
+            raise Cancelled("cancelled by the user")
+
+    def log(self, message: str) -> None:
+        log.info(message)
+
+    # models / memory ---------------------------------------------------------------------------------------------
+    def prepare_model(self, module: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
+        """Put ``module`` on the compute device in ``dtype`` (default: the runtime dtype) and return it."""
+        return module.to(device=self.device, dtype=dtype or self.dtype)
+
+    def release_model(self, module: torch.nn.Module) -> None:
+        """Hint that ``module`` is not needed for a while (ComfyUI may offload it)."""
+
+    def empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def free_memory_bytes(self) -> Optional[int]:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        return None
+
+
+def env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

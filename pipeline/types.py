@@ -1,0 +1,117 @@
+"""Small typed records that travel between stages (and between ComfyUI nodes as custom types).
+
+* :class:`Detection` — one face found by a detector backend in one frame.
+* :class:`Face` — the face chosen for lip-sync in one frame, with the crop geometry each engine needs.
+* :class:`FrameFaces` — per frame: the chosen face or ``None`` (a cutaway) and why.
+* :class:`FaceSequence` — the ``MUSETALK_FACES`` payload: one :class:`FrameFaces` per frame plus shots and tracks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Box = Tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels (x2/y2 exclusive)
+
+
+@dataclass
+class Detection:
+    box: Box                                 # detector box
+    score: float                             # detector confidence 0..1
+    landmarks: Optional[np.ndarray] = None   # float [K, 2] (x, y); K = 5 (MTCNN) or 68 (iBUG order)
+    landmark_kind: str = ""                  # "mtcnn5", "ibug68", ...
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+
+@dataclass
+class Face:
+    """The face to lip-sync in one frame."""
+
+    detection: Detection
+    track_id: int
+    crop_box: Tuple[int, int, int, int]            # MuseTalk v1.5 crop box, extra_margin applied (spec musetalk §1.3)
+    align_points: Optional[np.ndarray] = None      # float [3, 2]: LatentSync left brow, right brow, nose (§5.1)
+
+
+@dataclass
+class FrameFaces:
+    index: int
+    shot: int
+    face: Optional[Face]                            # None = cutaway: the frame passes through unchanged
+    detections: List[Detection] = field(default_factory=list)
+    track_ids: List[int] = field(default_factory=list)  # track id of each detection (-1 = filtered out)
+    reason: str = ""                                 # why it is a cutaway ("no face", "too small", "not speaker"...)
+
+    @property
+    def is_cutaway(self) -> bool:
+        return self.face is None
+
+
+@dataclass
+class FaceSequence:
+    """``MUSETALK_FACES``: per-frame decisions for a whole frame sequence."""
+
+    frames: List[FrameFaces]
+    width: int
+    height: int
+    fps: float
+    shot_starts: List[int] = field(default_factory=lambda: [0])
+    params: Dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def face_indices(self) -> List[int]:
+        return [f.index for f in self.frames if f.face is not None]
+
+    def cutaway_ranges(self) -> List[Tuple[int, int]]:
+        """Inclusive ``(first, last)`` frame ranges of consecutive cutaway frames."""
+        out: List[Tuple[int, int]] = []
+        for f in self.frames:
+            if f.face is None:
+                if out and out[-1][1] == f.index - 1:
+                    out[-1] = (out[-1][0], f.index)
+                else:
+                    out.append((f.index, f.index))
+        return out
+
+    def face_runs(self) -> List[Tuple[int, int]]:
+        """Half-open ``[start, stop)`` runs of consecutive face frames that never span a shot cut."""
+        runs: List[Tuple[int, int]] = []
+        prev_shot = None
+        for f in self.frames:
+            if f.face is None:
+                prev_shot = None
+                continue
+            if runs and prev_shot == f.shot and runs[-1][1] == f.index:
+                runs[-1] = (runs[-1][0], f.index + 1)
+            else:
+                runs.append((f.index, f.index + 1))
+            prev_shot = f.shot
+        return runs
+
+    def shot_of(self, index: int) -> int:
+        return self.frames[index].shot
+
+    def check_matches(self, num_frames: int, width: int, height: int, name: str = "faces") -> None:
+        if len(self.frames) != num_frames or (self.width, self.height) != (width, height):
+            raise ValueError(
+                f"{name}: the face data was computed for {len(self.frames)} frames of {self.width}x{self.height}, but "
+                f"the frames given have {num_frames} frames of {width}x{height}. Connect the same frames to Face "
+                "Detect and to this node.")
+
+
+def ranges_text(ranges: Sequence[Tuple[int, int]]) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges) or "none"
