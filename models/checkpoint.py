@@ -46,11 +46,14 @@ def read_state_dict(path: str, unwrap: Iterable[str] = ("state_dict", "model_sta
 
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-                source: Optional[str] = None, max_list: int = 8) -> torch.nn.Module:
+                source: Optional[str] = None, max_list: int = 8, assign: bool = False) -> torch.nn.Module:
     """Load ``state_dict`` into ``module`` requiring exactly the same keys and shapes.
 
     Any missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` listing them (never silently
     ignored, unlike the original LatentSync loader: spec latentsync.md §1).
+
+    ``assign=True`` makes the module adopt the file's tensors (``load_state_dict(assign=True)``): use it for a module
+    built on the ``meta`` device, so a large model never exists twice in memory.
     """
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -65,5 +68,35 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                 shown = ", ".join(items[:max_list]) + (f", ... ({len(items)} in all)" if len(items) > max_list else "")
                 parts.append(f"{len(items)} {label}: {shown}")
         raise CheckpointError(f"{what}{src} does not match the expected architecture: " + "; ".join(parts))
-    module.load_state_dict(dict(state_dict), strict=True)
+    module.load_state_dict(dict(state_dict), strict=True, assign=assign)
     return module
+
+
+def random_state_dict(template: Mapping[str, torch.Tensor], seed: int = 0,
+                      dtype: torch.dtype = torch.float16) -> dict:
+    """Random "sane" weights with exactly the keys/shapes of ``template`` (a state dict, typically from a model built
+    on the ``meta`` device), for the random full-size test weights (tools/make_test_weights.py).
+
+    Matrices and kernels get N(0, 1/fan_in) (variance-preserving, so activations stay O(1) and finite in fp16);
+    1-D ``weight``/``running_var`` get ones, other 1-D tensors (biases, ``running_mean``) zeros; integer buffers
+    (``num_batches_tracked``) zeros of their own dtype. One generator walks the keys in order: same seed, same file.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for key, ref in template.items():
+        shape = tuple(ref.shape)
+        if not ref.dtype.is_floating_point:
+            out[key] = torch.zeros(shape, dtype=ref.dtype)
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        if len(shape) >= 2:
+            fan_in = 1
+            for n in shape[1:]:
+                fan_in *= int(n)
+            t = torch.randn(shape, generator=gen) * (1.0 / max(1, fan_in) ** 0.5)
+        elif leaf in ("weight", "running_var", "gamma"):
+            t = torch.ones(shape)
+        else:
+            t = torch.zeros(shape)
+        out[key] = t.to(dtype)
+    return out
