@@ -63,6 +63,10 @@ register(
     WeightFile("sd_vae.weights", "musetalk", "sd-vae/diffusion_pytorch_model.safetensors", "stabilityai/sd-vae-ft-mse",
                "diffusion_pytorch_model.safetensors", size=334_643_268,
                description="sd-vae-ft-mse AutoencoderKL weights", groups=("musetalk", "latentsync")),
+    # Alternative to sd_vae.weights (the original MuseTalk layout): used when present, never downloaded by a bundle.
+    WeightFile("sd_vae.weights_bin", "musetalk", "sd-vae/diffusion_pytorch_model.bin", "stabilityai/sd-vae-ft-mse",
+               "diffusion_pytorch_model.bin", size=335_000_000,
+               description="sd-vae-ft-mse AutoencoderKL weights (.bin, alternative to the .safetensors)"),
     WeightFile("whisper_tiny.config", "musetalk", "whisper/config.json", "openai/whisper-tiny", "config.json",
                size=2_000, description="whisper-tiny config (Hugging Face layout)", groups=("musetalk",)),
     WeightFile("whisper_tiny.weights", "musetalk", "whisper/model.safetensors", "openai/whisper-tiny",
