@@ -21,6 +21,7 @@ class Detection:
     score: float                             # detector confidence 0..1
     landmarks: Optional[np.ndarray] = None   # float [K, 2] (x, y); K = 5 (MTCNN) or 68 (iBUG order)
     landmark_kind: str = ""                  # "mtcnn5", "ibug68", ...
+    interpolated: bool = False               # True: not detected, bridged over a short dropout inside a face track
 
     @property
     def width(self) -> float:
@@ -60,6 +61,21 @@ class FrameFaces:
 
 
 @dataclass
+class FaceTrack:
+    """One face followed through one shot (tracks never cross a cut; a track may have gaps)."""
+
+    id: int                                          # unique in the sequence, numbered by first appearance
+    shot: int
+    ordinal: int                                     # position among the shot's tracks by first appearance (0-based)
+    first: int                                       # first frame (inclusive)
+    last: int                                        # last frame (inclusive)
+    detected: int = 0                                # frames where the detector found it
+    bridged: int = 0                                 # frames filled by interpolation over a dropout
+    chosen: int = 0                                  # frames where it is the face to lip-sync
+    mean_box: Box = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass
 class FaceSequence:
     """``MUSETALK_FACES``: per-frame decisions for a whole frame sequence."""
 
@@ -69,6 +85,7 @@ class FaceSequence:
     fps: float
     shot_starts: List[int] = field(default_factory=lambda: [0])
     params: Dict[str, object] = field(default_factory=dict)
+    tracks: List[FaceTrack] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
