@@ -95,6 +95,16 @@ class Frames:
             out[b.start:b.stop] = uint8_to_image(b.rgb)
         return out
 
+    def with_fps(self, fps: float) -> "Frames":
+        """The same frames reinterpreted at another rate (a shallow copy; the original is untouched)."""
+        import copy
+
+        if not fps or fps <= 0:
+            raise FramesError(f"fps: must be > 0 (got {fps}).")
+        other = copy.copy(self)
+        other.fps = float(fps)
+        return other
+
     def describe(self) -> str:
         return f"{len(self)} frames {self.width}x{self.height} @ {self.fps:.3f} fps"
 
