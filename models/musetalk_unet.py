@@ -96,7 +96,7 @@ def load_unet(weights: Union[str, Mapping[str, torch.Tensor]],
     if leftover:  # a non-persistent buffer that the file cannot provide
         raise CheckpointError(f"MuseTalk UNet: tensors not initialised by the file: {leftover[:5]}")
     if dtype is not None:
-        model = model.to(dtype=dtype)
+        model = torch.nn.Module.to(model, dtype=dtype)  # (diffusers warns needlessly on .to(dtype))
     return model.eval().requires_grad_(False)
 
 

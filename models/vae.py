@@ -113,7 +113,7 @@ def load_vae(weights: Union[str, Mapping[str, torch.Tensor]],
     if leftover:
         raise CheckpointError(f"VAE: tensors not initialised by the file: {leftover[:5]}")
     if dtype is not None:
-        model = model.to(dtype=dtype)
+        model = torch.nn.Module.to(model, dtype=dtype)  # (diffusers warns needlessly on .to(dtype))
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,270 @@
+"""MuseTalk v1.5 engine core: face crop -> VAE latents -> UNet at t=0 with audio tokens -> VAE decode -> uint8 face.
+
+ComfyUI-free and numerically faithful to the original inference path (spec musetalk.md §1.4, §1.5, §1.7, §1.8):
+
+* :func:`crop_face` — ``frame[y1:y2, x1:x2]`` squashed to 256x256 with ``cv2.INTER_LANCZOS4`` (§1.4). The original
+  crops BGR frames; resizing is per channel, so cropping our RGB frames gives the channel-swapped identical result.
+* :meth:`MuseTalkEngine.encode_reference` — per source frame, the lower-half-masked crop and the full crop are
+  normalised (``(u8/255 - 0.5)/0.5``, masked rows 128..255 = -1), VAE-encoded and scaled by 0.18215; the result
+  ``[masked, reference]`` is ``[n, 8, 32, 32]`` (channels 0-3 masked, 4-7 reference). By default the posterior is
+  *sampled* like the original (``mean + std * eps``); ``eps``/``generator`` make that reproducible (the original
+  draws eps on the global RNG per frame, masked then reference: a generator seeded like the global RNG reproduces
+  it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, spec §5).
+  These latents depend only on the source frame: the orchestrator computes them once per source frame and caches
+  them (on the CPU, 32 KiB each).
+* :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows (§1.5), one UNet pass at
+  timestep 0 (no scheduler, §1.7), ``vae.decode(pred * (1/0.18215))``, ``round(clamp(x/2 + 0.5, 0, 1) * 255)`` with
+  round-half-to-even (§1.8) -> uint8 ``[b, 256, 256, 3]`` **RGB** (the original returns BGR).
+
+dtype follows ``runtime.dtype`` (fp32 on CPU; fp16/bf16 on CUDA). On CUDA the models run channels_last; on the CPU in
+fp32 the memory format is left alone so results stay within the parity tolerances of the fixtures. Attention uses
+PyTorch SDPA (diffusers' default processor, as in the original environment).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..models import registry
+from .runtime import Runtime
+
+FACE_SIZE = 256          # the generator's face resolution (§1.4)
+LATENT_SIZE = 32         # FACE_SIZE / 8
+AUDIO_TOKENS = 50        # 10 whisper frames x 5 hidden layers per video frame (§1.2)
+AUDIO_WIDTH = 384
+SCALING_FACTOR = 0.18215
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+# ---- crop (spec §1.4) ---------------------------------------------------------------------------------------------
+def crop_face(frame: np.ndarray, box: Sequence[float], size: int = FACE_SIZE) -> np.ndarray:
+    """``cv2.resize(frame[y1:y2, x1:x2], (size, size), INTER_LANCZOS4)`` for one uint8 ``[H, W, 3]`` frame.
+
+    ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied, spec §1.3).
+    Raises ValueError for an empty crop instead of the original's silent skip (§4).
+    """
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    crop = frame[y1:y2, x1:x2]
+    if crop.size == 0 or crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"empty face crop for box {tuple(box)} in a {frame.shape[1]}x{frame.shape[0]} frame")
+    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_LANCZOS4)
+
+
+def crop_faces(frames: np.ndarray, boxes: Sequence[Sequence[float]], size: int = FACE_SIZE) -> np.ndarray:
+    """:func:`crop_face` for a batch: frames ``[n, H, W, 3]`` (or a list), one box each -> ``[n, size, size, 3]``."""
+    return np.stack([crop_face(f, b, size) for f, b in zip(frames, boxes)]) if len(boxes) else \
+        np.zeros((0, size, size, 3), np.uint8)
+
+
+def _as_u8_batch(crops: ArrayLike) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(crops)) if isinstance(crops, np.ndarray) else crops
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"face crops must be uint8 [n, {FACE_SIZE}, {FACE_SIZE}, 3], got {tuple(t.shape)} {t.dtype}")
+    if tuple(t.shape[1:3]) != (FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"face crops must be {FACE_SIZE}x{FACE_SIZE}, got {tuple(t.shape[1:3])} (use crop_face)")
+    return t
+
+
+def preprocess_crops(crops_rgb_u8: ArrayLike, device: Union[str, torch.device] = "cpu"
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """RGB uint8 ``[n, 256, 256, 3]`` -> ``(masked, reference)`` float32 ``[n, 3, 256, 256]`` in [-1, 1] (spec §1.4).
+
+    ``u8/255`` in float32 equals the original's float64-then-float32 for all 256 values; the masked image has rows
+    128..255 zeroed before ``(x - 0.5) / 0.5``, i.e. exactly -1 there.
+    """
+    t = _as_u8_batch(crops_rgb_u8).to(device)
+    x = t.permute(0, 3, 1, 2).float() / 255.0
+    half = torch.ones((1, 1, FACE_SIZE, 1), dtype=torch.float32, device=x.device)
+    half[:, :, FACE_SIZE // 2:] = 0
+    masked = (x * half - 0.5) / 0.5
+    ref = (x - 0.5) / 0.5
+    return masked, ref
+
+
+def postprocess_decoded(images: torch.Tensor) -> np.ndarray:
+    """VAE output ``[b, 3, 256, 256]`` -> uint8 RGB ``[b, 256, 256, 3]``: ``round(clamp(x/2+0.5, 0, 1)*255)``, half to
+    even, in float32 (spec §1.8; identical to the original's NumPy rounding, without its final BGR flip)."""
+    x = (images.float() / 2 + 0.5).clamp(0, 1)
+    x = (x * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+class quiet_diffusers:
+    """Silence diffusers' ``ModelMixin.to(dtype)`` warning about (empty) fp32-pinned module lists while casting."""
+
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("diffusers.models.modeling_utils")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
+def _local_positional_encoding():
+    from ..models.positional_encoding import PositionalEncoding
+
+    return PositionalEncoding(d_model=AUDIO_WIDTH, max_len=5000)
+
+
+# ---- the engine ---------------------------------------------------------------------------------------------------
+class MuseTalkEngine:
+    """The MuseTalk v1.5 generator: UNet + VAE + positional encoding on one device/dtype.
+
+    ``posterior`` is the default VAE latent: ``"sample"`` (mean + std * eps, like the original) or ``"mode"`` (mean).
+    """
+
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, pe: Optional[torch.nn.Module] = None,
+                 runtime: Optional[Runtime] = None, posterior: str = "sample"):
+        if posterior not in ("sample", "mode"):
+            raise ValueError(f"posterior must be 'sample' or 'mode', got {posterior!r}")
+        self.runtime = runtime or Runtime()
+        self.posterior = posterior
+        self.device = torch.device(self.runtime.device)
+        self.dtype = self.runtime.dtype or torch.float32
+        with quiet_diffusers():
+            self.unet = self.runtime.prepare_model(unet.eval(), self.dtype)
+            self.vae = self.runtime.prepare_model(vae.eval(), self.dtype)
+        self.pe = (pe if pe is not None else _local_positional_encoding()).to(self.device)  # kept in float32
+        self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", None) or SCALING_FACTOR)
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        self._t0 = torch.tensor([0], dtype=torch.long, device=self.device)
+
+    # -- encode: once per source frame (spec §1.4) -----------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_reference(self, crops_rgb_u8: ArrayLike, eps: Optional[torch.Tensor] = None,
+                         generator: Optional[torch.Generator] = None, posterior: Optional[str] = None
+                         ) -> torch.Tensor:
+        """Face crops (RGB uint8 ``[n, 256, 256, 3]``) -> latents float32 ``[n, 8, 32, 32]`` on the CPU.
+
+        ``eps``: the posterior noise, ``[n, 2, 4, 32, 32]`` (dim 1: 0 = masked, 1 = reference, the fixture's
+        ``core.eps`` layout). Else drawn from ``generator`` (CPU) or the global RNG, in the original's order
+        (frame by frame, masked then reference). Ignored for ``posterior="mode"``.
+        """
+        mode = posterior or self.posterior
+        masked, ref = preprocess_crops(crops_rgb_u8, self.device)
+        n = masked.shape[0]
+        if n == 0:
+            return torch.zeros((0, 8, LATENT_SIZE, LATENT_SIZE), dtype=torch.float32)
+        x = torch.stack([masked, ref], dim=1).reshape(2 * n, 3, FACE_SIZE, FACE_SIZE).to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mean
+        if mode == "sample":
+            shape = (n, 2, 4, LATENT_SIZE, LATENT_SIZE)
+            if eps is None:
+                eps = torch.randn(shape, generator=generator, dtype=torch.float32)
+            if tuple(eps.shape) != shape:
+                raise ValueError(f"eps must have shape {shape}, got {tuple(eps.shape)}")
+            z = dist.mean + dist.std * eps.reshape(2 * n, 4, LATENT_SIZE, LATENT_SIZE).to(z.device, z.dtype)
+        z = self.scaling * z
+        return z.reshape(n, 8, LATENT_SIZE, LATENT_SIZE).float().cpu()
+
+    # -- generate: per batch of output frames (spec §1.5, §1.7, §1.8) ---------------------------------------------
+    @torch.inference_mode()
+    def audio_tokens(self, audio_windows: ArrayLike) -> torch.Tensor:
+        """``pe(windows)``: ``[b, 50, 384]`` + the sinusoid table, in float32, cast to the compute dtype."""
+        a = torch.as_tensor(np.asarray(audio_windows) if isinstance(audio_windows, np.ndarray) else audio_windows)
+        if a.ndim != 3 or a.shape[-1] != AUDIO_WIDTH:
+            raise ValueError(f"audio windows must be [b, {AUDIO_TOKENS}, {AUDIO_WIDTH}], got {tuple(a.shape)}")
+        return self.pe(a.to(self.device, torch.float32)).to(self.dtype)
+
+    @torch.inference_mode()
+    def denoise(self, latents: ArrayLike, audio_windows: ArrayLike) -> torch.Tensor:
+        """One UNet pass at t = 0: latents ``[b, 8, 32, 32]`` + audio windows -> predicted latent ``[b, 4, 32, 32]``."""
+        lat = torch.as_tensor(latents).to(self.device, self.dtype)
+        if lat.ndim != 4 or lat.shape[1] != 8:
+            raise ValueError(f"latents must be [b, 8, {LATENT_SIZE}, {LATENT_SIZE}], got {tuple(lat.shape)}")
+        cond = self.audio_tokens(audio_windows)
+        if cond.shape[0] != lat.shape[0]:
+            raise ValueError(f"{lat.shape[0]} latents but {cond.shape[0]} audio windows")
+        if self.channels_last:
+            lat = lat.contiguous(memory_format=torch.channels_last)
+        return self.unet(lat, self._t0, encoder_hidden_states=cond).sample
+
+    @torch.inference_mode()
+    def decode(self, pred: torch.Tensor) -> torch.Tensor:
+        """``vae.decode((1/0.18215) * pred).sample`` -> ``[b, 3, 256, 256]`` (about [-1, 1], not clamped)."""
+        z = (1.0 / self.scaling) * pred.to(self.device, self.dtype)
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return self.vae.decode(z).sample
+
+    @torch.inference_mode()
+    def generate(self, latents: ArrayLike, audio_windows: ArrayLike) -> np.ndarray:
+        """Latents ``[b, 8, 32, 32]`` (from :meth:`encode_reference`) + audio windows ``[b, 50, 384]`` -> generated
+        faces, RGB uint8 ``[b, 256, 256, 3]``."""
+        if len(latents) == 0:
+            return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        return postprocess_decoded(self.decode(self.denoise(latents, audio_windows)))
+
+    def release(self) -> None:
+        self.runtime.release_model(self.unet)
+        self.runtime.release_model(self.vae)
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+WEIGHT_KEYS = ("musetalk.unet", "musetalk.unet_config", "sd_vae.config", "sd_vae.weights")
+_ENGINES: Dict[tuple, MuseTalkEngine] = {}
+
+
+def weight_paths(auto_download: bool = True) -> Dict[str, str]:
+    """``{key: path}`` of the MuseTalk generator's files; the sd-vae ``.bin`` is accepted instead of the
+    ``.safetensors`` when only it is present. Raises ``MissingWeightsError`` listing every missing file."""
+    keys = list(WEIGHT_KEYS)
+    if registry.find("sd_vae.weights") is None and registry.find("sd_vae.weights_bin") is not None:
+        keys[keys.index("sd_vae.weights")] = "sd_vae.weights_bin"
+    paths = registry.ensure(keys, auto_download=auto_download)
+    if "sd_vae.weights_bin" in paths:
+        paths["sd_vae.weights"] = paths.pop("sd_vae.weights_bin")
+    return paths
+
+
+def load_musetalk(runtime: Optional[Runtime] = None, auto_download: bool = True, posterior: str = "sample",
+                  cache: bool = True) -> MuseTalkEngine:
+    """Find (or download) the weights and build a :class:`MuseTalkEngine` on ``runtime``'s device and dtype.
+
+    Engines are cached per (files, device, dtype) unless ``cache=False``; :func:`clear_cache` drops them.
+    """
+    from ..models.musetalk_unet import load_unet
+    from ..models.vae import load_vae
+
+    runtime = runtime or Runtime()
+    paths = weight_paths(auto_download)
+    stamp = tuple((k, p, os.path.getmtime(p)) for k, p in sorted(paths.items()))
+    key = (stamp, str(runtime.device), str(runtime.dtype), posterior)
+    if cache and key in _ENGINES:
+        eng = _ENGINES[key]
+        eng.runtime = runtime
+        return eng
+    for p in paths.values():
+        if registry.is_test_weights(p):
+            runtime.log(f"[MuseTalk] WARNING: {p} holds random test weights; the output will be noise.")
+            break
+    unet = load_unet(paths["musetalk.unet"], paths["musetalk.unet_config"])
+    vae = load_vae(paths["sd_vae.weights"], paths["sd_vae.config"])
+    engine = MuseTalkEngine(unet, vae, None, runtime, posterior=posterior)
+    if cache:
+        _ENGINES.clear()  # one MuseTalk generator in memory at a time
+        _ENGINES[key] = engine
+    return engine
+
+
+def clear_cache() -> None:
+    _ENGINES.clear()
