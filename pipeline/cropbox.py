@@ -1,0 +1,208 @@
+"""Crop geometry of a face: the MuseTalk v1.5 crop box and the LatentSync alignment points.
+
+MuseTalk v1.5 (spec musetalk.md §1.3, ``get_landmark_and_bbox``) crops ``frame[y1:y2, x1:x2]`` with a box derived from
+68 iBUG landmarks:
+
+* landmarks are truncated to int (``astype(int32)``, i.e. toward zero);
+* ``yc = lm[29].y + bbox_shift`` (the shift is written into point 29 itself, so it takes part in ``max(y)`` below);
+* ``half = max(lm.y) - yc``; ``y1 = int(max(0, yc - half))``; ``x1 = min(lm.x)``; ``x2 = max(lm.x)``; ``y2 = max(lm.y)``;
+* when ``y2 - y1 <= 0`` or ``x2 - x1 <= 0`` or ``x1 < 0`` the detector box (clipped to >= 0, int) is used instead;
+* no detector box at all -> the placeholder ``(0.0, 0.0, 0.0, 0.0)`` (the original's "no face");
+* v1.5 then adds ``extra_margin`` (10 px) to the bottom: ``y2 = min(y2 + extra_margin, H)``.
+
+:func:`musetalk_crop_box` reproduces this bit for bit (fixture ``bbox.*``).
+
+**Five points (MTCNN).** With only eyes, nose tip and mouth corners, the same box is approximated by fitting a
+similarity transform (least squares over the 5 points: scale, rotation, translation) from a canonical face to the
+detected points, mapping the canonical face's jaw contour, outer brow ends and nose-bridge point 29 into the frame, and
+applying the very same rule to them (:func:`crop_box_from_5`). The canonical points come from the mean iBUG-68 shape (the
+mean dlib landmark template published with OpenFace), re-expressed with the origin at the midpoint of the two eye centres,
+x along the eye line, y down, in units of the inter-ocular distance, and made left/right symmetric:
+
+=======================  ==================  =============================================================
+canonical point          (x, y)              from the mean 68-point shape
+=======================  ==================  =============================================================
+eye centres              (∓0.500, 0.000)     means of points 36..41 and 42..47 (MTCNN eye points)
+nose tip                 (0.000, 0.595)      point 30 (MTCNN nose point)
+mouth corners            (∓0.453, 1.091)     points 48 and 54 (MTCNN mouth points)
+jaw 0/16, 2/14, 4/12,    (∓1.166, 0.013), (∓1.130, 0.636), (∓0.949, 1.231), (∓0.539, 1.697)
+jaw 6/10, chin 8         (0.000, 1.922)
+outer brow ends 17/26    (∓0.924, -0.218)
+nose bridge 29           (0.000, 0.387)      -> yc
+brow centres             (∓0.572, -0.298)    means of points 17..21 and 22..26 (LatentSync, spec §5.2)
+nose centre              (0.000, 0.549)      mean of points 27..35
+=======================  ==================  =============================================================
+
+So for an upright frontal face with eye midpoint ``e`` and inter-ocular distance ``d``: ``x1 ≈ e.x - 1.166 d``,
+``x2 ≈ e.x + 1.166 d``, ``y2 ≈ e.y + 1.922 d`` (chin), ``yc ≈ e.y + 0.387 d``, ``y1 = 2 yc - y2 ≈ e.y - 1.148 d``.
+Jaw opening and yaw are not modelled; the 10 px ``extra_margin`` gives the jaw room, as it does for 68 points.
+
+**LatentSync alignment points** (spec latentsync.md §5.1/§5.2): left brow centre, right brow centre, nose centre.
+From 68 points they are the means of ``lm68[17:22]``, ``lm68[22:27]``, ``lm68[27:36]`` (float, unrounded); from 5 points
+the canonical brow centres and nose centre mapped through the same fitted similarity.
+
+**Box smoothing** (:func:`smooth_boxes`): a centred moving average of the four coordinates over the frames of one
+track run (never across a cut), rounded to int. Off reproduces the per-frame boxes of the original exactly.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), spec musetalk §1.3 step 1
+IntBox = Tuple[int, int, int, int]
+
+# -- canonical face (see module docstring) -------------------------------------------------------------------------
+_FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.595], [-0.453, 1.091], [0.453, 1.091]], np.float64)
+_OUTLINE = np.array([
+    [-1.166, 0.013], [-1.130, 0.636], [-0.949, 1.231], [-0.539, 1.697], [0.0, 1.922],
+    [0.539, 1.697], [0.949, 1.231], [1.130, 0.636], [1.166, 0.013],
+    [-0.924, -0.218], [0.924, -0.218],
+], np.float64)
+_P29 = np.array([[0.0, 0.387]], np.float64)
+_ALIGN = np.array([[-0.572, -0.298], [0.572, -0.298], [0.0, 0.549]], np.float64)
+
+
+def _int_box_from_detector(box) -> IntBox:
+    """Detector box clipped to >= 0 and cast to int (what S3FD hands over, spec musetalk §1.3)."""
+    x1, y1, x2, y2 = (max(0.0, float(v)) for v in box[:4])
+    return int(x1), int(y1), int(x2), int(y2)
+
+
+def _landmark_rule(points: np.ndarray, center_row: int, bbox_shift: int) -> IntBox:
+    """The MuseTalk rule on truncated int points; ``points[center_row]`` is point 29."""
+    lm = np.asarray(points).astype(np.int32)  # truncation toward zero, like the original's astype(np.int32)
+    if bbox_shift:
+        lm[center_row, 1] += int(bbox_shift)  # the original modifies point 29 in place (it is a view)
+    yc = int(lm[center_row, 1])
+    y_max = int(lm[:, 1].max())
+    half = y_max - yc
+    y1 = int(max(0, yc - half))
+    return int(lm[:, 0].min()), y1, int(lm[:, 0].max()), y_max
+
+
+def _valid_or_fallback(box: IntBox, detector_box) -> IntBox:
+    x1, y1, x2, y2 = box
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
+        return _int_box_from_detector(detector_box)
+    return box
+
+
+def musetalk_crop_box(landmarks68: Optional[np.ndarray], detector_box, bbox_shift: int = 0):
+    """MuseTalk v1.5 crop box from 68 iBUG landmarks, exactly as ``get_landmark_and_bbox`` (spec musetalk §1.3).
+
+    ``landmarks68``: float ``[68, 2]`` (x, y). ``detector_box``: the detector's box ``(x1, y1, x2, y2)`` or None
+    (no face). Returns ``(x1, y1, x2, y2)`` ints, or :data:`COORD_PLACEHOLDER` when ``detector_box`` is None.
+    ``extra_margin`` is NOT applied here (see :func:`apply_extra_margin`)."""
+    if detector_box is None:
+        return COORD_PLACEHOLDER
+    lm = np.asarray(landmarks68, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"musetalk_crop_box: expected 68 landmarks [68, 2], got {tuple(lm.shape)}")
+    return _valid_or_fallback(_landmark_rule(lm, 29, bbox_shift), detector_box)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (uniform scale, rotation, translation; no reflection) mapping ``src``
+    points onto ``dst`` points. Returns a 2x3 matrix ``M`` with ``dst ≈ src @ M[:, :2].T + M[:, 2]``."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    var = (s ** 2).sum()
+    if var <= 0:
+        raise ValueError("fit_similarity: degenerate source points")
+    cov = d.T @ s
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1.0
+    rot = u @ np.diag(sign) @ vt
+    scale = float((sig * sign).sum() / var)
+    a = scale * rot
+    return np.concatenate([a, (md - a @ ms)[:, None]], axis=1)
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def _fit5(points5: np.ndarray) -> np.ndarray:
+    p = np.asarray(points5, np.float64)
+    if p.shape != (5, 2):
+        raise ValueError(f"expected 5 landmarks [5, 2] (eyes, nose, mouth corners), got {tuple(p.shape)}")
+    return fit_similarity(_FIT5, p)
+
+
+def outline_from_5(points5: np.ndarray) -> np.ndarray:
+    """Estimated face outline ``float [12, 2]`` (9 jaw points, 2 outer brow ends, then nose-bridge point 29 last)
+    from 5 MTCNN points (eyes, nose tip, mouth corners in image order)."""
+    m = _fit5(points5)
+    return _apply(m, np.concatenate([_OUTLINE, _P29], axis=0))
+
+
+def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0):
+    """Approximate MuseTalk v1.5 crop box from 5 landmarks (see module docstring): the 68-point rule applied to the
+    outline estimated by :func:`outline_from_5`, with the same fallback to the detector box and the same placeholder."""
+    if detector_box is None:
+        return COORD_PLACEHOLDER
+    pts = outline_from_5(points5)
+    return _valid_or_fallback(_landmark_rule(pts, len(pts) - 1, bbox_shift), detector_box)
+
+
+def apply_extra_margin(box, extra_margin: int, height: int) -> IntBox:
+    """v1.5 bottom margin: ``y2 = min(y2 + extra_margin, H)`` (spec musetalk §1.3 "v15 extra margin")."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return x1, y1, x2, int(min(y2 + int(extra_margin), int(height)))
+
+
+def align_points_68(landmarks68: np.ndarray) -> np.ndarray:
+    """LatentSync's 3 alignment points from 68 landmarks: means of [17:22], [22:27], [27:36] (spec latentsync §5.2)."""
+    lm = np.asarray(landmarks68, np.float64)
+    return np.stack([lm[17:22].mean(0), lm[22:27].mean(0), lm[27:36].mean(0)]).astype(np.float32)
+
+
+def align_points_5(points5: np.ndarray) -> np.ndarray:
+    """LatentSync's 3 alignment points estimated from 5 MTCNN points (canonical brow centres and nose centre mapped
+    through the fitted similarity; see module docstring)."""
+    return _apply(_fit5(points5), _ALIGN).astype(np.float32)
+
+
+def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,
+                       extra_margin: int = 10) -> Tuple[Optional[IntBox], Optional[np.ndarray]]:
+    """Crop box (extra margin applied, clipped to the frame) and alignment points of one :class:`~.types.Detection`.
+
+    68 landmarks: the exact MuseTalk rule; 5 landmarks: the approximation; no landmarks: the detector box and no
+    alignment points. The box's right/bottom edges are clipped to the frame (the pixels the original's numpy slice
+    would take). Returns ``(None, align)`` when the box is empty after clipping."""
+    lm = detection.landmarks
+    n = 0 if lm is None else int(np.asarray(lm).shape[0])
+    if n == 68:
+        box = musetalk_crop_box(lm, detection.box, bbox_shift)
+        align = align_points_68(lm)
+    elif n == 5:
+        box = crop_box_from_5(lm, detection.box, bbox_shift)
+        align = align_points_5(lm)
+    else:
+        box = _int_box_from_detector(detection.box)
+        align = None
+    x1, y1, x2, y2 = apply_extra_margin(box, extra_margin, height)
+    x2 = min(x2, int(width))
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None, align
+    return (x1, y1, x2, y2), align
+
+
+def smooth_boxes(boxes: Sequence[Sequence[int]], radius: int = 2) -> np.ndarray:
+    """Centred moving average (window ``2*radius+1``, truncated at both ends) of int boxes ``[n, 4]`` of one track
+    run, rounded to int. ``radius <= 0`` returns the boxes unchanged."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    n = b.shape[0]
+    if radius <= 0 or n <= 1:
+        return b.astype(np.int64)
+    c = np.concatenate([np.zeros((1, 4)), np.cumsum(b, axis=0)], axis=0)
+    lo = np.clip(np.arange(n) - radius, 0, n)
+    hi = np.clip(np.arange(n) + radius + 1, 0, n)
+    avg = (c[hi] - c[lo]) / (hi - lo)[:, None]
+    return np.rint(avg).astype(np.int64)
