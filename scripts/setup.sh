@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-step setup for development and standalone use: a virtual environment in .venv with the CPU build of torch,
+# the pack's requirements, the test extras, the MTCNN face-detector weights and espeak-ng (speech for tests).
+# Safe to re-run. Inside ComfyUI you do not need this: ComfyUI-Manager installs requirements.txt for you.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --upgrade pip
+# torch: ComfyUI provides it in a real install; here we pin the CPU build explicitly (a bare 'torch' pulls CUDA).
+"$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+"$VPY" -m pip install -q -r requirements.txt -r requirements-dev.txt
+# MTCNN's pretrained weights ship inside the facenet-pytorch wheel; its own dependencies pin an old torch and need
+# torchvision, so only the files are installed (--no-deps); the pack never imports facenet_pytorch.
+"$VPY" -m pip install -q --no-deps "facenet-pytorch>=2.5"
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >/dev/null 2>&1 \
+      || echo "note: could not install espeak-ng; speech-based tests will be skipped"
+  else
+    echo "note: espeak-ng not found (apt-get install espeak-ng); speech-based tests will be skipped"
+  fi
+fi
+"$VPY" -c "import torch, av, cv2, diffusers, transformers; print('ready: torch', torch.__version__, '| PyAV', av.__version__)"
+cat <<'TXT'
+Run the pack without ComfyUI:   .venv/bin/python . --video in.mp4 --audio voice.wav --out out.mp4
+Inside ComfyUI: put this folder in ComfyUI/custom_nodes/ and load a workflow from example_workflows/.
+Run the tests:                  .venv/bin/python -m pytest -q tests
+TXT
