@@ -355,7 +355,7 @@ def load_encoder(path: str) -> WhisperStates:
 
 
 # ---- random full-size test weights ----------------------------------------------------------------------------------
-def random_state_dict(shapes: Mapping[str, Tuple[int, ...]], seed: int = 0,
+def random_whisper_state_dict(shapes: Mapping[str, Tuple[int, ...]], seed: int = 0,
                       dtype: torch.dtype = torch.float16) -> Dict[str, torch.Tensor]:
     """Random weights for ``{key: shape}``: matrices N(0,1)/sqrt(fan_in), norm scales 1+0.1 N, biases 0.05 N; the
     audio positional table is whisper's sinusoid (as in the released files)."""
@@ -397,7 +397,7 @@ def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
     from safetensors.torch import save_file
 
     cfg = dict(WHISPER_TINY_CONFIG)
-    sd = random_state_dict(hf_model_shapes(cfg), seed)
+    sd = random_whisper_state_dict(hf_model_shapes(cfg), seed)
     written = []
     hf_dir = os.path.join(models_root, "musetalk", "whisper")
     os.makedirs(hf_dir, exist_ok=True)
