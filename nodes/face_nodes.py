@@ -1,3 +1,189 @@
-"""Nodes of this stage (filled in by their issue)."""
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""Face Detect with Cutaways: shots, face tracks, the speaker's face per frame, and which frames are cutaways."""
+from __future__ import annotations
+
+FACES_TYPE = "MUSETALK_FACES"
+FRAMES_TYPE = "MUSETALK_FRAMES"
+BACKENDS = ["mtcnn", "s3fd+fan68"]
+SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
+PREVIEW_MAX_FRAMES = 64
+PREVIEW_MAX_WIDTH = 512
+
+
+def _runtime():
+    from ..pipeline.runtime import Runtime
+
+    return Runtime(show_progress=False)
+
+
+def _frames_from_inputs(images, frames, fps):
+    from ..pipeline.frames import Frames, FramesError, ImageFrames
+
+    if frames is not None:
+        if not isinstance(frames, Frames):
+            raise FramesError(f"frames: expected a {FRAMES_TYPE} handle, got {type(frames).__name__}.")
+        return frames
+    if images is None:
+        raise FramesError(f"Face Detect: connect either 'images' (IMAGE) or 'frames' ({FRAMES_TYPE}).")
+    return ImageFrames(images, fps)
+
+
+def preview_indices(num_frames: int, max_frames: int = PREVIEW_MAX_FRAMES):
+    """All frames of a short clip, else ``max_frames`` indices spread evenly (first and last included)."""
+    import numpy as np
+
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    return sorted(set(int(round(x)) for x in np.linspace(0, num_frames - 1, max_frames)))
+
+
+def draw_preview(rgb, frame_faces, scale: float):
+    """One preview frame: detections (grey: filtered out, yellow: other tracks), the chosen face (green) and its
+    crop box (cyan); cutaways get a red border and "CUTAWAY" with the reason."""
+    import cv2
+    import numpy as np
+
+    img = np.ascontiguousarray(rgb).copy()
+    h, w = img.shape[:2]
+    th = max(1, int(round(min(h, w) / 180)))
+
+    def rect(box, color, t=th):
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in box[:4])
+        cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), color, t)
+
+    chosen = frame_faces.face.detection if frame_faces.face is not None else None
+    for det, tid in zip(frame_faces.detections, frame_faces.track_ids):
+        if det is chosen:
+            continue
+        rect(det.box, (255, 220, 0) if tid >= 0 else (150, 150, 150))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    fs = max(0.35, min(h, w) / 500.0)
+    if frame_faces.face is not None:
+        face = frame_faces.face
+        rect(face.detection.box, (0, 220, 0))
+        rect(face.crop_box, (0, 200, 255))
+        if face.detection.landmarks is not None:
+            for x, y in np.asarray(face.detection.landmarks)[:, :2]:
+                cv2.circle(img, (int(round(x * scale)), int(round(y * scale))), max(1, th), (0, 255, 0), -1)
+        label = f"#{frame_faces.index} shot {frame_faces.shot} track {face.track_id}"
+    else:
+        b = max(3, int(round(min(h, w) / 40)))
+        img[:b], img[-b:], img[:, :b], img[:, -b:] = (220, 0, 0), (220, 0, 0), (220, 0, 0), (220, 0, 0)
+        cv2.putText(img, "CUTAWAY", (b + 4, h - b - 8 - int(28 * fs)), font, fs * 1.4, (255, 0, 0),
+                    max(1, th + 1), cv2.LINE_AA)
+        cv2.putText(img, frame_faces.reason or "", (b + 4, h - b - 6), font, fs, (255, 60, 60), max(1, th),
+                    cv2.LINE_AA)
+        label = f"#{frame_faces.index} shot {frame_faces.shot}"
+    cv2.putText(img, label, (6, 6 + int(22 * fs)), font, fs, (0, 0, 0), th + 2, cv2.LINE_AA)
+    cv2.putText(img, label, (6, 6 + int(22 * fs)), font, fs, (255, 255, 255), th, cv2.LINE_AA)
+    return img
+
+
+class MuseTalkFaceDetect:
+    DESCRIPTION = (
+        "Finds the face to lip-sync in every frame and marks every other frame as a cutaway (passed through "
+        "unchanged by the lip-sync nodes). Detects shot cuts, follows faces through each shot, ignores faces seen "
+        "in fewer than 'debounce_frames' frames, bridges short detector dropouts, picks the speaker when several "
+        "faces are visible, and computes the crop boxes MuseTalk and LatentSync need. Outputs the face data, a "
+        "preview (boxes drawn, cutaways framed in red) and a text summary of shots, tracks and cutaway ranges.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "backend": (BACKENDS, {"default": "mtcnn", "tooltip":
+                    "Face detector. mtcnn: fast, works offline (weights ship with the facenet-pytorch package), "
+                    "5 landmarks (the MuseTalk crop is approximated from them). s3fd+fan68: the original MuseTalk-"
+                    "style S3FD boxes + 68 landmarks (exact MuseTalk crop rule); downloads its weights."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 0.001, "max": 240.0, "step": 0.001, "tooltip":
+                    "Frame rate of 'images' (ignored when 'frames' is connected: it carries its own rate)."}),
+                "min_score": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Minimum detector confidence. 0 = the backend default (0.9 for mtcnn, 0.5 for s3fd+fan68)."}),
+                "min_face_size": ("INT", {"default": 50, "min": 0, "max": 2048, "step": 1, "tooltip":
+                    "Smallest usable face box width in source pixels; the height must be at least 1.6x this (50 -> "
+                    "50x80 px, LatentSync's limits). Smaller faces become cutaways. 0 disables the size check."}),
+                "shot_threshold": ("FLOAT", {"default": 27.0, "min": 0.0, "max": 255.0, "step": 0.5, "tooltip":
+                    "Shot-cut sensitivity: mean HSV difference (0-255) between consecutive frames that counts as a "
+                    "cut. Lower finds more cuts; 0 disables cut detection. Face tracks restart at every cut."}),
+                "debounce_frames": ("INT", {"default": 3, "min": 1, "max": 100, "step": 1, "tooltip":
+                    "A face must be detected in at least this many frames of a shot to be used (its first frames "
+                    "are kept once it qualifies). Filters one-frame false detections. 1 = use every detection."}),
+                "bridge_gap": ("INT", {"default": 2, "min": 0, "max": 50, "step": 1, "tooltip":
+                    "Fill detector dropouts of up to this many frames inside a face track by interpolating the "
+                    "box (same shot only). 0 = off: every missed frame is a cutaway."}),
+                "speaker": (SPEAKERS, {"default": "largest", "tooltip":
+                    "Which face to lip-sync when several are visible. largest / most_central: ranked per shot, the "
+                    "next face is used where the first is absent. track_index: the n-th face of each shot by first "
+                    "appearance (left to right when simultaneous). user_box: the face inside 'user_box'."}),
+                "track_index": ("INT", {"default": 0, "min": 0, "max": 64, "step": 1, "tooltip":
+                    "With speaker = track_index: which face of each shot, 0 = the first to appear."}),
+                "user_box": ("STRING", {"default": "", "multiline": False, "tooltip":
+                    "With speaker = user_box: 'x1,y1,x2,y2' in pixels, or as fractions of the frame when all "
+                    "values are <= 1 (e.g. '0.5,0,1,1' = right half). The face overlapping it most is used."}),
+                "bbox_shift": ("INT", {"default": 0, "min": -100, "max": 100, "step": 1, "tooltip":
+                    "MuseTalk crop: moves the crop centre (nose-bridge point) down (+) or up (-) in pixels, giving "
+                    "more (+) or less (-) mouth opening. MuseTalk v1.5 was made for 0."}),
+                "extra_margin": ("INT", {"default": 10, "min": 0, "max": 200, "step": 1, "tooltip":
+                    "MuseTalk v1.5 crop: pixels added below the chin so the jaw can move (10 in the original)."}),
+                "smooth_boxes": ("BOOLEAN", {"default": True, "tooltip":
+                    "Smooth crop boxes over time within each face track (less jitter). Off = per-frame boxes "
+                    "exactly as the original MuseTalk computes them."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip":
+                    "Download missing detector weights from Hugging Face on first use. Off: a missing file stops "
+                    "with a message saying which file and where to put it."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Video frames as an IMAGE batch (give 'images' or 'frames')."}),
+                "frames": (FRAMES_TYPE, {"tooltip":
+                    "Frames streamed from a video file (from Load Video); preferred for long videos."}),
+            },
+        }
+
+    RETURN_TYPES = (FACES_TYPE, "IMAGE", "STRING")
+    RETURN_NAMES = ("faces", "preview", "summary")
+    OUTPUT_TOOLTIPS = ("Per-frame face decisions (chosen face, crop box, cutaways, shots, tracks) for the lip-sync "
+                       "nodes.", "Up to 64 frames with boxes drawn; cutaways framed in red.",
+                       "Shots, face tracks and cutaway frame ranges.")
+    FUNCTION = "detect"
+    CATEGORY = "MuseTalk/faces"
+
+    def detect(self, backend="mtcnn", fps=25.0, min_score=0.0, min_face_size=50, shot_threshold=27.0,
+               debounce_frames=3, bridge_gap=2, speaker="largest", track_index=0, user_box="", bbox_shift=0,
+               extra_margin=10, smooth_boxes=True, auto_download=True, images=None, frames=None):
+        import cv2
+        import numpy as np
+        import torch
+
+        from ..pipeline.detectors import create_detector
+        from ..pipeline.faces import FaceOptions, analyze_faces, summarize
+
+        src = _frames_from_inputs(images, frames, fps)
+        options = FaceOptions(
+            min_score=float(min_score) if min_score and min_score > 0 else None, min_face_size=float(min_face_size),
+            shot_threshold=float(shot_threshold), debounce_frames=int(debounce_frames), bridge_gap=int(bridge_gap),
+            speaker=speaker, track_index=int(track_index), user_box=user_box or None, bbox_shift=int(bbox_shift),
+            extra_margin=int(extra_margin), smooth_boxes=bool(smooth_boxes))
+        options.validate()
+        runtime = _runtime()
+        detector = create_detector(backend, runtime, auto_download=bool(auto_download))
+
+        wanted = preview_indices(len(src))
+        wanted_set = set(wanted)
+        scale = min(1.0, PREVIEW_MAX_WIDTH / float(src.width))
+        size = (max(1, int(round(src.width * scale))), max(1, int(round(src.height * scale))))
+        kept = {}
+
+        def keep_preview(batch):
+            for k in range(len(batch)):
+                i = batch.start + k
+                if i in wanted_set:
+                    kept[i] = cv2.resize(batch.rgb[k], size, interpolation=cv2.INTER_AREA) if scale < 1.0 \
+                        else batch.rgb[k].copy()
+
+        faces = analyze_faces(src, detector, runtime, options=options, frame_hook=keep_preview)
+        preview = np.stack([draw_preview(kept[i], faces.frames[i], scale) for i in wanted])
+        preview_t = torch.from_numpy(preview).to(torch.float32).div_(255.0)
+        return (faces, preview_t, summarize(faces))
+
+
+NODE_CLASS_MAPPINGS = {"MuseTalkFaceDetect": MuseTalkFaceDetect}
+NODE_DISPLAY_NAME_MAPPINGS = {"MuseTalkFaceDetect": "Face Detect with Cutaways"}
