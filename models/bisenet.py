@@ -196,6 +196,11 @@ def load_bisenet(weights: Union[str, Mapping[str, torch.Tensor]], dtype: Optiona
     return model.eval().requires_grad_(False)
 
 
+def test_weight_files(models_root: str) -> List[str]:
+    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
+    return [os.path.join(models_root, "musetalk", WEIGHTS_RELPATH)]
+
+
 def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
     """Random weights as ``<root>/musetalk/face-parse-bisent/79999_iter.pth`` (+ the test-weights marker)."""
     folder = os.path.join(models_root, "musetalk", os.path.dirname(WEIGHTS_RELPATH))

@@ -100,6 +100,11 @@ def load_unet(weights: Union[str, Mapping[str, torch.Tensor]],
     return model.eval().requires_grad_(False)
 
 
+def test_weight_files(models_root: str) -> List[str]:
+    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
+    return [os.path.join(models_root, "musetalk", UNET_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH)]
+
+
 def write_test_weights(models_root: str, seed: int = 0, config: Optional[Mapping[str, object]] = None) -> List[str]:
     """Write random weights in the released layout: ``<root>/musetalk/musetalkV15/{unet.pth, musetalk.json}``.
 

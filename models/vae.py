@@ -122,6 +122,11 @@ def scaling_factor(vae) -> float:
     return float(getattr(getattr(vae, "config", None), "scaling_factor", None) or SCALING_FACTOR)
 
 
+def test_weight_files(models_root: str) -> List[str]:
+    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
+    return [os.path.join(models_root, "musetalk", WEIGHTS_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH)]
+
+
 def write_test_weights(models_root: str, seed: int = 0, config: Optional[Mapping[str, object]] = None,
                        legacy_names: bool = False) -> List[str]:
     """Random weights in the released layout: ``<root>/musetalk/sd-vae/{config.json,
