@@ -413,7 +413,10 @@ def compute_audio_features(audio: Audio, fps: float, layout: str = "musetalk", e
         raise AudioFeaturesError(f"audio: expected pipeline.audio.Audio, got {type(audio).__name__}.")
     effective_fps(fps, layout, compat)  # validates
     runtime = runtime or Runtime()
-    wave = np.ascontiguousarray(to_mono(audio, SAMPLE_RATE), dtype=np.float32)
+    if audio.num_samples == 0:
+        wave = np.zeros(0, dtype=np.float32)
+    else:
+        wave = np.ascontiguousarray(to_mono(audio, SAMPLE_RATE), dtype=np.float32)
     n = int(wave.shape[0])
 
     if layout == "musetalk":
