@@ -75,8 +75,9 @@ def read_config(path: str) -> Dict[str, object]:
             cfg = json.load(fh)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read the VAE config {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(cfg, dict) or "latent_channels" not in cfg:
-        raise CheckpointError(f"{path} is not an AutoencoderKL config (no 'latent_channels')")
+    if (not isinstance(cfg, dict) or cfg.get("_class_name", "AutoencoderKL") != "AutoencoderKL"
+            or not ("latent_channels" in cfg or "_class_name" in cfg or "down_block_types" in cfg)):
+        raise CheckpointError(f"{path} is not an AutoencoderKL config")
     return cfg
 
 
