@@ -274,6 +274,7 @@ class AudioFeatures:
 # ---- weights --------------------------------------------------------------------------------------------------------
 _ENCODERS: Dict[Tuple[str, float], object] = {}
 _ENCODERS_LOCK = threading.Lock()
+_DEVICE_COPIES: Dict[tuple, Tuple[torch.nn.Module, torch.nn.Module]] = {}  # key -> (source module, device copy)
 
 
 def _present_whisper_files() -> Dict[str, Optional[str]]:
@@ -330,6 +331,7 @@ def load_whisper(layout: str = "musetalk", auto_download: bool = True, runtime: 
         if enc is None:
             enc = load_hf_encoder(path) if fmt == "hf" else load_openai_encoder(path)
             _ENCODERS.clear()  # one whisper at a time is plenty
+            _DEVICE_COPIES.clear()
             _ENCODERS[key] = enc
     return enc
 
@@ -362,8 +364,16 @@ def _prepare_encoder(encoder: EncoderLike, layout: str, auto_download: bool, run
     if dev.type == runtime.device.type and (dev.index == runtime.device.index or runtime.device.index is None) \
             and cur == dtype:
         return encoder, dtype
-    # Never convert the caller's (cached, float32) module in place: a float16 round trip would lose precision.
-    return runtime.prepare_model(copy.deepcopy(encoder), dtype=dtype), dtype
+    # Never convert the caller's (cached, float32) module in place: a float16 round trip would lose precision. The
+    # device copy is kept (one at a time) so repeated runs hand the same module to the runtime's memory management.
+    key = (id(encoder), runtime.device.type, runtime.device.index, dtype)
+    with _ENCODERS_LOCK:
+        entry = _DEVICE_COPIES.get(key)
+        if entry is None or entry[0] is not encoder:
+            _DEVICE_COPIES.clear()
+            entry = (encoder, copy.deepcopy(encoder))
+            _DEVICE_COPIES[key] = entry
+    return runtime.prepare_model(entry[1], dtype=dtype), dtype
 
 
 def _default_batch(runtime: Runtime) -> int:

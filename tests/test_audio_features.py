@@ -461,3 +461,17 @@ def test_node_declares_and_delegates(tmp_path, monkeypatch):
     feats, count = node.encode(audio, 25.0, "follow backend", True, False,
                                backend={"audio_layout": "latentsync"})
     assert feats.layout == "latentsync" and count == 27 and feats.compat is True
+
+
+def test_half_precision_path_keeps_the_callers_module(monkeypatch):
+    """On an accelerator whisper runs in fp16 (as both originals do on CUDA) and the states are stored in fp16; the
+    caller's cached float32 module is never converted in place. Forced here on the CPU."""
+    enc = small_whisper()
+    audio = Audio(test_signal(16000)[None], 16000)
+    ref = AF.compute_audio_features(audio, 25, "musetalk", enc, cpu_runtime())
+    monkeypatch.setattr(AF, "_encoder_dtype", lambda runtime: torch.float16)
+    half = AF.compute_audio_features(audio, 25, "musetalk", enc, cpu_runtime())
+    assert half.hidden.dtype == torch.float16 and half.info["dtype"] == "float16"
+    assert enc.dtype == torch.float32
+    w = half.all_windows()
+    assert w.dtype == torch.float32 and _rel(w, ref.all_windows()) < 0.01
