@@ -1,4 +1,4 @@
-"""MuseTalk v1.5 generator UNet: a diffusers ``UNet2DConditionModel`` built from ``musetalk.json`` (spec musetalk.md §0).
+"""MuseTalk v1.5 generator UNet: diffusers ``UNet2DConditionModel`` built from ``musetalk.json`` (spec musetalk.md §0).
 
 The released files are ``musetalkV15/musetalk.json`` (the constructor config) and ``musetalkV15/unet.pth`` (a plain
 state dict, 686 keys, 849,947,844 parameters, see fixtures ``manifest_unet_v15.json``). The original passes the whole

@@ -125,7 +125,8 @@ def scaling_factor(vae) -> float:
 
 def test_weight_files(models_root: str) -> List[str]:
     """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
-    return [os.path.join(models_root, "musetalk", WEIGHTS_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH)]
+    folder = os.path.join(models_root, "musetalk")
+    return [os.path.join(folder, WEIGHTS_RELPATH), os.path.join(folder, CONFIG_RELPATH)]
 
 
 def write_test_weights(models_root: str, seed: int = 0, config: Optional[Mapping[str, object]] = None,

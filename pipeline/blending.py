@@ -19,7 +19,7 @@ into the frame; only pixels under a non-zero mask differ from the input.
 
 ``feather`` mode (no weights needed, the default when the BiSeNet file is missing): the mask is the lower half of an
 ellipse inscribed in the crop box — centred on the box's horizontal centre and on the square's centre row (the
-MuseTalk mask line, spec §1.4), half-axes ``w/2 - m`` and ``(y2 - centre) - m`` with ``m = k//2`` so that after
+MuseTalk mask line, spec §1.4), half-axes ``w/2 - m - 1`` and ``(y2 - centre) - m - 1`` with ``m = k//2`` so that after
 the Gaussian blur (``k`` from ratio 0.1) the soft edge stays inside the box. It covers mouth, chin and lower cheeks,
 fades out towards the jaw line and the nose, and needs no network.
 """
@@ -244,8 +244,8 @@ def feather_mask(box: Sequence[float], blur_ratio: float = FEATHER_BLUR_RATIO, u
     top = int(height * upper_boundary_ratio)
     mask = np.zeros((height, width), np.uint8)
     cx = (x1 + x2 - 2 * xs) / 2.0
-    ax = (x2 - x1) / 2.0 - margin
-    ay = (y2 - ys) - top - margin
+    ax = (x2 - x1) / 2.0 - margin - 1  # the ellipse covers its end pixels: keep the blurred edge inside
+    ay = (y2 - ys) - top - margin - 1
     if ax >= 1 and ay >= 1:
         shift = 4  # sub-pixel centre/axes for cv2.ellipse
         cv2.ellipse(mask, (int(round(cx * (1 << shift))), int(round(top * (1 << shift)))),

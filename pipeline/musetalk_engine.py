@@ -12,8 +12,8 @@ ComfyUI-free and numerically faithful to the original inference path (spec muset
   it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, spec §5).
   These latents depend only on the source frame: the orchestrator computes them once per source frame and caches
   them (on the CPU, 32 KiB each).
-* :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows (§1.5), one UNet pass at
-  timestep 0 (no scheduler, §1.7), ``vae.decode(pred * (1/0.18215))``, ``round(clamp(x/2 + 0.5, 0, 1) * 255)`` with
+* :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows (§1.5), one UNet pass
+  at timestep 0 (no scheduler, §1.7), ``vae.decode(pred * (1/0.18215))``, ``round(clamp(x/2 + 0.5, 0, 1) * 255)`` with
   round-half-to-even (§1.8) -> uint8 ``[b, 256, 256, 3]`` **RGB** (the original returns BGR).
 
 dtype follows ``runtime.dtype`` (fp32 on CPU; fp16/bf16 on CUDA). On CUDA the models run channels_last; on the CPU in
