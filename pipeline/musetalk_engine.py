@@ -153,7 +153,7 @@ class MuseTalkEngine:
         """Face crops (RGB uint8 ``[n, 256, 256, 3]``) -> latents float32 ``[n, 8, 32, 32]`` on the CPU.
 
         ``eps``: the posterior noise, ``[n, 2, 4, 32, 32]`` (dim 1: 0 = masked, 1 = reference, the fixture's
-        ``core.eps`` layout). Else drawn from ``generator`` (CPU) or the global RNG, in the original's order
+        ``core.eps`` layout). Else drawn from ``generator`` or the global CPU RNG, in the original's order
         (frame by frame, masked then reference). Ignored for ``posterior="mode"``.
         """
         mode = posterior or self.posterior
@@ -169,7 +169,8 @@ class MuseTalkEngine:
         if mode == "sample":
             shape = (n, 2, 4, LATENT_SIZE, LATENT_SIZE)
             if eps is None:
-                eps = torch.randn(shape, generator=generator, dtype=torch.float32)
+                dev = generator.device if generator is not None else torch.device("cpu")
+                eps = torch.randn(shape, generator=generator, dtype=torch.float32, device=dev)
             if tuple(eps.shape) != shape:
                 raise ValueError(f"eps must have shape {shape}, got {tuple(eps.shape)}")
             z = dist.mean + dist.std * eps.reshape(2 * n, 4, LATENT_SIZE, LATENT_SIZE).to(z.device, z.dtype)

@@ -92,11 +92,11 @@ def test_generate_matches_original_batches(fx):
 
 
 def test_postprocess_rounds_half_to_even():
-    # x/2+0.5 = k/255 + 0.5/255 exactly between two levels is impossible to hit exactly in float32; test via values
+    # x = 0 gives exactly 127.5 -> 128 (round half to even); the ends are clamped
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     out = me.postprocess_decoded(x)
     assert out.shape == (1, 1, 5, 3)
-    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]   # 127.5 -> 128 (half to even), clamped ends
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
 
 
 def test_end_to_end_from_crops(fx):
