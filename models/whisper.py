@@ -331,13 +331,10 @@ def load_openai_encoder(path: str) -> WhisperStates:
     oa = {k: v for k, v in obj["model_state_dict"].items() if k.startswith("encoder.")}
     if "encoder.positional_embedding" not in oa:
         oa["encoder.positional_embedding"] = sinusoids(cfg["max_source_positions"], cfg["d_model"])
-    hf, unknown = {}, []
+    hf = {}
     for k, v in oa.items():
         nk = openai_key_to_hf(k)
-        if nk is None:
-            unknown.append(k)
-            nk = "encoder." + k[len("encoder."):]  # keep it so load_strict lists it as unexpected
-        hf[nk] = v
+        hf[nk if nk is not None else k] = v  # an unknown key stays as is, so load_strict lists it as unexpected
     return _load_encoder(cfg, _encoder_part(hf), "whisper encoder (OpenAI format)", path)
 
 
