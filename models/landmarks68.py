@@ -200,11 +200,25 @@ def prepare_state_dict(sd: dict, model: nn.Module) -> dict:
     return sd
 
 
-def load_fan(path: str, device="cpu", dtype: torch.dtype = torch.float32, num_modules: int = 4) -> FAN:
-    from .checkpoint import load_strict, read_state_dict
+def stack_count(sd: dict) -> int:
+    """Number of stacked hourglasses in a FAN state dict (4 for 2DFAN4), from its ``l{i}.weight`` heads."""
+    n = 0
+    while f"l{n}.weight" in sd or f"module.l{n}.weight" in sd:
+        n += 1
+    return n
 
+
+def load_fan(path: str, device="cpu", dtype: torch.dtype = torch.float32, num_modules: Optional[int] = None) -> FAN:
+    """Load a FAN file; the number of stacks is read from its keys unless given."""
+    from .checkpoint import CheckpointError, load_strict, read_state_dict
+
+    sd = read_state_dict(path)
+    num_modules = num_modules or stack_count(sd)
+    if num_modules < 1:
+        raise CheckpointError(f"{path} is not a FAN landmark model (no 'l0.weight' heatmap head among its "
+                              f"{len(sd)} keys)")
     model = FAN(num_modules)
-    load_strict(model, prepare_state_dict(read_state_dict(path), model), "FAN 68-point landmark model", path)
+    load_strict(model, prepare_state_dict(sd, model), "FAN 68-point landmark model", path)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -227,9 +241,10 @@ def random_state_dict(num_modules: int = 4, seed: int = 0, dtype: torch.dtype = 
     return sd
 
 
-def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
-    """Random fp16 weights at ``<root>/musetalk/fan/2DFAN4-11f355bf06.pth.tar``."""
+def write_test_weights(models_root: str, seed: int = 0, num_modules: int = 4) -> List[str]:
+    """Random fp16 weights at ``<root>/musetalk/fan/2DFAN4-11f355bf06.pth.tar`` (``num_modules`` < 4 writes a
+    smaller FAN with the same key scheme, for fast tests)."""
     dest = os.path.join(models_root, "musetalk", "fan", "2DFAN4-11f355bf06.pth.tar")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    torch.save(random_state_dict(4, seed), dest)
+    torch.save(random_state_dict(num_modules, seed), dest)
     return [dest]

@@ -279,11 +279,14 @@ class MTCNN:
         n, _, height, width = images.shape
 
         # Stage 1: P-Net over the pyramid.
+        # Each level is area-resampled from the previous one (cheaper than from the full image every time).
         boxes_l, scores_l, offs_l, img_l = [], [], [], []
+        level = images
         for s in self.pyramid_scales(height, width, min_face_size):
             hs, ws = max(12, int(math.ceil(height * s))), max(12, int(math.ceil(width * s)))
             sy, sx = hs / height, ws / width
-            level = F.interpolate(images, size=(hs, ws), mode="area")
+            if (hs, ws) != tuple(level.shape[2:]):
+                level = F.interpolate(level, size=(hs, ws), mode="area")
             prob, reg = self.pnet(self._normalise(level))
             prob = prob.cpu().numpy()
             bi, yi, xi = np.nonzero(prob >= t1)
