@@ -1,3 +1,170 @@
-"""Nodes of this stage (filled in by their issue)."""
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""Lip-sync nodes: choose the backend (UNet), run the batched lip-sync."""
+from __future__ import annotations
+
+import os
+
+from . import comfy
+from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE, FACES_TYPE, FRAMES_TYPE, frames_from_inputs, log_warning
+
+CATEGORY = "MuseTalk/lipsync"
+OUTPUT_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4")) * (1 << 30))
+
+
+class MuseTalkUNetSelector:
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipeline.lipsync import BACKEND_CHOICES
+
+        return {
+            "required": {
+                "backend": (list(BACKEND_CHOICES), {"default": "auto",
+                                                    "tooltip": "auto: LatentSync 1.6 (or 1.5) when its weights are "
+                                                               "in models/latentsync, else MuseTalk v1.5. A chosen "
+                                                               "LatentSync falls back to MuseTalk (reported) when its "
+                                                               "weights are missing, it runs out of memory or fails."}),
+                "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto",
+                                                             "tooltip": "Compute precision: auto = bf16/fp16 on a GPU "
+                                                                        "that supports it, fp32 on the CPU."}),
+                "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
+                                                            "tooltip": "auto = ComfyUI's device (the GPU when there "
+                                                                       "is one)."}),
+                "auto_download": ("BOOLEAN", {"default": True,
+                                              "tooltip": "Download missing weights from Hugging Face on first use. "
+                                                         "Off: a missing file is an error that lists where to put "
+                                                         "it."}),
+                "deterministic_latents": ("BOOLEAN", {"default": True,
+                                                      "tooltip": "MuseTalk: encode faces with the VAE mean "
+                                                                 "(deterministic, what training used). Off = sample "
+                                                                 "the posterior like the original inference script "
+                                                                 "(slight flicker, seeded)."}),
+                "seed": ("INT", {"default": 1247, "min": 0, "max": 2 ** 31 - 1,
+                                 "tooltip": "Seed for LatentSync's initial noise and posterior sampling."}),
+                "latentsync_steps": ("INT", {"default": 20, "min": 1, "max": 100,
+                                             "tooltip": "LatentSync DDIM steps (the original uses 20)."}),
+                "latentsync_guidance": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 5.0, "step": 0.1,
+                                                  "tooltip": "LatentSync classifier-free guidance on the audio (1.0 "
+                                                             "= off; 1.5 as the original; 2-3 stronger lips)."}),
+                "deepcache": ("BOOLEAN", {"default": False,
+                                          "tooltip": "LatentSync: reuse deep UNet features on 2 of every 3 steps "
+                                                     "(about 2x faster, slightly softer)."}),
+            },
+        }
+
+    RETURN_TYPES = (BACKEND_TYPE,)
+    RETURN_NAMES = ("backend",)
+    OUTPUT_TOOLTIPS = ("The backend choice and its settings; models load lazily in the lip-sync node",)
+    FUNCTION = "select"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Choose the lip-sync generator (MuseTalk v1.5, LatentSync 1.5/1.6 or auto) and its precision. "
+                   "Nothing loads here: the lip-sync node loads the models once and reports which backend ran.")
+
+    def select(self, backend="auto", dtype="auto", device="auto", auto_download=True, deterministic_latents=True,
+               seed=1247, latentsync_steps=20, latentsync_guidance=1.5, deepcache=False):
+        from ..pipeline.lipsync import BackendSpec
+
+        return (BackendSpec(choice=backend, device=device, dtype=dtype, auto_download=bool(auto_download),
+                            posterior="mode" if deterministic_latents else "sample", seed=int(seed),
+                            latentsync_steps=int(latentsync_steps), latentsync_guidance=float(latentsync_guidance),
+                            deepcache=bool(deepcache)),)
+
+
+class MuseTalkBatchedLipSync:
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipeline.lipsync import LENGTH_POLICIES
+
+        return {
+            "required": {
+                "faces": (FACES_TYPE, {"tooltip": "Per-frame faces and cutaways from Face Detect with Cutaways (run "
+                                                  "on the same frames)."}),
+                "audio_features": (AUDIO_FEATURES_TYPE, {"tooltip": "Whisper Audio Features of the voice track."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256,
+                                       "tooltip": "Frames per model call. Higher is faster on a big GPU; out of "
+                                                  "memory halves it automatically."}),
+                "length_policy": (list(LENGTH_POLICIES), {"default": "follow_audio",
+                                                          "tooltip": "follow_audio: output as long as the audio "
+                                                                     "(the video ping-pongs if shorter, like the "
+                                                                     "original); follow_video: as long as the video "
+                                                                     "(frames after the audio are synced to "
+                                                                     "silence); shortest: the shorter of the two."}),
+                "blend_mode": (["auto", "jaw", "raw", "neck", "feather"], {"default": "auto",
+                                                                            "tooltip": "How the new mouth is pasted: "
+                                                                                       "jaw/raw/neck use the BiSeNet "
+                                                                                       "face parser (the original v1.5 "
+                                                                                       "uses jaw); feather needs no "
+                                                                                       "extra weights; auto = jaw when "
+                                                                                       "the parser weights are "
+                                                                                       "present, else feather."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "The video frames (IMAGE batch). Use either this or 'frames'."}),
+                "frames": (FRAMES_TYPE, {"tooltip": "The video frames, streamed from a file (long videos)."}),
+                "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Frame rate of 'images' (0 = take it from 'frames' or the audio "
+                                             "features)."}),
+                "backend": (BACKEND_TYPE, {"tooltip": "From UNet / Backend Selector (default: auto)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("IMAGE", FRAMES_TYPE, "AUDIO", "FLOAT", "STRING")
+    RETURN_NAMES = ("images", "frames", "audio", "fps", "report")
+    OUTPUT_TOOLTIPS = ("Lip-synced frames as IMAGE (for long outputs only the first frame; use 'frames')",
+                       "Lip-synced frames, streamed (for Mux Video)", "The voice track cut/padded to the output",
+                       "Frame rate of the output", "Which backend ran on which frames, fallbacks and why, frames "
+                       "synced vs passed through")
+    FUNCTION = "lipsync"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Lip-sync the frames to the audio in batches. Cutaway frames (no usable face) pass through "
+                   "bit-identical; face frames change only inside the pasted mouth region; output frame k uses the "
+                   "audio at k/fps. Progress and Cancel work per batch.")
+
+    def lipsync(self, faces, audio_features, batch_size=8, length_policy="follow_audio", blend_mode="auto",
+                images=None, frames=None, fps=0.0, backend=None, unique_id=None):
+        from ..pipeline.frames import ImageFrames
+        from ..pipeline.lipsync import BackendSpec, ImageSink, WriterSink, make_plan, run_lipsync
+        from ..pipeline.video import VideoFileFrames, VideoWriter, unique_output_path
+
+        spec = backend if backend is not None else BackendSpec()
+        if not fps and frames is None and images is not None:
+            fps = float(audio_features.fps)
+        seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
+        runtime = comfy.make_runtime(unique_id, spec.device, spec.dtype)
+        plan_len = make_plan(len(seq), audio_features.duration, seq.fps, length_policy).num_frames
+        nbytes = plan_len * seq.width * seq.height * 3 * 4
+        to_image = isinstance(seq, ImageFrames) and nbytes <= OUTPUT_IMAGE_LIMIT_BYTES
+        if to_image:
+            sink = ImageSink(plan_len, seq.height, seq.width)
+        else:  # streamed input or a big output: encode as we go (visually lossless), hand on a streaming handle
+            path = unique_output_path(comfy.temp_dir(), "musetalk_lipsync", ".mp4")
+            sink = WriterSink(VideoWriter(path, seq.fps, seq.width, seq.height, None, crf=12, preset="fast"))
+        report, out_audio = run_lipsync(seq, faces, audio_features, spec, runtime, sink, batch_size=batch_size,
+                                        length_policy=length_policy, blend_mode=blend_mode)
+        result = sink.close()
+        if to_image:
+            images_out = result
+            frames_out = ImageFrames(images_out, seq.fps)
+        else:
+            frames_out = VideoFileFrames(result)
+            if nbytes <= OUTPUT_IMAGE_LIMIT_BYTES:
+                images_out = frames_out.to_image()
+            else:
+                log_warning("the lip-synced video is too long for an IMAGE batch; the 'images' output holds the "
+                            "first frame only. Use the 'frames' output (e.g. into Mux Video).")
+                images_out = frames_out.read([0])
+                from ..pipeline.frames import uint8_to_image
+                images_out = uint8_to_image(images_out)
+        audio_out = out_audio.to_comfy() if out_audio is not None else None
+        text = report.text()
+        runtime.log(text)
+        return {"ui": {"text": [text]}, "result": (images_out, frames_out, audio_out, float(seq.fps), text)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "MuseTalkUNetSelector": MuseTalkUNetSelector,
+    "MuseTalkBatchedLipSync": MuseTalkBatchedLipSync,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MuseTalkUNetSelector": "UNet / Backend Selector (MuseTalk, LatentSync)",
+    "MuseTalkBatchedLipSync": "Batched Lip-Sync (cutaway-safe)",
+}

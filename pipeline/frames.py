@@ -170,5 +170,9 @@ class ImageFrames(Frames):
     def native_batch(self, start: int, stop: int) -> torch.Tensor:
         return self.image[start:stop].to("cpu", torch.float32)
 
+    def native_read(self, indices: Sequence[int]) -> torch.Tensor:
+        """The original float frames at ``indices`` (a copy), for bit-identical pass-through."""
+        return self.image[torch.as_tensor(list(indices), dtype=torch.long)].to("cpu", torch.float32)
+
     def to_image(self) -> torch.Tensor:
         return self.image.to("cpu", torch.float32).contiguous()

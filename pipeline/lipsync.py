@@ -1,0 +1,448 @@
+"""Orchestration: frames + faces + audio features + backend -> lip-synced frames, a report, and the aligned audio.
+
+Rules users rely on (DESIGN.md "Behaviour users rely on"; spec musetalk.md §4):
+
+* **Cutaways** (frames whose :class:`~.types.FrameFaces` has no face) are written bit-identical to their source and
+  never enter a network. A face frame changes only inside its pasted region, and inside it only where the blend mask
+  is non-zero.
+* **Audio position is absolute**: output frame ``k`` uses the audio window at time ``k / fps`` whatever was skipped
+  around it; the source frame shown at ``k`` comes from the length policy's plan.
+* **Length policy** (explicit): ``follow_audio`` (default; output as long as the audio, the video ping-pongs
+  ``0..N-1, N-1..0, ...`` like the original's frame cycle, spec §1.6), ``follow_video`` (output as long as the video;
+  frames after the end of the audio are synced to silence, the audio is padded with silence), ``shortest``. The tail
+  of the audio is never dropped silently: ``follow_audio`` rounds the frame count *up* and the report states any
+  trimming another policy makes.
+* **Source-frame work once**: VAE latents of a source frame are computed once and reused by every output frame
+  showing it (ping-pong loops); blend masks are kept in a bounded cache.
+* **Batches**: progress and cancellation every batch; out-of-memory halves the batch and retries; a backend that
+  cannot load or keeps failing falls back along the chain, and the report says which frames used which backend and why.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .audio import Audio
+from .frames import Frames, image_to_uint8
+from .runtime import Runtime, is_oom
+from .types import FaceSequence, ranges_text
+
+LENGTH_POLICIES = ("follow_audio", "follow_video", "shortest")
+BACKEND_CHOICES = ("auto", "musetalk-v1.5", "latentsync-1.6", "latentsync-1.5")
+MUSETALK = "musetalk-v1.5"
+
+
+class LipSyncError(RuntimeError):
+    """The run cannot proceed; the message names the input and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# backend selection (the MUSETALK_BACKEND payload)
+@dataclass
+class BackendSpec:
+    """Which generator to run and how; models load lazily inside the lip-sync run."""
+
+    choice: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    auto_download: bool = True
+    posterior: str = "mode"            # MuseTalk VAE latent: "mode" (deterministic) or "sample" (the original)
+    seed: int = 1247
+    latentsync_steps: int = 20
+    latentsync_guidance: float = 1.5
+    deepcache: bool = False
+    better_paste: bool = True          # LatentSync: paste only the regenerated lower face (spec latentsync §9)
+
+    def __post_init__(self):
+        if self.choice not in BACKEND_CHOICES:
+            raise LipSyncError(f"backend: unknown choice {self.choice!r}; use one of {', '.join(BACKEND_CHOICES)}.")
+        if self.posterior not in ("mode", "sample"):
+            raise LipSyncError(f"posterior: must be 'mode' or 'sample', got {self.posterior!r}.")
+
+    def chain(self) -> List[Tuple[str, str]]:
+        """``[(backend, why it is tried)]`` in order; MuseTalk is always the last resort."""
+        if self.choice == "auto":
+            out = [(v, "auto: weights present") for v in ("latentsync-1.6", "latentsync-1.5") if latentsync_present(v)]
+            return out + [(MUSETALK, "auto: default" if not out else "fallback")]
+        if self.choice == MUSETALK:
+            return [(MUSETALK, "requested")]
+        return [(self.choice, "requested"), (MUSETALK, "fallback")]
+
+    def primary(self) -> str:
+        return self.chain()[0][0]
+
+    @property
+    def audio_layout(self) -> str:
+        return "latentsync" if self.primary().startswith("latentsync") else "musetalk"
+
+
+def latentsync_present(version: str) -> bool:
+    """True when the LatentSync UNet file of ``version`` ('latentsync-1.6' / '1.6') is on disk."""
+    try:
+        from ..models import registry
+    except ImportError:  # pragma: no cover
+        return False
+    v = version.split("-")[-1].replace(".", "")
+    key = f"latentsync{v}.unet"
+    return key in registry.REGISTRY and registry.find(key) is not None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the plan: which source frame each output frame shows
+def ping_pong(k: int, n: int) -> int:
+    """The original's cycle ``frames + frames[::-1]`` indexed by ``k % 2n`` (spec musetalk §1.6)."""
+    if n <= 1:
+        return 0
+    r = k % (2 * n)
+    return r if r < n else 2 * n - 1 - r
+
+
+@dataclass
+class Plan:
+    source: np.ndarray                 # int64 [n_out]: source frame of each output frame
+    num_audio_frames: int              # frames the audio covers (rounded up)
+    policy: str
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.source.shape[0])
+
+
+def make_plan(num_video: int, audio_seconds: float, fps: float, policy: str = "follow_audio") -> Plan:
+    if policy not in LENGTH_POLICIES:
+        raise LipSyncError(f"length_policy: unknown value {policy!r}; use one of {', '.join(LENGTH_POLICIES)}.")
+    if num_video <= 0:
+        raise LipSyncError("frames: the video has no frames.")
+    n_audio = max(1, int(math.ceil(audio_seconds * fps - 1e-6)))
+    notes: List[str] = []
+    if policy == "follow_audio":
+        n = n_audio
+        src = np.array([ping_pong(k, num_video) for k in range(n)], np.int64)
+        if n > num_video:
+            notes.append(f"video ({num_video} frames) shorter than the audio ({n} frames): ping-pong loop")
+        elif n < num_video:
+            notes.append(f"video trimmed to the audio: {num_video - n} trailing frames not used")
+    elif policy == "follow_video":
+        n = num_video
+        src = np.arange(n, dtype=np.int64)
+        if n_audio > n:
+            notes.append(f"audio trimmed to the video: {(n_audio - n) / fps:.2f} s of audio after the last frame "
+                         "dropped (length_policy=follow_video)")
+        elif n_audio < n:
+            notes.append(f"audio shorter than the video: the last {n - n_audio} frames are synced to silence")
+    else:
+        n = min(num_video, n_audio)
+        src = np.arange(n, dtype=np.int64)
+        if n_audio > n:
+            notes.append(f"audio trimmed to the video: {(n_audio - n) / fps:.2f} s dropped (length_policy=shortest)")
+        elif num_video > n:
+            notes.append(f"video trimmed to the audio: {num_video - n} trailing frames not used")
+    return Plan(src, n_audio, policy, notes)
+
+
+def aligned_audio(audio: Optional[Audio], num_frames: int, fps: float) -> Optional[Audio]:
+    """The audio cut or padded with silence to exactly ``num_frames / fps`` seconds (original rate and channels)."""
+    if audio is None:
+        return None
+    n = int(round(num_frames / fps * audio.sample_rate))
+    s = audio.samples[:, :n]
+    if s.shape[1] < n:
+        s = np.pad(s, ((0, 0), (0, n - s.shape[1])))
+    return Audio(np.ascontiguousarray(s, dtype=np.float32), audio.sample_rate)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# sinks: where output frames go
+class ImageSink:
+    """Collects output frames in a ComfyUI IMAGE tensor (float32 [n, H, W, 3])."""
+
+    def __init__(self, num_frames: int, height: int, width: int):
+        self.image = torch.empty((num_frames, height, width, 3), dtype=torch.float32)
+        self.count = 0
+
+    def write(self, native) -> None:
+        t = native if isinstance(native, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(native)).float() / 255.0
+        n = t.shape[0]
+        self.image[self.count:self.count + n] = t
+        self.count += n
+
+    def close(self):
+        return self.image[:self.count]
+
+    def abort(self) -> None:
+        self.image = None
+
+
+class WriterSink:
+    """Streams output frames into a :class:`~.video.VideoWriter` (bounded memory)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, native) -> None:
+        arr = image_to_uint8(native) if isinstance(native, torch.Tensor) else native
+        self.writer.write(arr)
+
+    def close(self):
+        return self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class LipSyncReport:
+    requested: str
+    num_frames: int = 0
+    synced: Dict[str, List[int]] = field(default_factory=dict)   # backend -> output frames it synced
+    passed_through: List[int] = field(default_factory=list)      # output frames copied unchanged (cutaways)
+    fallbacks: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    batch_sizes: List[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, backend: str, ks: Sequence[int]) -> None:
+        self.synced.setdefault(backend, []).extend(int(k) for k in ks)
+
+    @property
+    def backends_used(self) -> List[str]:
+        return [b for b, ks in self.synced.items() if ks]
+
+    def text(self) -> str:
+        lines = [f"backend requested: {self.requested}; used: {', '.join(self.backends_used) or 'none'}"]
+        for b, ks in self.synced.items():
+            lines.append(f"  {b}: {len(ks)} frames synced ({ranges_text(_ranges(ks))})")
+        lines.append(f"frames: {self.num_frames} out, {sum(len(v) for v in self.synced.values())} synced, "
+                     f"{len(self.passed_through)} passed through unchanged "
+                     f"({ranges_text(_ranges(self.passed_through))})")
+        for f in self.fallbacks:
+            lines.append(f"fallback: {f}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        if self.batch_sizes:
+            lines.append(f"batch size: {self.batch_sizes[0]}" + (
+                f" (lowered to {min(self.batch_sizes)} after running out of memory)"
+                if min(self.batch_sizes) < self.batch_sizes[0] else ""))
+        lines.append(f"time: {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _ranges(ks: Sequence[int]) -> List[Tuple[int, int]]:
+    out: List[Tuple[int, int]] = []
+    for k in sorted(ks):
+        if out and out[-1][1] == k - 1:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def _apply_patch_native(native_frame, u8_frame: np.ndarray, patch) -> object:
+    """Write a blend patch into one native frame (float IMAGE or uint8), touching only pixels the blend changed."""
+    if patch.y1 <= patch.y0 or patch.x1 <= patch.x0:
+        return native_frame
+    region = u8_frame[patch.y0:patch.y1, patch.x0:patch.x1]
+    changed = (patch.pixels != region).any(axis=-1)
+    if isinstance(native_frame, torch.Tensor):
+        sub = native_frame[patch.y0:patch.y1, patch.x0:patch.x1]
+        m = torch.from_numpy(changed)
+        sub[m] = torch.from_numpy(patch.pixels[changed].astype(np.float32) / 255.0)
+    else:
+        sub = native_frame[patch.y0:patch.y1, patch.x0:patch.x1]
+        sub[changed] = patch.pixels[changed]
+    return native_frame
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class MuseTalkRunner:
+    """Runs MuseTalk v1.5 on batches of output frames (spec musetalk §1.4-§1.9)."""
+
+    name = MUSETALK
+
+    def __init__(self, engine, blend_mode: str, parser=None, mask_cache: int = 256):
+        self.engine = engine
+        self.blend_mode = blend_mode
+        self.parser = parser
+        self.latents: Dict[int, torch.Tensor] = {}      # source frame -> [8, 32, 32] (computed once)
+        self.masks = _LRU(mask_cache)                     # source frame -> BlendMask
+
+    def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
+                windows: torch.Tensor) -> List[object]:
+        from .blending import prepare_blend_mask, blend_face
+        from .musetalk_engine import crop_faces
+
+        need = sorted({s for s in srcs if s not in self.latents})
+        if need:
+            crops = crop_faces(np.stack([src_u8[s] for s in need]), [faces.frames[s].face.crop_box for s in need])
+            lat = self.engine.encode_reference(crops)
+            for j, s in enumerate(need):
+                self.latents[s] = lat[j]
+        gen = self.engine.generate(torch.stack([self.latents[s] for s in srcs]), windows)
+        out = []
+        for j, s in enumerate(srcs):
+            box = faces.frames[s].face.crop_box
+            bm = self.masks.get(s)
+            if bm is None:
+                bm = prepare_blend_mask(src_u8[s], box, self.blend_mode, self.parser)
+                self.masks.put(s, bm)
+            out.append(blend_face(src_u8[s], gen[j], box, bm))
+        return out
+
+
+def _features_for(features, fps: float, layout: str, runtime: Runtime, auto_download: bool):
+    """Audio features in ``layout`` timed at ``fps`` (recomputed from the kept source audio only when needed)."""
+    from .audio_features import compute_audio_features, latentsync_frame_count, musetalk_frame_count
+
+    if features.layout != layout:
+        if features.audio is None:
+            raise LipSyncError(f"audio_features: computed for {features.layout} but the backend needs {layout}, and "
+                               "the source audio is not attached; set the features node's layout to 'follow backend'.")
+        return compute_audio_features(features.audio, fps, layout, None, runtime, features.compat, auto_download)
+    if abs(features.fps - fps) > 1e-6:
+        if layout == "musetalk":
+            n = musetalk_frame_count(features.num_samples_16k, fps, features.compat)
+        else:
+            n = latentsync_frame_count(features.rows, fps)
+        return replace(features, fps=float(fps), num_frames=int(n))
+    return features
+
+
+def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec, runtime: Runtime,
+                sink, batch_size: int = 8, length_policy: str = "follow_audio", blend_mode: str = "auto",
+                engine_factory: Optional[Callable[[str], object]] = None) -> Tuple[LipSyncReport, Optional[Audio]]:
+    """Lip-sync ``frames`` to ``features`` into ``sink``. Returns the report and the audio aligned to the output.
+
+    ``engine_factory(backend) -> runner`` overrides model loading (tests); by default runners are built from the
+    registry's weights on ``runtime``.
+    """
+    t_start = time.time()
+    faces.check_matches(len(frames), frames.width, frames.height)
+    if batch_size < 1:
+        raise LipSyncError(f"batch_size: must be >= 1 (got {batch_size}).")
+    fps = float(frames.fps)
+    duration = features.duration
+    if duration <= 0:
+        raise LipSyncError("audio: the audio is empty (0 s). Connect a voice track.")
+    plan = make_plan(len(frames), duration, fps, length_policy)
+    report = LipSyncReport(requested=spec.choice, num_frames=plan.num_frames)
+    report.notes.extend(plan.notes)
+    out_audio = aligned_audio(features.audio, plan.num_frames, fps)
+
+    # --- backend chain -------------------------------------------------------------------------------------------
+    face_ks = [k for k in range(plan.num_frames) if faces.frames[int(plan.source[k])].face is not None]
+    runner = None
+    chain = spec.chain()
+    feats = None
+    if face_ks:
+        for i, (backend, why) in enumerate(chain):
+            try:
+                runner = (engine_factory or _default_factory(spec, runtime, blend_mode))(backend)
+                feats = _features_for(features, fps, "latentsync" if backend.startswith("latentsync") else "musetalk",
+                                      runtime, spec.auto_download)
+                if i > 0 or why != "requested":
+                    report.notes.append(f"backend {backend} ({why})")
+                break
+            except Exception as exc:
+                if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "InterruptProcessingException":
+                    raise
+                if i == len(chain) - 1:
+                    raise
+                report.fallbacks.append(f"{backend} unavailable -> {chain[i + 1][0]}: {_short(exc)}")
+                runtime.log(f"{backend} unavailable ({_short(exc)}); falling back to {chain[i + 1][0]}")
+    else:
+        report.notes.append("no frame has a face: every frame passes through unchanged")
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    bs = int(batch_size)
+    report.batch_sizes.append(bs)
+    k = 0
+    total = plan.num_frames
+    try:
+        while k < total:
+            ks = list(range(k, min(total, k + bs)))
+            srcs = [int(plan.source[j]) for j in ks]
+            uniq = sorted(set(srcs))
+            u8 = frames.read(uniq)
+            src_u8 = {s: u8[i] for i, s in enumerate(uniq)}
+            native_all = _native(frames, uniq)
+            face_pos = [i for i, s in enumerate(srcs) if faces.frames[s].face is not None]
+            patches: Dict[int, object] = {}
+            if face_pos and runner is not None:
+                fk = [ks[i] for i in face_pos]
+                fs = [srcs[i] for i in face_pos]
+                try:
+                    got = runner.patches(fk, fs, src_u8, faces, feats.windows(fk))
+                except Exception as exc:
+                    if is_oom(exc) and bs > 1:
+                        runtime.empty_cache()
+                        bs = max(1, bs // 2)
+                        report.batch_sizes.append(bs)
+                        runtime.log(f"out of memory; retrying with batch size {bs}")
+                        continue
+                    raise
+                patches = dict(zip(fk, got))
+                report.add(runner.name, fk)
+            out = []
+            for j, s in zip(ks, srcs):
+                nat = native_all[uniq.index(s)]
+                if j in patches:
+                    nat = nat.clone() if isinstance(nat, torch.Tensor) else nat.copy()
+                    nat = _apply_patch_native(nat, src_u8[s], patches[j])
+                else:
+                    report.passed_through.append(j)
+                out.append(nat)
+            sink.write(torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out))
+            k = ks[-1] + 1
+            runtime.progress("lip-sync", k, total)
+    except BaseException:
+        sink.abort()
+        raise
+    report.seconds = time.time() - t_start
+    return report, out_audio
+
+
+def _native(frames: Frames, indices: Sequence[int]):
+    reader = getattr(frames, "native_read", None)
+    if reader is not None:
+        return reader(indices)
+    return frames.read(indices)
+
+
+def _short(exc: BaseException, n: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _default_factory(spec: BackendSpec, runtime: Runtime, blend_mode: str):
+    def make(backend: str):
+        if backend == MUSETALK:
+            from .blending import load_face_parser, resolve_blend_mode
+            from .musetalk_engine import load_musetalk
+
+            engine = load_musetalk(runtime, spec.auto_download, posterior=spec.posterior)
+            mode = resolve_blend_mode(blend_mode)
+            parser = load_face_parser(runtime, spec.auto_download) if mode != "feather" else None
+            return MuseTalkRunner(engine, mode, parser)
+        raise LipSyncError(f"{backend}: this backend is not available in this build")
+    return make

@@ -1,0 +1,290 @@
+"""End to end: a real edited clip (astronaut shots + rocket/chelsea cutaways), espeak-ng or tone audio, real MTCNN
+face detection, small random-weight MuseTalk models -> lip-synced frames. Asserts the behaviour users rely on."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import mediakit as mk
+from musetalk_enhanced.models import registry
+from musetalk_enhanced.pipeline import lipsync as L
+from musetalk_enhanced.pipeline.audio import Audio, load_audio_file
+from musetalk_enhanced.pipeline.blending import expanded_crop_box
+from musetalk_enhanced.pipeline.frames import ArrayFrames, ImageFrames, uint8_to_image
+from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
+
+UNET_SMALL = {"act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [32, 64, 64, 64],
+              "center_input_sample": False, "cross_attention_dim": 384,
+              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                   "DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0,
+              "in_channels": 8, "layers_per_block": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+              "norm_num_groups": 16, "out_channels": 4, "sample_size": 32,
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+VAE_SMALL = {"act_fn": "silu", "block_out_channels": [16, 32, 32, 32], "down_block_types": ["DownEncoderBlock2D"] * 4,
+             "in_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8, "out_channels": 3,
+             "sample_size": 256, "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215}
+WHISPER_SMALL = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                 "num_mel_bins": 80, "max_source_positions": 1500}
+
+FPS = 25.0
+PLAN = (("astronaut", 10), ("rocket", 5), ("astronaut", 8), ("chelsea", 5))   # 28 frames, cutaways 10-14, 23-27
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return Runtime(device="cpu", dtype=torch.float32, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def engine(runtime):
+    from musetalk_enhanced.models.musetalk_unet import build_unet
+    from musetalk_enhanced.models.vae import build_vae
+    from musetalk_enhanced.pipeline.musetalk_engine import MuseTalkEngine
+
+    torch.manual_seed(0)
+    return MuseTalkEngine(build_unet(UNET_SMALL), build_vae(VAE_SMALL), None, runtime, posterior="mode")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return mk.edited_clip((256, 256), PLAN)
+
+
+@pytest.fixture(scope="module")
+def faces(clip, runtime):
+    from musetalk_enhanced.pipeline.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces import analyze_faces
+
+    return analyze_faces(ArrayFrames(clip, FPS), create_detector("mtcnn", runtime), runtime, min_face_size=30)
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory):
+    if mk.have_espeak():
+        p = mk.speech(str(tmp_path_factory.mktemp("voice") / "voice.wav"), "Hello, lip sync.", speed=220)
+        a = load_audio_file(p)
+    else:  # pragma: no cover
+        a = Audio(mk.tone(220, 1.5, 22050), 22050)
+    return a
+
+
+def features_for(audio, fps=FPS, layout="musetalk"):
+    from musetalk_enhanced.models.whisper import WhisperStates, build_encoder
+    from musetalk_enhanced.pipeline.audio_features import compute_audio_features
+
+    torch.manual_seed(1)
+    enc = WhisperStates(build_encoder(WHISPER_SMALL))
+    return compute_audio_features(audio, fps, layout, enc, Runtime("cpu", torch.float32, show_progress=False))
+
+
+@pytest.fixture(scope="module")
+def feats(voice):
+    return features_for(voice)
+
+
+def factory_for(engine, record=None):
+    def make(backend):
+        if backend != L.MUSETALK:
+            raise registry.MissingWeightsError([registry.REGISTRY["latentsync16.unet"]], {}, "test")
+        runner = L.MuseTalkRunner(engine, "feather")
+        if record is not None:
+            orig = runner.patches
+
+            def patches(ks, srcs, src_u8, faces, windows):
+                record.append((list(ks), list(srcs), windows.clone()))
+                return orig(ks, srcs, src_u8, faces, windows)
+
+            runner.patches = patches
+        return runner
+    return make
+
+
+def test_detected_cutaways_match_the_edit(faces):
+    cut = [f.index for f in faces.frames if f.face is None]
+    assert cut == list(range(10, 15)) + list(range(23, 28))
+
+
+@pytest.mark.parametrize("policy", ["follow_audio", "follow_video", "shortest"])
+def test_cutaways_bit_identical_faces_change_only_in_region(clip, faces, feats, engine, runtime, policy):
+    image = uint8_to_image(clip) + 0.0013  # not on the uint8 grid: pass-through must still be exact
+    frames = ImageFrames(image, FPS)
+    plan = L.make_plan(len(frames), feats.duration, FPS, policy)
+    sink = L.ImageSink(plan.num_frames, frames.height, frames.width)
+    report, audio = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=5,
+                                  length_policy=policy, engine_factory=factory_for(engine))
+    out = sink.close()
+    n_audio = int(np.ceil(feats.duration * FPS - 1e-6))
+    expect_n = {"follow_audio": n_audio, "follow_video": 28, "shortest": min(28, n_audio)}[policy]
+    assert out.shape[0] == expect_n == report.num_frames
+    assert audio.num_samples == round(expect_n / FPS * feats.audio.sample_rate)
+    changed_any = 0
+    for k in range(expect_n):
+        s = int(plan.source[k])
+        diff = (out[k] != image[s]).any(-1).numpy()
+        if faces.frames[s].face is None:
+            assert not diff.any(), f"cutaway output frame {k} (source {s}) was modified"
+            assert k in report.passed_through
+        else:
+            x0, y0, x1, y1 = expanded_crop_box(faces.frames[s].face.crop_box)
+            inside = np.zeros_like(diff)
+            inside[max(0, y0):y1, max(0, x0):x1] = True
+            assert not (diff & ~inside).any(), f"output frame {k} changed outside its paste region"
+            # the feather mask covers the lower half of the crop box (its blur reaches k//2 rows above)
+            cx0, cy0, cx1, cy1 = faces.frames[s].face.crop_box
+            k_blur = int(0.1 * (x1 - x0) // 2 * 2) + 1
+            assert not diff[:(cy0 + cy1) // 2 - k_blur // 2].any()
+            changed_any += int(diff.any())
+    assert changed_any > 0
+    assert sorted(report.synced[L.MUSETALK] + report.passed_through) == list(range(expect_n))
+
+
+def test_follow_audio_ping_pongs_and_uses_absolute_audio_time(clip, faces, voice, engine, runtime):
+    long_audio = Audio(np.concatenate([voice.samples] * 2, axis=1), voice.sample_rate)  # longer than the video
+    feats = features_for(long_audio)
+    frames = ArrayFrames(clip, FPS)
+    record = []
+    plan = L.make_plan(len(frames), feats.duration, FPS, "follow_audio")
+    assert plan.num_frames > 28
+    assert [L.ping_pong(k, 28) for k in (0, 27, 28, 29, 55, 56)] == [0, 27, 27, 26, 0, 0]
+    sink = L.ImageSink(plan.num_frames, frames.height, frames.width)
+    report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=8,
+                              engine_factory=factory_for(engine, record))
+    out = sink.close()
+    seen = {}
+    for ks, srcs, windows in record:
+        for j, k in enumerate(ks):
+            assert srcs[j] == L.ping_pong(k, 28)
+            torch.testing.assert_close(windows[j], feats.windows([k])[0])   # absolute time k/fps
+            seen[k] = srcs[j]
+    cut_ks = [k for k in range(plan.num_frames) if faces.frames[L.ping_pong(k, 28)].face is None]
+    assert set(cut_ks).isdisjoint(seen)
+    for k in cut_ks:
+        assert torch.equal(out[k], uint8_to_image(clip[L.ping_pong(k, 28)]))
+    assert "ping-pong" in report.text()
+
+
+def test_latents_computed_once_per_source_frame(clip, faces, feats, engine, runtime):
+    calls = []
+    orig = engine.encode_reference
+
+    def counting(crops, *a, **kw):
+        calls.append(len(crops))
+        return orig(crops, *a, **kw)
+
+    engine.encode_reference = counting
+    try:
+        long_feats = features_for(Audio(np.concatenate([feats.audio.samples] * 3, axis=1), feats.audio.sample_rate))
+        frames = ArrayFrames(clip, FPS)
+        plan = L.make_plan(len(frames), long_feats.duration, FPS, "follow_audio")
+        L.run_lipsync(frames, faces, long_feats, L.BackendSpec(), runtime,
+                      L.ImageSink(plan.num_frames, 256, 256), batch_size=6, engine_factory=factory_for(engine))
+    finally:
+        del engine.encode_reference
+    assert sum(calls) == len(faces.face_indices())  # 18 face frames, each encoded once despite the loop
+
+
+def test_fps_29_97_windows_follow_true_time(clip, faces, voice, engine, runtime):
+    fps = 30000 / 1001
+    feats = features_for(voice, fps)
+    frames = ArrayFrames(clip, fps)
+    record = []
+    plan = L.make_plan(len(frames), feats.duration, fps, "follow_video")
+    L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, L.ImageSink(plan.num_frames, 256, 256),
+                  length_policy="follow_video", engine_factory=factory_for(engine, record))
+    centres = feats.window_centre_seconds([ks[-1] for ks, _, _ in record])
+    for (ks, _, _), c in zip(record, centres):
+        assert abs(float(c) - ks[-1] / fps) <= 0.03  # within one 20 ms feature step (+ window centring)
+
+
+def test_fallback_is_reported(clip, faces, feats, engine, runtime):
+    frames = ArrayFrames(clip, FPS)
+    plan = L.make_plan(28, feats.duration, FPS, "shortest")
+    report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(choice="latentsync-1.6"), runtime,
+                              L.ImageSink(plan.num_frames, 256, 256), length_policy="shortest",
+                              engine_factory=factory_for(engine))
+    assert report.backends_used == [L.MUSETALK]
+    assert any("latentsync-1.6 unavailable -> musetalk-v1.5" in f for f in report.fallbacks)
+    assert "fallback" in report.text()
+
+
+def test_out_of_memory_halves_the_batch(clip, faces, feats, engine, runtime):
+    frames = ArrayFrames(clip, FPS)
+    state = {"failed": False}
+
+    def make(backend):
+        runner = L.MuseTalkRunner(engine, "feather")
+        orig = runner.patches
+
+        def patches(ks, *a):
+            if len(ks) > 3 and not state["failed"]:
+                state["failed"] = True
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return orig(ks, *a)
+        runner.patches = patches
+        return runner
+
+    plan = L.make_plan(28, feats.duration, FPS, "shortest")
+    sink = L.ImageSink(plan.num_frames, 256, 256)
+    report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=8,
+                              length_policy="shortest", engine_factory=make)
+    assert report.batch_sizes == [8, 4]
+    assert sink.close().shape[0] == plan.num_frames
+    assert "lowered to 4" in report.text()
+
+
+def test_cancel_mid_run_leaves_no_partial_file(clip, faces, feats, engine, tmp_path):
+    from musetalk_enhanced.pipeline.video import VideoWriter, unique_output_path
+
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    rt = Runtime("cpu", torch.float32, show_progress=False, cancel_flag=cancel)
+    path = unique_output_path(str(tmp_path), "cancel")
+    sink = L.WriterSink(VideoWriter(path, FPS, 256, 256, feats.audio))
+    with pytest.raises(Cancelled):
+        L.run_lipsync(ArrayFrames(clip, FPS), faces, feats, L.BackendSpec(), rt, sink, batch_size=4,
+                      engine_factory=factory_for(engine))
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_weights_error_lists_every_file(clip, faces, feats, runtime, tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path / "models"))
+    registry.set_folder_resolver(None)
+    frames = ArrayFrames(clip, FPS)
+    with pytest.raises(registry.MissingWeightsError) as err:
+        L.run_lipsync(frames, faces, feats, L.BackendSpec(choice="musetalk-v1.5", auto_download=False), runtime,
+                      L.ImageSink(40, 256, 256), blend_mode="feather")
+    msg = str(err.value)
+    for rel in ("musetalkV15/unet.pth", "musetalkV15/musetalk.json", "sd-vae/config.json"):
+        assert rel in msg
+    assert "auto_download is off" in msg and str(tmp_path / "models") in msg
+
+
+def test_all_cutaways_pass_through_without_loading_models(runtime):
+    from musetalk_enhanced.pipeline.types import FaceSequence, FrameFaces
+
+    clip = np.stack([mk.photo("rocket", (64, 64))] * 6)
+    faces = FaceSequence([FrameFaces(i, 0, None, reason="no face") for i in range(6)], 64, 64, FPS)
+    feats = features_for(Audio(mk.tone(300, 0.2, 16000), 16000))
+
+    def boom(backend):
+        raise AssertionError("no model should load when no frame has a face")
+
+    sink = L.ImageSink(6, 64, 64)
+    report, _ = L.run_lipsync(ArrayFrames(clip, FPS), faces, feats, L.BackendSpec(), runtime, sink,
+                              length_policy="follow_video", engine_factory=boom)
+    assert torch.equal(sink.close(), uint8_to_image(clip))
+    assert "no frame has a face" in report.text()
+
+
+def test_bad_inputs(clip, faces, feats, runtime):
+    with pytest.raises(L.LipSyncError, match="length_policy"):
+        L.make_plan(10, 1.0, 25, "longest")
+    with pytest.raises(ValueError, match="Face Detect"):
+        L.run_lipsync(ArrayFrames(clip[:5], FPS), faces, feats, L.BackendSpec(), runtime, L.ImageSink(5, 256, 256))
+    with pytest.raises(L.LipSyncError, match="backend"):
+        L.BackendSpec(choice="wav2lip")
