@@ -590,7 +590,7 @@ def load_unet(path_or_state_dict, config: Optional[Dict] = None, device: Optiona
     :class:`~.checkpoint.CheckpointError` listing them; the original loader ignored them, spec §1).
 
     The module is built on the meta device and the file's tensors are assigned in place (no second full-size copy),
-    then moved to ``device``/``dtype``.
+    then moved to ``device``/``dtype`` (default: the dtype of the stored weights).
     """
     from .checkpoint import load_strict, read_state_dict
 
@@ -602,9 +602,8 @@ def load_unet(path_or_state_dict, config: Optional[Dict] = None, device: Optiona
     unet = build_unet(config, device="meta")
     load_strict(unet, sd, "LatentSync UNet3D", source=source, assign=True)
     unet.eval()
-    if device is not None or dtype is not None:
-        unet = unet.to(device=device, dtype=dtype)
-    return unet
+    # one dtype for every tensor (a file may mix fp16 weights with fp32 buffers): the requested one, else the weights'
+    return unet.to(device=device, dtype=dtype or unet.conv_in.weight.dtype)
 
 
 def random_state_dict(config: Optional[Dict] = None, seed: int = 0, dtype: torch.dtype = torch.float16,
@@ -620,9 +619,11 @@ def random_state_dict(config: Optional[Dict] = None, seed: int = 0, dtype: torch
     return sd
 
 
-def write_test_weights(models_root: str, seed: int = 0, versions: Iterable[str] = VERSIONS) -> List[str]:
+def write_test_weights(models_root: str, seed: int = 0, versions: Iterable[str] = VERSIONS,
+                       config: Optional[Dict] = None) -> List[str]:
     """Write full-size random UNets (fp16 values, ~2.5 GB each) in the released wrapping ``{"state_dict": ...}`` to
-    ``<models_root>/latentsync/1.5/latentsync_unet.pt`` and/or ``.../1.6/latentsync_unet.pt``."""
+    ``<models_root>/latentsync/1.5/latentsync_unet.pt`` and/or ``.../1.6/latentsync_unet.pt``.
+    ``config`` overrides the architecture (tests use a small one)."""
     from .registry import REGISTRY
 
     written = []
@@ -630,7 +631,7 @@ def write_test_weights(models_root: str, seed: int = 0, versions: Iterable[str] 
         wf = REGISTRY[REGISTRY_KEYS[v]]
         dest = os.path.join(models_root, wf.folder, wf.relpath)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        sd = random_state_dict(seed=seed + i)
+        sd = random_state_dict(config, seed=seed + i)
         tmp = dest + ".part"
         torch.save({"state_dict": sd, "global_step": 0}, tmp)
         del sd
