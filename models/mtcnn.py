@@ -191,7 +191,7 @@ def to_square(boxes: np.ndarray) -> np.ndarray:
 
 # ---- crop resampling (torch, any device) ---------------------------------------------------------------------------
 def roi_resample(images: torch.Tensor, image_index: np.ndarray, boxes: np.ndarray, size: int,
-                 max_ratio: int = 8) -> torch.Tensor:
+                 max_ratio: int = 4) -> torch.Tensor:
     """Resample the box regions of a batch of images to ``size x size`` crops.
 
     ``images`` [n,C,H,W] float, ``image_index`` [K] int (which image each box is on), ``boxes`` [K,4] float in
@@ -205,26 +205,30 @@ def roi_resample(images: torch.Tensor, image_index: np.ndarray, boxes: np.ndarra
     out = images.new_zeros((k, c, size, size))
     if k == 0:
         return out
-    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    image_index = np.asarray(image_index).reshape(-1)
     side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / size
     ratio = np.clip(2 ** np.ceil(np.log2(np.maximum(side, 1.0))), 1, max_ratio).astype(np.int64)
+    # Box edges in grid_sample's normalised coordinates (align_corners=False: -1/+1 are the outer pixel edges).
+    norm = np.stack([2 * boxes[:, 0] / w - 1, 2 * boxes[:, 1] / h - 1, 2 * boxes[:, 2] / w - 1,
+                     2 * boxes[:, 3] / h - 1], axis=1)
+    norm_t = torch.from_numpy(norm).to(images.device, torch.float32)
     for b in np.unique(image_index):
         for r in np.unique(ratio[image_index == b]):
+            r = int(r)
             sel = np.nonzero((image_index == b) & (ratio == r))[0]
-            m = size * int(r)
-            t = (np.arange(m, dtype=np.float64) + 0.5) / m                          # sample positions in [0,1]
-            xs = boxes[sel, 0:1] + t[None] * (boxes[sel, 2:3] - boxes[sel, 0:1])   # [k, m] pixels
-            ys = boxes[sel, 1:2] + t[None] * (boxes[sel, 3:4] - boxes[sel, 1:2])
-            gx = 2.0 * xs / w - 1.0                                                 # align_corners=False
-            gy = 2.0 * ys / h - 1.0
-            grid = np.empty((len(sel), m, m, 2), dtype=np.float32)
-            grid[..., 0] = gx[:, None, :]
-            grid[..., 1] = gy[:, :, None]
-            grid_t = torch.from_numpy(grid.reshape(1, len(sel) * m, m, 2)).to(images.device, images.dtype)
-            s = F.grid_sample(images[int(b):int(b) + 1], grid_t, mode="bilinear", padding_mode="zeros",
-                              align_corners=False)                                  # [1, C, k*m, m]
-            s = s.reshape(c, len(sel), size, int(r), size, int(r)).mean(dim=(3, 5)).permute(1, 0, 2, 3)
-            out[torch.from_numpy(sel).to(images.device)] = s
+            m = size * r
+            t = (torch.arange(m, device=images.device, dtype=torch.float32) + 0.5) / m       # [m] in (0,1)
+            nb = norm_t[torch.from_numpy(sel).to(images.device)]                              # [k,4]
+            gx = nb[:, 0:1] + t[None] * (nb[:, 2:3] - nb[:, 0:1])                             # [k,m]
+            gy = nb[:, 1:2] + t[None] * (nb[:, 3:4] - nb[:, 1:2])
+            grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [k,m,m,2]
+            grid = grid.reshape(1, len(sel) * m, m, 2).to(images.dtype)
+            s = F.grid_sample(images[int(b):int(b) + 1], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)                                            # [1,C,k*m,m]
+            if r > 1:
+                s = F.avg_pool2d(s, r)                                                        # [1,C,k*size,size]
+            out[torch.from_numpy(sel).to(images.device)] = s.reshape(c, len(sel), size, size).transpose(0, 1)
     return out
 
 
@@ -287,7 +291,8 @@ class MTCNN:
             sy, sx = hs / height, ws / width
             if (hs, ws) != tuple(level.shape[2:]):
                 level = F.interpolate(level, size=(hs, ws), mode="area")
-            prob, reg = self.pnet(self._normalise(level))
+            # channels-last is about twice as fast for these thin convolutions on the CPU (and fine elsewhere)
+            prob, reg = self.pnet(self._normalise(level).contiguous(memory_format=torch.channels_last))
             prob = prob.cpu().numpy()
             bi, yi, xi = np.nonzero(prob >= t1)
             if len(bi) == 0:
@@ -340,7 +345,8 @@ class MTCNN:
         outs = []
         for i in range(0, len(boxes), net_batch):
             crops = roi_resample(images, img[i:i + net_batch], boxes[i:i + net_batch], size)
-            outs.append([o.cpu().numpy().astype(np.float64) for o in net(self._normalise(crops))])
+            crops = self._normalise(crops).contiguous(memory_format=torch.channels_last)
+            outs.append([o.cpu().numpy().astype(np.float64) for o in net(crops)])
         return [np.concatenate(parts) for parts in zip(*outs)]
 
 
