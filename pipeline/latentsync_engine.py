@@ -286,6 +286,28 @@ class LatentSyncEngine:
         return out
 
 
+    # -- back into the frame ------------------------------------------------------------------------------------
+    def aligner(self):
+        """A :class:`~.latentsync_align.FaceAligner` for this resolution (reset it at every cut)."""
+        from .latentsync_align import FaceAligner
+
+        return FaceAligner(self.resolution)
+
+    def restore(self, frame_u8: np.ndarray, face: torch.Tensor, affine: torch.Tensor, better_paste: bool = True,
+                device: Optional[torch.device | str] = None):
+        """Paste one generated face (float [3, R, R] from :meth:`sync_chunk`) back into its frame; returns a
+        :class:`~.latentsync_align.RestorePatch` (or None when the face is outside the frame).
+
+        ``better_paste`` (the product default) replaces only the regenerated lower-face region, feathered, and keeps
+        the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (spec §9)."""
+        from .latentsync_align import align_geometry, resize_face_to_crop, restore_patch
+
+        g = align_geometry(self.resolution)
+        crop = resize_face_to_crop(face.float(), (g.crop_h, g.crop_w))
+        region = self.regenerated_region() if better_paste else None
+        return restore_patch(frame_u8, crop, affine, region=region, device=device or "cpu")
+
+
 # ---- loading -------------------------------------------------------------------------------------------------------
 def load_vae_sd(config_path: str, weights_path: str):
     """sd-vae-ft-mse as a diffusers ``AutoencoderKL`` with LatentSync's ``scaling_factor 0.18215, shift_factor 0``

@@ -174,3 +174,18 @@ def test_missing_weights_are_listed(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "latentsync_unet.pt" in msg and "mask.png" in msg and "sd-vae" in msg
     assert E.required_weights("1.5")[0] == "latentsync15.unet"
+
+
+def test_engine_restore_patch_modes():
+    eng, _ = _tiny_engine()
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    al = eng.aligner()
+    aligned = al.align(frame, np.array([[80.0, 60.0], [120.0, 61.0], [100.0, 86.0]]))
+    assert aligned.face.shape == (64, 64, 3)
+    face = torch.rand(3, 64, 64) * 2 - 1
+    whole = eng.restore(frame, face, aligned.affine, better_paste=False)
+    part = eng.restore(frame, face, aligned.affine, better_paste=True)
+    n_whole = (whole.apply(frame) != frame).any(-1).sum()
+    n_part = (part.apply(frame) != frame).any(-1).sum()
+    assert 0 < n_part < n_whole

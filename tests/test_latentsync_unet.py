@@ -47,6 +47,20 @@ def test_full_size_keys_match_release_manifest(manifest):
     assert sum(b.numel() for b in m.buffers()) == man["buffer_count"]
 
 
+@pytest.mark.parametrize("resolution", [256, 512])
+def test_full_size_forward_shapes_on_meta(resolution):
+    """The whole forward (and the DeepCache shallow path) of the released model, shapes only, for free."""
+    h = resolution // 8
+    with torch.device("meta"):
+        m = L.UNet3DConditionModel()
+        x = torch.empty(2, 13, 16, h, h)
+        a = torch.empty(32, 50, 384)
+    cache = L.DeepCacheState()
+    assert m(x, torch.tensor(951), a, cache=cache, step_index=0).shape == (2, 4, 16, h, h)
+    assert cache.feature.shape == (2, 320, 16, h, h)
+    assert m(x, torch.tensor(901), a, cache=cache, step_index=1).shape == (2, 4, 16, h, h)
+
+
 def test_default_config_is_the_release_config():
     man = json.load(open(shared_path("fixtures", "latentsync", "manifest_v1.5_stage2.json")))
     assert L.UNET_CONFIG == man["model_config"]
