@@ -20,9 +20,8 @@ The released mask (``mask.png``) is an asset fetched on first use into the Laten
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
