@@ -331,12 +331,13 @@ def required_weights(version: str) -> List[str]:
 
 
 def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_download: bool = True,
-                    vae=None, **engine_kwargs) -> LatentSyncEngine:
+                    vae=None, unet_config: Optional[Dict] = None, **engine_kwargs) -> LatentSyncEngine:
     """Build a :class:`LatentSyncEngine` for LatentSync ``version`` ("1.5" -> 256 px, "1.6" -> 512 px).
 
     Fetches missing files when allowed (``registry.ensure`` raises one ``MissingWeightsError`` listing all of them),
     loads the UNet strictly (missing / unexpected keys are errors) and moves UNet and VAE to ``runtime.device`` in
-    ``runtime.dtype``. ``vae`` may be passed in to share an already loaded sd-vae-ft-mse.
+    ``runtime.dtype``. ``vae`` may be passed in to share an already loaded sd-vae-ft-mse; ``unet_config`` overrides
+    the architecture (tests).
     """
     from ..models.checkpoint import read_state_dict
     from ..models.registry import ensure
@@ -352,7 +353,7 @@ def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_downlo
     warning = unet_mod.check_resolution_matches(sd, v)
     if warning:
         runtime.log(warning)
-    unet = unet_mod.load_unet(sd, source=paths[unet_mod.REGISTRY_KEYS[v]])
+    unet = unet_mod.load_unet(sd, config=unet_config, source=paths[unet_mod.REGISTRY_KEYS[v]])
     del sd
     unet = runtime.prepare_model(unet)
     if vae is None:

@@ -189,3 +189,31 @@ def test_engine_restore_patch_modes():
     n_whole = (whole.apply(frame) != frame).any(-1).sum()
     n_part = (part.apply(frame) != frame).any(-1).sum()
     assert 0 < n_part < n_whole
+
+
+def test_load_latentsync_from_model_folders(tmp_path, monkeypatch):
+    """The loader end to end with small files in the released layouts: registry paths, {"state_dict"} unwrapping,
+    strict VAE load from config.json + safetensors, mask.png asset."""
+    import cv2
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from musetalk_enhanced.pipeline.runtime import Runtime
+
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
+    small = {"block_out_channels": [32, 32, 32, 32]}
+    L.write_test_weights(str(tmp_path), versions=("1.5",), config=small)
+    vae = AutoencoderKL(block_out_channels=[32, 32, 32, 32], layers_per_block=1,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    vae_dir = tmp_path / "musetalk" / "sd-vae"
+    vae.save_config(str(vae_dir))
+    save_file(vae.state_dict(), str(vae_dir / "diffusion_pytorch_model.safetensors"))
+    png = np.full((256, 256, 3), 255, np.uint8)
+    png[95:243, 9:248] = 0
+    cv2.imwrite(str(tmp_path / "latentsync" / "mask.png"), png)
+    eng = E.load_latentsync("1.5", Runtime(device="cpu", show_progress=False), auto_download=False,
+                            unet_config=small, steps=1, guidance=1.0)
+    assert eng.resolution == 256 and eng.unet_dtype == torch.float32 and eng.vae.config.scaling_factor == 0.18215
+    assert float(eng.mask[0, 150, 128]) == 0.0 and float(eng.mask[0, 20, 128]) == 1.0
+    out = eng.sync_chunk(np.full((1, 256, 256, 3), 90, np.uint8), torch.zeros(1, 50, 384), frame_start=0)
+    assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
