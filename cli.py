@@ -1,0 +1,126 @@
+"""Command-line lip-sync on the same pipeline as the nodes, without ComfyUI.
+
+    python <pack folder> --video in.mp4 --audio voice.wav --out out.mp4 [options]
+    python -m musetalk_enhanced ...            (when the folder is importable under that name)
+
+Weights are looked up in ``$MUSETALK_MODELS_DIR/<folder>`` (default ``~/.cache/musetalk_enhanced/models``, or
+``--models-dir``) and downloaded on first use unless ``--no-download``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline.faces import SPEAKER_POLICIES
+    from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
+
+    p = argparse.ArgumentParser(prog="musetalk_enhanced",
+                                description="Re-sync the lips of the person in a video to a new voice track. Frames "
+                                            "without a usable face (cutaways) pass through untouched.")
+    p.add_argument("--video", required=True, help="input video (any format FFmpeg reads)")
+    p.add_argument("--audio", help="voice track (any format); default: the video's own audio")
+    p.add_argument("--out", required=True, help="output .mp4 (must not exist: nothing is ever overwritten)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    p.add_argument("--length-policy", default="follow_audio", choices=LENGTH_POLICIES)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--blend-mode", default="auto", choices=["auto", "jaw", "raw", "neck", "feather"])
+    p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "s3fd+fan68"])
+    p.add_argument("--min-face-size", type=float, default=50.0, help="minimum face width in pixels")
+    p.add_argument("--min-score", type=float, default=0.0, help="minimum detector score (0 = backend default)")
+    p.add_argument("--speaker", default="largest", choices=SPEAKER_POLICIES)
+    p.add_argument("--track-index", type=int, default=0)
+    p.add_argument("--user-box", default="", help="x1,y1,x2,y2 (pixels or fractions) for --speaker user_box")
+    p.add_argument("--shot-threshold", type=float, default=27.0)
+    p.add_argument("--bbox-shift", type=int, default=0)
+    p.add_argument("--extra-margin", type=int, default=10)
+    p.add_argument("--no-smooth-boxes", action="store_true")
+    p.add_argument("--force-rate", type=float, default=0.0, help="resample the video to this fps first (0 = keep)")
+    p.add_argument("--compat-int-fps", action="store_true", help="reproduce the original's int(fps) audio timing")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--crf", type=int, default=19)
+    p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
+    p.add_argument("--no-download", action="store_true", help="never download weights; list what is missing")
+    p.add_argument("--sample-latents", action="store_true", help="MuseTalk: sample the VAE posterior like the original")
+    p.add_argument("--seed", type=int, default=1247)
+    p.add_argument("--steps", type=int, default=20, help="LatentSync DDIM steps")
+    p.add_argument("--guidance", type=float, default=1.5, help="LatentSync guidance scale")
+    p.add_argument("--deepcache", action="store_true", help="LatentSync: DeepCache (faster)")
+    p.add_argument("--report-json", help="write the run report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.models_dir:
+        os.environ["MUSETALK_MODELS_DIR"] = os.path.abspath(args.models_dir)
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .models.registry import MissingWeightsError
+    from .pipeline.audio import AudioError, load_audio_file
+    from .pipeline.audio_features import compute_audio_features
+    from .pipeline.detectors import create_detector
+    from .pipeline.faces import FaceOptions, analyze_faces, summarize
+    from .pipeline.lipsync import BackendSpec, LipSyncError, WriterSink, aligned_audio, make_plan, run_lipsync
+    from .pipeline.runtime import Cancelled, Runtime, pick_device, pick_dtype
+    from .pipeline.video import VideoError, VideoFileFrames, VideoWriter
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out):
+        print(f"error: --out {out} already exists; choose another name (nothing is overwritten).", file=sys.stderr)
+        return 2
+    if not out.lower().endswith(".mp4"):
+        print("error: --out must be an .mp4 file", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    try:
+        device = pick_device(args.device)
+        runtime = Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
+        frames = VideoFileFrames(args.video, force_rate=args.force_rate, name="--video")
+        audio = load_audio_file(args.audio or args.video, name="--audio" if args.audio else "--video's audio")
+        print(f"video: {frames.describe()}; audio: {audio.duration:.2f} s, {audio.sample_rate} Hz, "
+              f"{audio.channels} ch; device {runtime.device}, {str(runtime.dtype).replace('torch.', '')}")
+        spec = BackendSpec(choice=args.backend, device=args.device, dtype=args.dtype,
+                           auto_download=not args.no_download,
+                           posterior="sample" if args.sample_latents else "mode", seed=args.seed,
+                           latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
+        detector = create_detector(args.detector, runtime, auto_download=not args.no_download)
+        options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
+                              shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,
+                              user_box=args.user_box or None, bbox_shift=args.bbox_shift,
+                              extra_margin=args.extra_margin, smooth_boxes=not args.no_smooth_boxes)
+        options.validate()
+        faces = analyze_faces(frames, detector, runtime, options=options)
+        print(summarize(faces))
+        features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
+                                          compat=args.compat_int_fps, auto_download=not args.no_download)
+        plan = make_plan(len(frames), features.duration, frames.fps, args.length_policy)
+        writer = VideoWriter(out, frames.fps, frames.width, frames.height,
+                             aligned_audio(audio, plan.num_frames, frames.fps), crf=args.crf)
+        report, _ = run_lipsync(frames, faces, features, spec, runtime, WriterSink(writer),
+                                batch_size=args.batch_size, length_policy=args.length_policy,
+                                blend_mode=args.blend_mode)
+        writer.close()
+    except (MissingWeightsError, VideoError, AudioError, LipSyncError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Cancelled):
+        print("cancelled; no output written", file=sys.stderr)
+        return 130
+    print(report.text())
+    print(f"wrote {out} ({report.num_frames} frames, {time.time() - t0:.1f} s)")
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump({"output": out, "frames": report.num_frames, "synced": {k: len(v) for k, v in
+                                                                              report.synced.items()},
+                       "passed_through": report.passed_through, "fallbacks": report.fallbacks,
+                       "notes": report.notes, "seconds": report.seconds}, f, indent=1)
+    return 0
