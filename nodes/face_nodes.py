@@ -27,6 +27,16 @@ def _frames_from_inputs(images, frames, fps):
     return ImageFrames(images, fps)
 
 
+def detector_options(backend: str, min_face_size: float, width: int, height: int) -> dict:
+    """MTCNN searches faces down to ``min_face_size`` pixels of the image it sees (720p short side at most); faces
+    smaller than the analysis keeps need not be searched, and a coarser pyramid is faster. 0.8 leaves room for the
+    box regression. Never below the detector's own default (20)."""
+    if backend != "mtcnn" or not min_face_size or min_face_size <= 0:
+        return {}
+    scale = min(1.0, 720.0 / float(max(1, min(width, height))))
+    return {"min_face_size": max(20.0, 0.8 * float(min_face_size) * scale)}
+
+
 def preview_indices(num_frames: int, max_frames: int = PREVIEW_MAX_FRAMES):
     """All frames of a short clip, else ``max_frames`` indices spread evenly (first and last included)."""
     import numpy as np
@@ -164,7 +174,8 @@ class MuseTalkFaceDetect:
             extra_margin=int(extra_margin), smooth_boxes=bool(smooth_boxes))
         options.validate()
         runtime = _runtime()
-        detector = create_detector(backend, runtime, auto_download=bool(auto_download))
+        detector = create_detector(backend, runtime, auto_download=bool(auto_download),
+                                   **detector_options(backend, min_face_size, src.width, src.height))
 
         wanted = preview_indices(len(src))
         wanted_set = set(wanted)

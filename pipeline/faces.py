@@ -11,11 +11,13 @@ backend (``pipeline.detectors``) and the shot-cut detector (``pipeline.shots``) 
    greedy, best pair first) or starts a new track. A track stays matchable for the rest of its shot, so a face that
    drops out and comes back keeps its identity. Every cut ends all tracks.
 3. **Debounce**: a track counts (is *confirmed*) once it has been detected in ``debounce_frames`` frames (default 3)
-   of its shot, or in every frame of a shot shorter than that. Confirmation is retroactive: the first frames of a
-   real face are kept, while a face seen in only one or two frames (typically a false positive) is ignored.
-4. **Bridge** dropouts: inside a confirmed track, a gap of at most ``bridge_gap`` frames (default 2) between two
-   detections is filled by linear interpolation of the box and landmarks (``Detection.interpolated``). 0 turns it
-   off. Longer gaps stay cutaways.
+   that follow each other with gaps of at most ``bridge_gap`` frames, or in every frame of a shot shorter than
+   that. Confirmation is retroactive and covers the whole track in its shot: the first frames of a real face are
+   kept, while a face seen in only one or two frames (typically a false positive, even if it recurs at the same
+   place) is ignored.
+4. **Bridge** dropouts: inside a confirmed track, a gap of at most ``bridge_gap`` frames (default 2: 80 ms at 25 fps)
+   between two detections is filled by linear interpolation of the box and landmarks (``Detection.interpolated``).
+   0 turns it off. Longer gaps stay cutaways; nothing is ever bridged across a cut.
 5. **Choose the speaker** among the confirmed tracks of the shot, then per frame take the best-ranked eligible track
    present in that frame:
 
@@ -409,8 +411,9 @@ def analyze_faces(frames, detector, runtime=None, *, options: Optional[FaceOptio
     return analyzer.finish(frames.fps, params)
 
 
-def summarize(seq: FaceSequence) -> str:
-    """Human-readable report: shots with frame ranges, tracks, cutaway ranges and why, counts."""
+def summarize(seq: FaceSequence, max_shot_lines: int = 100) -> str:
+    """Human-readable report: shots with frame ranges, tracks, cutaway ranges and why, counts (at most
+    ``max_shot_lines`` shot lines; the rest are counted)."""
     n = len(seq)
     starts = list(seq.shot_starts) + [n]
     faces = len(seq.face_indices())
@@ -421,6 +424,9 @@ def summarize(seq: FaceSequence) -> str:
         lines.append(f"backend {p.get('backend', '?')} ({p.get('landmark_kind', '?')}), min score "
                      f"{p.get('min_score_used', '?')}, speaker {p.get('speaker', '?')}")
     for s in range(len(seq.shot_starts)):
+        if s >= max_shot_lines:
+            lines.append(f"... {len(seq.shot_starts) - max_shot_lines} more shot(s)")
+            break
         a, b = starts[s], starts[s + 1] - 1
         shot_frames = seq.frames[a:b + 1]
         nf = sum(1 for f in shot_frames if f.face is not None)
