@@ -357,10 +357,38 @@ def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_downlo
     del sd
     unet = runtime.prepare_model(unet)
     if vae is None:
-        vae = load_vae_sd(paths["sd_vae.config"], paths["sd_vae.weights"])
+        from ..models.vae import load_vae
+
+        vae = load_vae(paths["sd_vae.weights"], paths["sd_vae.config"])  # old/new key names, .safetensors/.bin
+        vae.register_to_config(scaling_factor=VAE_SCALING_FACTOR, shift_factor=VAE_SHIFT_FACTOR)
     vae = runtime.prepare_model(vae)
     mask = load_fixed_mask(resolution, paths[unet_mod.MASK_KEY])
     return LatentSyncEngine(unet, vae, runtime=runtime, resolution=resolution, mask=mask, **engine_kwargs)
+
+
+_ENGINES: Dict[tuple, LatentSyncEngine] = {}
+
+
+def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto_download: bool = True,
+                           **engine_kwargs) -> LatentSyncEngine:
+    """:func:`load_latentsync`, reusing the last engine when the files, device, dtype and settings are the same
+    (one LatentSync engine in memory at a time). The shared initial noise is re-drawn from the seed each time."""
+    from ..models.registry import find
+
+    runtime = runtime or Runtime()
+    v = unet_mod.normalize_version(version)
+    stamp = tuple((k, find(k), os.path.getmtime(find(k)) if find(k) else None) for k in required_weights(v))
+    key = (stamp, str(runtime.device), str(runtime.dtype), tuple(sorted(engine_kwargs.items())))
+    eng = _ENGINES.get(key)
+    if eng is None:
+        _ENGINES.clear()
+        eng = load_latentsync(v, runtime, auto_download, **engine_kwargs)
+        if all(p for _, p, _ in stamp):
+            _ENGINES[key] = eng
+    eng.runtime = runtime
+    eng._gen = torch.Generator().manual_seed(eng.seed)
+    eng.init_noise = torch.randn((1, 4, 1, eng.latent_size, eng.latent_size), generator=eng._gen)
+    return eng
 
 
 def ping_pong_indices(n_frames: int, length: int) -> List[int]:

@@ -309,7 +309,82 @@ class MuseTalkRunner:
         return out
 
 
-def _features_for(features, fps: float, layout: str, runtime: Runtime, auto_download: bool):
+class LatentSyncRunner:
+    """Runs LatentSync 1.5/1.6 on chunks of consecutive face frames of one shot (spec latentsync §§4-9, §13).
+
+    Faces are aligned once per source frame, in processing order, with the nose-bias smoothing reset at every cut
+    (and at every cutaway gap); the affine of each source frame is kept, the aligned pixels in a bounded cache.
+    """
+
+    def __init__(self, engine, name: str, better_paste: bool = True, cache: int = 64):
+        self.engine = engine
+        self.name = name
+        self.better_paste = better_paste
+        self.aligner = engine.aligner()
+        self.affines: Dict[int, torch.Tensor] = {}
+        self.aligned = _LRU(cache)
+        self._last = None  # (shot, source index) of the last aligned frame
+
+    def _aligned_face(self, s: int, frame_u8: np.ndarray, faces: FaceSequence) -> np.ndarray:
+        import cv2
+
+        face = self.aligned.get(s)
+        if face is not None:
+            return face
+        ff = faces.frames[s]
+        if s in self.affines:  # evicted: re-warp with the affine it had (smoothing state untouched)
+            crop = self.aligner.warp(frame_u8, self.affines[s])
+            r = self.engine.resolution
+            face = cv2.resize(crop, (r, r), interpolation=cv2.INTER_LANCZOS4)
+        else:
+            if self._last is None or self._last[0] != ff.shot or abs(self._last[1] - s) != 1:
+                self.aligner.reset()  # a cut or a gap: the smoothing starts afresh
+            pts = ff.face.align_points
+            if pts is None:
+                raise LipSyncError(f"frame {s}: the face has no alignment points (re-run Face Detect)")
+            a = self.aligner.align(frame_u8, np.asarray(pts, dtype=np.float64))
+            self.affines[s] = a.affine
+            face = a.face
+            self._last = (ff.shot, s)
+        self.aligned.put(s, face)
+        return face
+
+    def patches(self, ks, srcs, src_u8, faces, windows):
+        aligned = np.stack([self._aligned_face(s, src_u8[s], faces) for s in srcs])
+        out = self.engine.sync_chunk(aligned, windows, frame_start=int(ks[0]), output="float")
+        return [self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste)
+                for j, s in enumerate(srcs)]
+
+
+def face_chunks(plan: Plan, faces: FaceSequence, start: int, stop: int, max_len: int) -> List[Tuple[int, int, bool]]:
+    """Split output frames ``[start, stop)`` into ``(k0, k1, is_face)`` segments: face chunks are consecutive output
+    frames with a face, in one shot, showing consecutive source frames (the ping-pong turn repeats one), at most
+    ``max_len`` long; they never span a cut or a cutaway (spec latentsync §13)."""
+    out: List[Tuple[int, int, bool]] = []
+    k = start
+    while k < stop:
+        s = int(plan.source[k])
+        ff = faces.frames[s]
+        if ff.face is None:
+            j = k + 1
+            while j < stop and faces.frames[int(plan.source[j])].face is None:
+                j += 1
+            out.append((k, j, False))
+            k = j
+            continue
+        j = k + 1
+        while j < stop and j - k < max_len:
+            s2, s1 = int(plan.source[j]), int(plan.source[j - 1])
+            f2 = faces.frames[s2]
+            if f2.face is None or f2.shot != faces.frames[s1].shot or abs(s2 - s1) > 1:
+                break
+            j += 1
+        out.append((k, j, True))
+        k = j
+    return out
+
+
+def _features_for(features, fps: float, layout: str, runtime: Runtime, auto_download: bool, encoder=None):
     """Audio features in ``layout`` timed at ``fps`` (recomputed from the kept source audio only when needed)."""
     from .audio_features import compute_audio_features, latentsync_frame_count, musetalk_frame_count
 
@@ -317,7 +392,7 @@ def _features_for(features, fps: float, layout: str, runtime: Runtime, auto_down
         if features.audio is None:
             raise LipSyncError(f"audio_features: computed for {features.layout} but the backend needs {layout}, and "
                                "the source audio is not attached; set the features node's layout to 'follow backend'.")
-        return compute_audio_features(features.audio, fps, layout, None, runtime, features.compat, auto_download)
+        return compute_audio_features(features.audio, fps, layout, encoder, runtime, features.compat, auto_download)
     if abs(features.fps - fps) > 1e-6:
         if layout == "musetalk":
             n = musetalk_frame_count(features.num_samples_16k, fps, features.compat)
@@ -329,11 +404,13 @@ def _features_for(features, fps: float, layout: str, runtime: Runtime, auto_down
 
 def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec, runtime: Runtime,
                 sink, batch_size: int = 8, length_policy: str = "follow_audio", blend_mode: str = "auto",
-                engine_factory: Optional[Callable[[str], object]] = None) -> Tuple[LipSyncReport, Optional[Audio]]:
+                engine_factory: Optional[Callable[[str], object]] = None,
+                whisper_encoder=None) -> Tuple[LipSyncReport, Optional[Audio]]:
     """Lip-sync ``frames`` to ``features`` into ``sink``. Returns the report and the audio aligned to the output.
 
     ``engine_factory(backend) -> runner`` overrides model loading (tests); by default runners are built from the
-    registry's weights on ``runtime``.
+    registry's weights on ``runtime``. ``whisper_encoder`` is used when features must be recomputed for another
+    backend's layout (a fallback); by default whisper-tiny is loaded through the registry.
     """
     t_start = time.time()
     faces.check_matches(len(frames), frames.width, frames.height)
@@ -358,7 +435,7 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
             try:
                 runner = (engine_factory or _default_factory(spec, runtime, blend_mode))(backend)
                 feats = _features_for(features, fps, "latentsync" if backend.startswith("latentsync") else "musetalk",
-                                      runtime, spec.auto_download)
+                                      runtime, spec.auto_download, whisper_encoder)
                 if i > 0 or why != "requested":
                     report.notes.append(f"backend {backend} ({why})")
                 break
@@ -373,35 +450,37 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
         report.notes.append("no frame has a face: every frame passes through unchanged")
 
     # --- the loop ------------------------------------------------------------------------------------------------
-    bs = int(batch_size)
-    report.batch_sizes.append(bs)
-    k = 0
+    factory = engine_factory or _default_factory(spec, runtime, blend_mode)
+    state = _LoopState(runner, feats, int(batch_size), encoder=whisper_encoder)
+    report.batch_sizes.append(state.bs)
     total = plan.num_frames
     try:
+        k = 0
         while k < total:
-            ks = list(range(k, min(total, k + bs)))
+            if isinstance(state.runner, LatentSyncRunner):
+                segs = face_chunks(plan, faces, k, min(total, k + 4 * MAX_CHUNK), state.chunk)
+                k0, k1, is_face = segs[0]
+            else:
+                k0, k1, is_face = k, min(total, k + state.bs), True
+            ks = list(range(k0, k1))
             srcs = [int(plan.source[j]) for j in ks]
             uniq = sorted(set(srcs))
             u8 = frames.read(uniq)
             src_u8 = {s: u8[i] for i, s in enumerate(uniq)}
             native_all = _native(frames, uniq)
-            face_pos = [i for i, s in enumerate(srcs) if faces.frames[s].face is not None]
             patches: Dict[int, object] = {}
-            if face_pos and runner is not None:
+            face_pos = [i for i, s in enumerate(srcs) if faces.frames[s].face is not None] if is_face else []
+            if face_pos and state.runner is not None:
                 fk = [ks[i] for i in face_pos]
                 fs = [srcs[i] for i in face_pos]
-                try:
-                    got = runner.patches(fk, fs, src_u8, faces, feats.windows(fk))
-                except Exception as exc:
-                    if is_oom(exc) and bs > 1:
-                        runtime.empty_cache()
-                        bs = max(1, bs // 2)
-                        report.batch_sizes.append(bs)
-                        runtime.log(f"out of memory; retrying with batch size {bs}")
-                        continue
-                    raise
-                patches = dict(zip(fk, got))
-                report.add(runner.name, fk)
+                got = _run_unit(state, fk, fs, src_u8, faces, features, fps, spec, runtime, report, factory)
+                if got is None:
+                    continue  # batch/chunk size lowered: retry the same frames
+                name, plist = got
+                for j, p in zip(fk, plist):
+                    if p is not None:
+                        patches[j] = p
+                report.add(name, [j for j, p in zip(fk, plist) if p is not None])
             out = []
             for j, s in zip(ks, srcs):
                 nat = native_all[uniq.index(s)]
@@ -412,13 +491,68 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
                     report.passed_through.append(j)
                 out.append(nat)
             sink.write(torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out))
-            k = ks[-1] + 1
+            k = k1
             runtime.progress("lip-sync", k, total)
     except BaseException:
         sink.abort()
         raise
     report.seconds = time.time() - t_start
     return report, out_audio
+
+
+MAX_CHUNK = 16  # LatentSync frames per chunk (the original's num_frames)
+MAX_LATENTSYNC_FAILURES = 3
+
+
+@dataclass
+class _LoopState:
+    runner: object
+    feats: object
+    bs: int
+    chunk: int = MAX_CHUNK
+    failures: int = 0
+    musetalk: object = None
+    musetalk_feats: object = None
+    encoder: object = None
+
+
+def _run_unit(state: _LoopState, fk, fs, src_u8, faces, features, fps, spec, runtime, report, factory):
+    """Run the current runner on one unit; handle OOM back-off and per-chunk fallback to MuseTalk.
+
+    Returns ``(backend name, patches)``, or None when the unit must be retried with a smaller size."""
+    runner = state.runner
+    try:
+        return runner.name, runner.patches(fk, fs, src_u8, faces, state.feats.windows(fk))
+    except Exception as exc:
+        if type(exc).__name__ == "InterruptProcessingException":
+            raise
+        oom = is_oom(exc)
+        if oom:
+            runtime.empty_cache()
+        if isinstance(runner, LatentSyncRunner):
+            if oom and state.chunk > 1:
+                state.chunk = max(1, state.chunk // 2)
+                report.notes.append(f"{runner.name}: out of memory; chunk length lowered to {state.chunk}")
+                return None
+            state.failures += 1
+            why = "out of memory at chunk length 1" if oom else _short(exc)
+            if state.musetalk is None:
+                state.musetalk = factory(MUSETALK)
+                state.musetalk_feats = _features_for(features, fps, "musetalk", runtime, spec.auto_download,
+                                                     state.encoder)
+            report.fallbacks.append(f"frames {fk[0]}-{fk[-1]}: {runner.name} failed ({why}) -> {MUSETALK}")
+            runtime.log(f"{runner.name} failed on frames {fk[0]}-{fk[-1]} ({why}); using {MUSETALK} for them")
+            if state.failures >= MAX_LATENTSYNC_FAILURES:
+                report.fallbacks.append(f"{runner.name} failed {state.failures} times: {MUSETALK} for the rest")
+                state.runner, state.feats = state.musetalk, state.musetalk_feats
+            mt = state.musetalk
+            return mt.name, mt.patches(fk, fs, src_u8, faces, state.musetalk_feats.windows(fk))
+        if oom and state.bs > 1:
+            state.bs = max(1, state.bs // 2)
+            report.batch_sizes.append(state.bs)
+            runtime.log(f"out of memory; retrying with batch size {state.bs}")
+            return None
+        raise
 
 
 def _native(frames: Frames, indices: Sequence[int]):
@@ -444,5 +578,12 @@ def _default_factory(spec: BackendSpec, runtime: Runtime, blend_mode: str):
             mode = resolve_blend_mode(blend_mode)
             parser = load_face_parser(runtime, spec.auto_download) if mode != "feather" else None
             return MuseTalkRunner(engine, mode, parser)
-        raise LipSyncError(f"{backend}: this backend is not available in this build")
+        if backend.startswith("latentsync"):
+            from .latentsync_engine import load_latentsync_cached
+
+            engine = load_latentsync_cached(backend.split("-")[-1], runtime, spec.auto_download,
+                                            steps=spec.latentsync_steps, guidance=spec.latentsync_guidance,
+                                            deepcache=spec.deepcache, seed=spec.seed)
+            return LatentSyncRunner(engine, backend, better_paste=spec.better_paste)
+        raise LipSyncError(f"{backend}: unknown backend")
     return make

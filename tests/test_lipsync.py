@@ -69,13 +69,23 @@ def voice(tmp_path_factory):
     return a
 
 
-def features_for(audio, fps=FPS, layout="musetalk"):
+_ENCODER = []
+
+
+def small_encoder():
     from musetalk_enhanced.models.whisper import WhisperStates, build_encoder
+
+    if not _ENCODER:
+        torch.manual_seed(1)
+        _ENCODER.append(WhisperStates(build_encoder(WHISPER_SMALL)))
+    return _ENCODER[0]
+
+
+def features_for(audio, fps=FPS, layout="musetalk"):
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
 
-    torch.manual_seed(1)
-    enc = WhisperStates(build_encoder(WHISPER_SMALL))
-    return compute_audio_features(audio, fps, layout, enc, Runtime("cpu", torch.float32, show_progress=False))
+    return compute_audio_features(audio, fps, layout, small_encoder(),
+                                  Runtime("cpu", torch.float32, show_progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +286,102 @@ def test_bad_inputs(clip, faces, feats, runtime):
         L.run_lipsync(ArrayFrames(clip[:5], FPS), faces, feats, L.BackendSpec(), runtime, L.ImageSink(5, 256, 256))
     with pytest.raises(L.LipSyncError, match="backend"):
         L.BackendSpec(choice="wav2lip")
+
+
+# ---------------------------------------------------------------------------------------------- LatentSync path ---
+@pytest.fixture(scope="module")
+def ls_engine():
+    from diffusers import AutoencoderKL
+
+    from musetalk_enhanced.models.latentsync_unet3d import UNet3DConditionModel
+    from musetalk_enhanced.pipeline.latentsync_engine import LatentSyncEngine
+
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel({"block_out_channels": [32, 32, 32, 32]}).eval()
+    vae = AutoencoderKL(block_out_channels=[32, 32, 32, 32], layers_per_block=1,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        latent_channels=4, norm_num_groups=32).eval()
+    mask = np.ones((3, 64, 64))
+    mask[:, 36:60, 8:56] = 0.0
+    return LatentSyncEngine(unet, vae, Runtime("cpu", torch.float32, show_progress=False), resolution=64, steps=2,
+                            mask=mask)
+
+
+def ls_factory(ls_engine, engine, calls, fail_on=None):
+    def make(backend):
+        if backend == L.MUSETALK:
+            return L.MuseTalkRunner(engine, "feather")
+        runner = L.LatentSyncRunner(ls_engine, backend)
+        orig = runner.patches
+
+        def patches(ks, srcs, src_u8, faces, windows):
+            calls.append((list(ks), list(srcs), windows.clone()))
+            if fail_on is not None:
+                fail_on(ks)
+            return orig(ks, srcs, src_u8, faces, windows)
+
+        runner.patches = patches
+        return runner
+    return make
+
+
+def test_latentsync_chunks_never_span_cuts_or_cutaways(clip, faces, engine, ls_engine, voice, runtime):
+    from dataclasses import replace as dc_replace
+
+    feats_ls = features_for(voice, layout="latentsync")
+    # make a cut inside the first face run (frame 5) as if the camera angle changed
+    seq = dc_replace(faces, frames=[dc_replace(f, shot=f.shot + (1 if f.index >= 5 else 0) if f.index < 10 else
+                                               f.shot + 1) for f in faces.frames])
+    frames = ImageFrames(uint8_to_image(clip), FPS)
+    calls = []
+    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
+    sink = L.ImageSink(plan.num_frames, 256, 256)
+    report, _ = L.run_lipsync(frames, seq, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime, sink,
+                              length_policy="follow_video", engine_factory=ls_factory(ls_engine, engine, calls))
+    out = sink.close()
+    chunks = [ks for ks, _, _ in calls]
+    assert chunks == [list(range(0, 5)), list(range(5, 10)), list(range(15, 23))]
+    for ks, srcs, windows in calls:
+        torch.testing.assert_close(windows, feats_ls.windows(ks))  # absolute frame time, not index in the run
+    for k in list(range(10, 15)) + list(range(23, 28)):
+        assert torch.equal(out[k], frames.image[k])
+    assert report.backends_used == ["latentsync-1.6"] and not report.fallbacks
+    assert (out[:10] != frames.image[:10]).any()
+
+
+def test_latentsync_failure_falls_back_per_chunk(clip, faces, engine, ls_engine, voice, runtime):
+    feats_ls = features_for(voice, layout="latentsync")
+    calls = []
+
+    def fail(ks):
+        if ks[0] == 15:
+            raise RuntimeError("boom in the UNet")
+
+    frames = ArrayFrames(clip, FPS)
+    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
+    report, _ = L.run_lipsync(frames, faces, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime,
+                              L.ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
+                              engine_factory=ls_factory(ls_engine, engine, calls, fail),
+                              whisper_encoder=small_encoder())
+    assert sorted(report.synced["latentsync-1.6"]) == list(range(10))
+    assert sorted(report.synced[L.MUSETALK]) == list(range(15, 23))
+    assert any("frames 15-22: latentsync-1.6 failed (RuntimeError: boom" in f for f in report.fallbacks)
+
+
+def test_latentsync_out_of_memory_shortens_chunks(clip, faces, engine, ls_engine, voice, runtime):
+    feats_ls = features_for(voice, layout="latentsync")
+    calls = []
+
+    def oom(ks):
+        if len(ks) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    frames = ArrayFrames(clip, FPS)
+    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
+    report, _ = L.run_lipsync(frames, faces, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime,
+                              L.ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
+                              engine_factory=ls_factory(ls_engine, engine, calls, oom))
+    ok = [ks for ks, _, _ in calls if len(ks) <= 4]
+    assert ok and all(len(ks) <= 4 for ks in ok)
+    assert sorted(report.synced["latentsync-1.6"]) == list(range(10)) + list(range(15, 23))
+    assert "chunk length lowered to 4" in report.text()
