@@ -1,0 +1,112 @@
+"""The benchmark scripts run (``--quick``, as subprocesses) and write JSON with the expected keys and positive numbers.
+
+No speed is asserted: only that every measurement happened and is a sane, positive quantity.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 600  # generous: the shared CI box may be loaded; a quiet machine needs well under a minute per script
+
+
+def run_bench(script, tmp_path, *extra):
+    out = tmp_path / (script.replace(".py", "") + ".json")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--quick", "--json", str(out), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "| " in proc.stdout, "no markdown table printed"
+    with open(out) as fh:
+        return json.load(fh), proc.stdout
+
+
+def positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_common(doc, name):
+    assert doc["benchmark"] == name
+    assert doc["mode"] == "quick"
+    m = doc["machine"]
+    for key in ("cpu", "cores", "torch_threads", "torch", "load_average_after"):
+        assert key in m
+    assert positive(m["cores"]) and positive(m["torch_threads"])
+    assert positive(doc["process_peak_rss_mb"])
+    assert isinstance(doc["results"], list) and doc["results"]
+
+
+def test_media_quick(tmp_path):
+    doc, stdout = run_bench("media.py", tmp_path)
+    check_common(doc, "media")
+    rows = doc["results"]
+    enc = [r for r in rows if r["test"] == "encode"]
+    dec = [r for r in rows if r["test"] == "decode"]
+    stream = [r for r in rows if r["test"] == "stream"]
+    assert {(r["resolution"], r["preset"]) for r in enc} == {(res, p) for res in ("720p", "1080p")
+                                                             for p in ("medium", "fast")}
+    assert {r["resolution"] for r in dec} == {"720p", "1080p"}
+    for r in enc + dec:
+        for key in ("frames", "seconds", "fps", "rss_peak_mb"):
+            assert positive(r[key]), (r, key)
+        assert r["frames"] == 12
+    for r in enc:
+        assert positive(r["file_mb"]) and positive(r["mbit_s"]) and r["crf"] == 19
+    for r in dec:
+        assert positive(r["probe_s"]) and positive(r["fps_incl_probe"])
+    assert len(stream) == 1
+    s = stream[0]
+    assert s["frames"] == 300 and s["resolution"] == "720p"
+    for key in ("seconds", "fps", "rss_before_mb", "rss_peak_mb", "rss_end_mb", "extrapolated_rss_mb_at_15000_frames"):
+        assert positive(s[key]), key
+    assert s["rss_peak_mb"] >= s["rss_before_mb"]
+    assert isinstance(s["rss_growth_mb_per_1000_frames"], (int, float))   # may be ~0 or slightly negative
+    assert s["rss_at_frames_mb"] and "300" in s["rss_at_frames_mb"]
+    assert "extrapolated" in s["note"]
+
+
+def test_lipsync_quick(tmp_path):
+    doc, stdout = run_bench("lipsync.py", tmp_path)
+    check_common(doc, "lipsync")
+    assert doc["weights"].startswith("random")
+    assert doc["device"] and doc["dtype"]
+    by_stage = {r["stage"]: r for r in doc["results"]}
+    expected = ["encode video", "decode video", "detect faces (mtcnn)", "audio features (whisper)",
+                "crop (LANCZOS4 256)", "vae_encode (x2 per source frame)", "unet", "vae_decode", "blend feather",
+                "blend jaw", "per-frame sum", "e2e (file -> faces -> audio -> run_lipsync -> mp4)",
+                "original offline path (jaw, PNGs)", "ours run_lipsync (jaw, streamed)"]
+    for name in expected:
+        assert name in by_stage, f"missing stage {name!r}"
+        r = by_stage[name]
+        for key in ("frames", "seconds", "s_per_frame", "fps"):
+            assert positive(r[key]), (name, key, r.get(key))
+    for name in ("vae_encode (x2 per source frame)", "unet", "vae_decode"):
+        r = by_stage[name]
+        assert positive(r["gflop_per_frame"]) and positive(r["gflops"]), name
+        assert r["batch"] == 8
+    # FLOPs were counted on the small quick configs: far below the full-size networks
+    assert by_stage["unet"]["gflop_per_frame"] < 178
+    assert positive(by_stage["audio features (whisper)"]["audio_s_per_s"])
+    e2e = by_stage["e2e (file -> faces -> audio -> run_lipsync -> mp4)"]
+    assert e2e["synced"] == 2 and e2e["passed_through"] == 2 and e2e["output_frames_in_file"] == 4
+    orig = by_stage["original offline path (jaw, PNGs)"]
+    assert set(orig["steps"]) == {"read_frames_png", "vae_encode_per_frame", "unet_vae_decode_batched",
+                                  "blend_jaw_png_per_frame", "encode_png_then_mux_reencode"}
+    assert all(positive(v) for v in orig["steps"].values())
+    ratio = by_stage["speed ratio original/ours"]
+    assert positive(ratio["ratio"])
+    assert math.isclose(ratio["ratio"], orig["seconds"] / by_stage["ours run_lipsync (jaw, streamed)"]["seconds"],
+                        rel_tol=0.01)
+    assert "speed ratio" in stdout
+
+
+@pytest.mark.parametrize("script", ["media.py", "lipsync.py"])
+def test_help_documents_quick_and_json(script):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "--quick" in proc.stdout and "--json" in proc.stdout
