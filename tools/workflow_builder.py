@@ -22,8 +22,83 @@ CORE: Dict[str, Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]]]] = {
     "PreviewImage": ([("images", "IMAGE", False)], []),
     "PreviewAudio": ([("audio", "AUDIO", False)], []),
     "SaveAudio": ([("audio", "AUDIO", False), ("filename_prefix", "STRING", True)], []),
+    "PreviewAny": ([("source", "*", False)], []),
 }
 UPLOAD_EXTRA = {"LoadVideo": ["image"], "LoadAudio": [None, None]}  # frontend upload-button widget values
+
+# Widget/input options of the core nodes above, as /object_info of ComfyUI v0.3.64 reports them (spec comfyui.md §2):
+# "choices" (combo list), "file" (a combo listing the input folder: any file name is accepted, the file must exist),
+# "default", "min", "max", "optional" (an optional socket).
+CORE_OPTIONS: Dict[str, Dict[str, dict]] = {
+    "LoadVideo": {"file": {"file": True, "video_upload": True}},
+    "LoadAudio": {"audio": {"file": True, "audio_upload": True}},
+    "CreateVideo": {"fps": {"default": 30.0, "min": 1.0, "max": 120.0}, "audio": {"optional": True}},
+    "SaveVideo": {"filename_prefix": {"default": "video/ComfyUI"},
+                  "format": {"choices": ["auto", "mp4"], "default": "auto"},
+                  "codec": {"choices": ["auto", "h264"], "default": "auto"}},
+    "SaveAudio": {"filename_prefix": {"default": "audio/ComfyUI"}},
+}
+CORE_OUTPUT_NODES = {"SaveVideo", "PreviewImage", "PreviewAudio", "SaveAudio", "PreviewAny"}
+# nodes that exist only in the frontend (no server class): skipped when a workflow is queued
+VIRTUAL_NODES = {"Note", "MarkdownNote"}
+
+# ComfyUI-VideoHelperSuite (v1.7.9, spec comfyui.md §10), used only by example workflows documented as needing it.
+# Its saved workflows keep widgets_values as a dict keyed by widget name. Socket types as its /object_info reports
+# them (its IMAGE/FLOAT sockets also accept LATENT/INT).
+VHS_PACK = "ComfyUI-VideoHelperSuite"
+VHS_NODES: Dict[str, Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]]]] = {
+    "VHS_LoadVideo": ([("video", "COMBO", True), ("force_rate", "FLOAT", True), ("custom_width", "INT", True),
+                       ("custom_height", "INT", True), ("frame_load_cap", "INT", True),
+                       ("skip_first_frames", "INT", True), ("select_every_nth", "INT", True),
+                       ("meta_batch", "VHS_BatchManager", False), ("vae", "VAE", False), ("format", "COMBO", True)],
+                      [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("audio", "AUDIO"),
+                       ("video_info", "VHS_VIDEOINFO")]),
+    "VHS_LoadAudioUpload": ([("audio", "COMBO", True), ("start_time", "FLOAT", True), ("duration", "FLOAT", True)],
+                            [("audio", "AUDIO"), ("duration", "FLOAT")]),
+    "VHS_VideoInfoLoaded": ([("video_info", "VHS_VIDEOINFO", False)],
+                            [("fps🟦", "FLOAT"), ("frame_count🟦", "INT"), ("duration🟦", "FLOAT"),
+                             ("width🟦", "INT"), ("height🟦", "INT")]),
+    "VHS_VideoCombine": ([("images", "IMAGE", False), ("frame_rate", "FLOAT", True),
+                          ("loop_count", "INT", True), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
+                          ("pingpong", "BOOLEAN", True), ("save_output", "BOOLEAN", True),
+                          ("audio", "AUDIO", False), ("meta_batch", "VHS_BatchManager", False),
+                          ("vae", "VAE", False)],
+                         [("Filenames", "VHS_FILENAMES")]),
+}
+VHS_OPTIONS: Dict[str, Dict[str, dict]] = {
+    "VHS_LoadVideo": {"video": {"file": True},
+                      "force_rate": {"default": 0, "min": 0, "max": 60},
+                      "custom_width": {"default": 0, "min": 0, "max": 8192},
+                      "custom_height": {"default": 0, "min": 0, "max": 8192},
+                      "frame_load_cap": {"default": 0, "min": 0},
+                      "skip_first_frames": {"default": 0, "min": 0},
+                      "select_every_nth": {"default": 1, "min": 1},
+                      "meta_batch": {"optional": True}, "vae": {"optional": True},
+                      "format": {"optional": True, "default": "AnimateDiff",
+                                 "choices": ["None", "AnimateDiff", "Mochi", "LTXV", "Hunyuan", "Cosmos", "Wan"]}},
+    "VHS_LoadAudioUpload": {"audio": {"file": True},
+                            "start_time": {"optional": True, "default": 0, "min": 0, "max": 10000000},
+                            "duration": {"optional": True, "default": 0, "min": 0, "max": 10000000}},
+    "VHS_VideoCombine": {"frame_rate": {"default": 8, "min": 1},
+                         "loop_count": {"default": 0, "min": 0, "max": 100},
+                         "filename_prefix": {"default": "AnimateDiff"},
+                         "format": {"default": "image/gif",
+                                    "choices": ["image/gif", "image/webp", "video/ProRes", "video/webm",
+                                                "video/ffv1-mkv", "video/nvenc_av1-mp4", "video/h265-mp4",
+                                                "video/8bit-png", "video/h264-mp4", "video/nvenc_hevc-mp4",
+                                                "video/nvenc_h264-mp4", "video/ffmpeg-gif", "video/av1-webm",
+                                                "video/16bit-png"]},
+                         "pingpong": {"default": False}, "save_output": {"default": True},
+                         "audio": {"optional": True}, "meta_batch": {"optional": True}, "vae": {"optional": True}},
+}
+# widgets a VHS_VideoCombine format adds after 'format' (video_formats/<format>.json)
+VHS_FORMAT_WIDGETS = {
+    "video/h264-mp4": [("pix_fmt", "COMBO", {"choices": ["yuv420p", "yuv420p10le"], "default": "yuv420p"}),
+                       ("crf", "INT", {"default": 19, "min": 0, "max": 100}),
+                       ("save_metadata", "BOOLEAN", {"default": True}),
+                       ("trim_to_audio", "BOOLEAN", {"default": False})],
+}
+VHS_OUTPUT_NODES = {"VHS_VideoCombine"}
 
 
 def _our_spec(cls) -> Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]], Dict[str, dict]]:
@@ -41,6 +116,19 @@ def _our_spec(cls) -> Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]], 
     return inputs, outputs, opts
 
 
+def types_connect(out_type: str, in_type: str) -> bool:
+    """Whether an output of ``out_type`` may feed an input of ``in_type``: equal, ``*`` on either side, or one of the
+    comma-separated alternatives (the frontend's rule, spec comfyui.md §1)."""
+    if out_type == in_type or "*" in (out_type, in_type):
+        return True
+    return bool(set(str(out_type).split(",")) & set(str(in_type).split(",")))
+
+
+def node_size(n_widgets: int, n_sockets: int, width: int = 320) -> List[int]:
+    """A node size that shows all its sockets and widgets (about what the frontend computes)."""
+    return [width, 30 + 22 * n_sockets + 24 * n_widgets + 10]
+
+
 class Workflow:
     def __init__(self, mappings: Optional[dict] = None):
         self.mappings = mappings or {}
@@ -56,8 +144,13 @@ class Workflow:
         elif ntype in CORE:
             inputs, outputs = CORE[ntype]
             opts = {}
+        elif ntype in VHS_NODES:
+            return self._dict_widget_node(ntype, widgets, pos, size, title, properties)
         else:
             raise KeyError(f"unknown node type {ntype}")
+        if size == "auto":
+            n_w = sum(1 for _, _, w in inputs if w)
+            size = node_size(n_w, max(len(inputs) - n_w, len(outputs)))
         nid = len(self.nodes) + 1
         values: List[Any] = []
         ui_inputs = []
@@ -92,6 +185,53 @@ class Workflow:
         self._specs[nid] = (inputs, outputs)
         return nid
 
+    def _dict_widget_node(self, ntype, widgets, pos, size, title, properties) -> int:
+        """A VideoHelperSuite node: widgets_values is a dict keyed by widget name (its frontend saves it so)."""
+        inputs, outputs = VHS_NODES[ntype]
+        opts = VHS_OPTIONS.get(ntype, {})
+        widgets = dict(widgets or {})
+        values: Dict[str, Any] = {}
+        ui_inputs = []
+        for name, t, is_widget in inputs:
+            if is_widget:
+                values[name] = widgets.pop(name) if name in widgets else opts.get(name, {}).get("default")
+                if name == "format" and values[name] in VHS_FORMAT_WIDGETS:
+                    for extra, _, o in VHS_FORMAT_WIDGETS[values[name]]:
+                        values[extra] = widgets.pop(extra) if extra in widgets else o.get("default")
+            else:
+                entry = {"name": name, "type": t, "link": None}
+                if opts.get(name, {}).get("optional"):
+                    entry["shape"] = 7
+                ui_inputs.append(entry)
+        if widgets:
+            raise KeyError(f"{ntype}: unknown widget(s) {sorted(widgets)}")
+        if size == "auto":
+            size = node_size(len(values), max(len(ui_inputs), len(outputs)))
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": ntype, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                "mode": 0, "inputs": ui_inputs,
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+                "properties": {"Node name for S&R": ntype, **(properties or {})},
+                "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        self._specs[nid] = (inputs, outputs)
+        return nid
+
+    def note(self, text: str, pos=(0, 0), size=(400, 200), title: Optional[str] = None,
+             ntype: str = "MarkdownNote") -> int:
+        """A frontend-only note (Note / MarkdownNote); it is not sent to the server."""
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": ntype, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text],
+                "color": "#432", "bgcolor": "#653"}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        self._specs[nid] = ([], [])
+        return nid
+
     def link(self, src: int, out: str, dst: int, inp: str) -> None:
         s_inputs, s_outputs = self._specs[src]
         d_inputs, _ = self._specs[dst]
@@ -109,19 +249,24 @@ class Workflow:
         dslot = dnode["inputs"].index(entry)
         self.links.append([lid, src, slot, dst, dslot, t])
 
-    def to_json(self, extra: Optional[dict] = None) -> dict:
+    def to_json(self, extra: Optional[dict] = None, models: Optional[list] = None, groups: Optional[list] = None,
+                wf_id: Optional[str] = None) -> dict:
+        """The UI-format workflow. ``models`` ([{"name", "url", "directory"}]) becomes the top-level ``models`` list
+        the frontend checks against the model folders when the workflow is opened (spec comfyui.md §7)."""
         for n in self.nodes:
             for o in n["outputs"]:
                 if not o["links"]:
                     o["links"] = None
-        wf = {"id": "00000000-0000-4000-8000-%012d" % len(self.nodes), "revision": 0,
+        wf = {"id": wf_id or "00000000-0000-4000-8000-%012d" % len(self.nodes), "revision": 0,
               "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-              "links": self.links, "groups": [], "config": {},
+              "links": self.links, "groups": groups or [], "config": {},
               "extra": {"ds": {"scale": 1, "offset": [0, 0]}, "frontendVersion": "1.27.10", **(extra or {})},
               "version": 0.4}
+        if models:
+            wf["models"] = models
         return wf
 
-    def save(self, path: str, extra: Optional[dict] = None) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_json(extra), f, indent=1)
+    def save(self, path: str, extra: Optional[dict] = None, **kwargs) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(extra, **kwargs), f, indent=1, ensure_ascii=False)
             f.write("\n")
