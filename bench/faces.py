@@ -73,17 +73,24 @@ def _keep_best_box_per_frame():
     s3fd.detect = detect
 
 
+_S3FD_FAN_WEIGHTS = []
+
+
 def s3fd_fan_weights(tmp: str) -> str:
     """"real" when both files are installed, else write random ones under ``tmp`` and point the registry there."""
     from musetalk_enhanced.models import landmarks68, registry, s3fd
 
+    if _S3FD_FAN_WEIGHTS:
+        return _S3FD_FAN_WEIGHTS[0]
     if registry.find(s3fd.REGISTRY_KEY) and registry.find(landmarks68.REGISTRY_KEY):
-        return "real"
-    s3fd.write_test_weights(tmp)
-    landmarks68.write_test_weights(tmp)
-    os.environ[registry.ENV_MODELS_DIR] = tmp
-    _keep_best_box_per_frame()
-    return "random"
+        _S3FD_FAN_WEIGHTS.append("real")
+    else:
+        s3fd.write_test_weights(tmp)
+        landmarks68.write_test_weights(tmp)
+        os.environ[registry.ENV_MODELS_DIR] = tmp
+        _keep_best_box_per_frame()
+        _S3FD_FAN_WEIGHTS.append("random")
+    return _S3FD_FAN_WEIGHTS[0]
 
 
 def bench_one(backend: str, res: str, n: int, device: str, batch_size: int, tmp: str) -> dict:
