@@ -191,7 +191,10 @@ class MuseTalkFaceDetect:
                         else batch.rgb[k].copy()
 
         faces = analyze_faces(src, detector, runtime, options=options, frame_hook=keep_preview)
-        preview = np.stack([draw_preview(kept[i], faces.frames[i], scale) for i in wanted])
+        if wanted:
+            preview = np.stack([draw_preview(kept[i], faces.frames[i], scale) for i in wanted])
+        else:  # no frames at all: a black placeholder keeps the IMAGE output valid
+            preview = np.zeros((1, size[1], size[0], 3), np.uint8)
         preview_t = torch.from_numpy(preview).to(torch.float32).div_(255.0)
         return (faces, preview_t, summarize(faces))
 
