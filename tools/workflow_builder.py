@@ -124,6 +124,19 @@ def types_connect(out_type: str, in_type: str) -> bool:
     return bool(set(str(out_type).split(",")) & set(str(in_type).split(",")))
 
 
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+def has_control_widget(name: str, kind: str, opts: dict) -> bool:
+    """Whether the frontend adds a "control after generate" widget (saved as one more value) after this input: an
+    INT with ``control_after_generate``, or, unless that option is False, an INT named seed / noise_seed (frontend
+    1.27 useIntWidget)."""
+    if kind != "INT":
+        return False
+    flag = opts.get("control_after_generate")
+    return bool(flag) if flag is not None else name in ("seed", "noise_seed")
+
+
 def node_size(n_widgets: int, n_sockets: int, width: int = 320) -> List[int]:
     """A node size that shows all its sockets and widgets (about what the frontend computes)."""
     return [width, 30 + 22 * n_sockets + 24 * n_widgets + 10]
@@ -166,6 +179,8 @@ class Workflow:
                         d = decl[0][0] if decl and decl[0] else ""
                     v = d
                 values.append(v)
+                if has_control_widget(name, t, opts.get(name, {})):
+                    values.append("fixed")  # the frontend's "control after generate" widget (keep the seed as saved)
                 if opts.get(name, {}).get("video_upload") or opts.get(name, {}).get("audio_upload"):
                     values.append("image" if opts[name].get("video_upload") else None)
             else:
