@@ -639,6 +639,16 @@ def write_test_weights(models_root: str, seed: int = 0, versions: Iterable[str] 
         with open(os.path.join(os.path.dirname(dest), TEST_WEIGHTS_MARKER), "w") as fh:
             fh.write(f"random LatentSync {v} UNet test weights (seed {seed + i}); not a real model\n")
         written.append(dest)
+    mask = os.path.join(models_root, "latentsync", "mask.png")
+    if not os.path.exists(mask):  # a stand-in of the released mask's geometry (spec latentsync.md §6)
+        import cv2
+        import numpy as np
+
+        img = np.full((256, 256, 3), 255, np.uint8)
+        img[95:243, 9:248] = 0       # lower face regenerated
+        img[95:129, 78:178] = 255    # nose notch kept
+        cv2.imwrite(mask, img)
+        written.append(mask)
     return written
 
 

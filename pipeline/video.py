@@ -105,6 +105,8 @@ def probe_video(source: Source, name: str = "video") -> VideoInfo:
         codec = s.codec_context.name
         has_audio = bool(c.streams.audio)
         duration = float(c.duration / 1e6) if c.duration else 0.0
+        declared = s.average_rate or s.guessed_rate  # read while the container is open (PyAV frees it on close)
+        declared = float(declared) if declared else 0.0
     times = (arr - arr[0]).astype(np.float64) * tb
     if times.shape[0] >= 2:
         d = np.diff(times)
@@ -114,12 +116,10 @@ def probe_video(source: Source, name: str = "video") -> VideoInfo:
         if not is_vfr and med > 0:
             avg_fps = 1.0 / med
             # snap to the stream's declared rate when it agrees (29.97 stays 30000/1001 exactly)
-            rate = s.average_rate or s.guessed_rate
-            if rate and abs(float(rate) - avg_fps) / avg_fps < 0.01:
-                avg_fps = float(rate)
+            if declared and abs(declared - avg_fps) / avg_fps < 0.01:
+                avg_fps = declared
     else:
-        rate = s.average_rate or s.guessed_rate
-        avg_fps = float(rate) if rate else 25.0
+        avg_fps = declared or 25.0
         is_vfr = False
     w, h = (ch, cw) if rot in (90, 270) else (cw, ch)
     return VideoInfo(w, h, cw, ch, rot, times, avg_fps, is_vfr, has_audio, pix_fmt, codec, duration, arr)
