@@ -1,30 +1,12 @@
 """Face Detect with Cutaways: shots, face tracks, the speaker's face per frame, and which frames are cutaways."""
 from __future__ import annotations
 
-FACES_TYPE = "MUSETALK_FACES"
-FRAMES_TYPE = "MUSETALK_FRAMES"
+from . import comfy
+from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
 BACKENDS = ["mtcnn", "s3fd+fan68"]
 SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
 PREVIEW_MAX_FRAMES = 64
 PREVIEW_MAX_WIDTH = 512
-
-
-def _runtime():
-    from ..pipeline.runtime import Runtime
-
-    return Runtime(show_progress=False)
-
-
-def _frames_from_inputs(images, frames, fps):
-    from ..pipeline.frames import Frames, FramesError, ImageFrames
-
-    if frames is not None:
-        if not isinstance(frames, Frames):
-            raise FramesError(f"frames: expected a {FRAMES_TYPE} handle, got {type(frames).__name__}.")
-        return frames
-    if images is None:
-        raise FramesError(f"Face Detect: connect either 'images' (IMAGE) or 'frames' ({FRAMES_TYPE}).")
-    return ImageFrames(images, fps)
 
 
 def detector_options(backend: str, min_face_size: float, width: int, height: int) -> dict:
@@ -146,6 +128,7 @@ class MuseTalkFaceDetect:
                 "frames": (FRAMES_TYPE, {"tooltip":
                     "Frames streamed from a video file (from Load Video); preferred for long videos."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = (FACES_TYPE, "IMAGE", "STRING")
@@ -158,7 +141,7 @@ class MuseTalkFaceDetect:
 
     def detect(self, backend="mtcnn", fps=25.0, min_score=0.0, min_face_size=50, shot_threshold=27.0,
                debounce_frames=3, bridge_gap=2, speaker="largest", track_index=0, user_box="", bbox_shift=0,
-               extra_margin=10, smooth_boxes=True, auto_download=True, images=None, frames=None):
+               extra_margin=10, smooth_boxes=True, auto_download=True, images=None, frames=None, unique_id=None):
         import cv2
         import numpy as np
         import torch
@@ -166,14 +149,14 @@ class MuseTalkFaceDetect:
         from ..pipeline.detectors import create_detector
         from ..pipeline.faces import FaceOptions, analyze_faces, summarize
 
-        src = _frames_from_inputs(images, frames, fps)
+        src = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Face Detect")
         options = FaceOptions(
             min_score=float(min_score) if min_score and min_score > 0 else None, min_face_size=float(min_face_size),
             shot_threshold=float(shot_threshold), debounce_frames=int(debounce_frames), bridge_gap=int(bridge_gap),
             speaker=speaker, track_index=int(track_index), user_box=user_box or None, bbox_shift=int(bbox_shift),
             extra_margin=int(extra_margin), smooth_boxes=bool(smooth_boxes))
         options.validate()
-        runtime = _runtime()
+        runtime = comfy.make_runtime(unique_id)
         detector = create_detector(backend, runtime, auto_download=bool(auto_download),
                                    **detector_options(backend, min_face_size, src.width, src.height))
 
