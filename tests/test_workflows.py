@@ -393,7 +393,7 @@ def test_example_set_is_complete():
 @pytest.mark.parametrize("path", EXAMPLES + SMOKE, ids=lambda p: os.path.relpath(p, ROOT))
 def test_workflow_is_valid(path):
     problems = validate(path)
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(problems) + "\n(after changing a node's inputs, run tools/make_workflows.py)"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))

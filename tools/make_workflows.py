@@ -107,14 +107,19 @@ class _Example:
         self.ours = {"cnr_id": PACK_ID, "ver": _pack_version()}
         self.all_models = []
 
+    # room for what these nodes draw (image/video previews, text)
+    MIN_HEIGHT = {"PreviewImage": 340, "PreviewAny": 200, "LoadVideo": 320, "MuseTalkLoadVideo": 320}
+
     def node(self, ntype, widgets=None, pos=(0, 0), title=None, models=None, width=None):
         props = dict(self.ours if ntype in self.mappings else VHS_PROPS if ntype in self.vhs_nodes else CORE_PROPS)
         if models:
             props["models"] = models
             self.all_models += [m for m in models if m not in self.all_models]
         nid = self.w.node(ntype, widgets, pos=pos, size="auto", title=title, properties=props)
+        size = self.w.nodes[nid - 1]["size"]
         if width:
-            self.w.nodes[nid - 1]["size"][0] = width
+            size[0] = width
+        size[1] = max(size[1], self.MIN_HEIGHT.get(ntype, 0))
         return nid
 
     def link(self, *a):
