@@ -450,24 +450,45 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
         report.notes.append("no frame has a face: every frame passes through unchanged")
 
     # --- the loop ------------------------------------------------------------------------------------------------
+    # Reading the next unit's frames and encoding the previous unit's output run in two worker threads while the
+    # current unit is on the model (decode/encode overlap with compute).
+    from concurrent.futures import ThreadPoolExecutor
+
     factory = engine_factory or _default_factory(spec, runtime, blend_mode)
     state = _LoopState(runner, feats, int(batch_size), encoder=whisper_encoder)
     report.batch_sizes.append(state.bs)
     total = plan.num_frames
+    has_native = hasattr(frames, "native_read")
+
+    def unit_at(k: int) -> Tuple[int, int, bool]:
+        if isinstance(state.runner, LatentSyncRunner):
+            return face_chunks(plan, faces, k, min(total, k + 4 * MAX_CHUNK), state.chunk)[0]
+        return k, min(total, k + state.bs), True
+
+    def load(k0: int, k1: int):
+        srcs = [int(plan.source[j]) for j in range(k0, k1)]
+        uniq = sorted(set(srcs))
+        u8 = frames.read(uniq)
+        return srcs, uniq, u8, (frames.native_read(uniq) if has_native else u8)
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix="musetalk-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="musetalk-write")
+    pending = None      # (k0, k1, future) of the prefetched next unit
+    written = None      # future of the last sink write
     try:
         k = 0
         while k < total:
-            if isinstance(state.runner, LatentSyncRunner):
-                segs = face_chunks(plan, faces, k, min(total, k + 4 * MAX_CHUNK), state.chunk)
-                k0, k1, is_face = segs[0]
+            k0, k1, is_face = unit_at(k)
+            if pending is not None and pending[:2] == (k0, k1):
+                srcs, uniq, u8, native_all = pending[2].result()
             else:
-                k0, k1, is_face = k, min(total, k + state.bs), True
+                srcs, uniq, u8, native_all = load(k0, k1)
+            pending = None
+            if k1 < total:
+                n0, n1, _ = unit_at(k1)
+                pending = (n0, n1, reader.submit(load, n0, n1))
             ks = list(range(k0, k1))
-            srcs = [int(plan.source[j]) for j in ks]
-            uniq = sorted(set(srcs))
-            u8 = frames.read(uniq)
             src_u8 = {s: u8[i] for i, s in enumerate(uniq)}
-            native_all = _native(frames, uniq)
             patches: Dict[int, object] = {}
             face_pos = [i for i, s in enumerate(srcs) if faces.frames[s].face is not None] if is_face else []
             if face_pos and state.runner is not None:
@@ -490,12 +511,21 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
                 else:
                     report.passed_through.append(j)
                 out.append(nat)
-            sink.write(torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out))
+            batch = torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out)
+            if written is not None:
+                written.result()  # surface an encoder error now; keeps at most one unit in flight
+            written = writer.submit(sink.write, batch)
             k = k1
             runtime.progress("lip-sync", k, total)
+        if written is not None:
+            written.result()
     except BaseException:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
         sink.abort()
         raise
+    reader.shutdown(wait=True)
+    writer.shutdown(wait=True)
     report.seconds = time.time() - t_start
     return report, out_audio
 
