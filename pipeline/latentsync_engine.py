@@ -20,6 +20,7 @@ The released mask (``mask.png``) is an asset fetched on first use into the Laten
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -378,7 +379,7 @@ def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto
     runtime = runtime or Runtime()
     v = unet_mod.normalize_version(version)
     stamp = tuple((k, find(k), os.path.getmtime(find(k)) if find(k) else None) for k in required_weights(v))
-    key = (stamp, str(runtime.device), str(runtime.dtype), tuple(sorted(engine_kwargs.items())))
+    key = (stamp, str(runtime.device), str(runtime.dtype), json.dumps(engine_kwargs, sort_keys=True, default=str))
     eng = _ENGINES.get(key)
     if eng is None:
         _ENGINES.clear()

@@ -217,3 +217,29 @@ def test_load_latentsync_from_model_folders(tmp_path, monkeypatch):
     assert float(eng.mask[0, 150, 128]) == 0.0 and float(eng.mask[0, 20, 128]) == 1.0
     out = eng.sync_chunk(np.full((1, 256, 256, 3), 90, np.uint8), torch.zeros(1, 50, 384), frame_start=0)
     assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+
+
+def test_cached_loader_reuses_the_engine(tmp_path, monkeypatch):
+    """load_latentsync_cached (what the lip-sync node uses): one engine per files/device/settings, noise re-seeded."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from musetalk_enhanced.pipeline.runtime import Runtime
+
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
+    small = {"block_out_channels": [32, 32, 32, 32]}
+    L.write_test_weights(str(tmp_path), versions=("1.5",), config=small)  # also writes a stand-in mask.png
+    vae = AutoencoderKL(block_out_channels=[32, 32, 32, 32], layers_per_block=1,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    vae_dir = tmp_path / "musetalk" / "sd-vae"
+    vae.save_config(str(vae_dir))
+    save_file(vae.state_dict(), str(vae_dir / "diffusion_pytorch_model.safetensors"))
+    rt = Runtime(device="cpu", show_progress=False)
+    a = E.load_latentsync_cached("1.5", rt, False, unet_config=small, steps=1, guidance=1.0, seed=5)
+    noise = a.init_noise.clone()
+    a.init_noise.add_(1.0)
+    b = E.load_latentsync_cached("1.5", rt, False, unet_config=small, steps=1, guidance=1.0, seed=5)
+    assert a is b and torch.equal(b.init_noise, noise)
+    c = E.load_latentsync_cached("1.5", rt, False, unet_config=small, steps=2, guidance=1.0, seed=5)
+    assert c is not b and c.steps == 2
+    assert float(c.mask[0, 200, 128]) == 0.0 and float(c.mask[0, 20, 128]) == 1.0
