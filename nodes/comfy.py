@@ -161,7 +161,9 @@ class ComfyRuntime(Runtime):
 
     def prepare_model(self, module, dtype=None):
         """Load through ComfyUI's model management when possible so ComfyUI can offload it for other workflows."""
-        module = module.to(dtype=dtype or self.dtype)
+        import torch
+
+        module = torch.nn.Module.to(module, dtype=dtype or self.dtype)
         mp = _try_import("comfy.model_patcher")
         if self._mm is not None and mp is not None and self.device.type != "cpu":
             try:
@@ -175,7 +177,7 @@ class ComfyRuntime(Runtime):
                 return module
             except Exception as exc:  # fall back to a plain move; never fail because of memory bookkeeping
                 self.log(f"model management unavailable ({type(exc).__name__}: {exc}); moving the model directly")
-        return module.to(self.device)
+        return torch.nn.Module.to(module, self.device)
 
     def empty_cache(self) -> None:
         if self._mm is not None and hasattr(self._mm, "soft_empty_cache"):

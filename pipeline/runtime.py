@@ -108,7 +108,8 @@ class Runtime:
     # models / memory ---------------------------------------------------------------------------------------------
     def prepare_model(self, module: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
         """Put ``module`` on the compute device in ``dtype`` (default: the runtime dtype) and return it."""
-        return module.to(device=self.device, dtype=dtype or self.dtype)
+        # torch's own .to: diffusers' override warns about dtype casts it cannot judge
+        return torch.nn.Module.to(module, device=self.device, dtype=dtype or self.dtype)
 
     def release_model(self, module: torch.nn.Module) -> None:
         """Hint that ``module`` is not needed for a while (ComfyUI may offload it)."""
