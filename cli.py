@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     from .pipeline.audio_features import compute_audio_features
     from .pipeline.detectors import create_detector
     from .pipeline.faces import FaceOptions, analyze_faces, summarize
-    from .pipeline.lipsync import BackendSpec, LipSyncError, WriterSink, aligned_audio, make_plan, run_lipsync
+    from .pipeline.lipsync import (BackendSpec, LipSyncError, WriterSink, aligned_audio, ensure_weights, make_plan,
+                                   run_lipsync)
     from .pipeline.runtime import Cancelled, Runtime, pick_device, pick_dtype
     from .pipeline.video import VideoError, VideoFileFrames, VideoWriter
 
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
                            auto_download=not args.no_download,
                            posterior="sample" if args.sample_latents else "mode", seed=args.seed,
                            latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
+        ensure_weights(spec, args.detector, args.blend_mode, log=print)  # one error listing every missing file
         detector = create_detector(args.detector, runtime, auto_download=not args.no_download)
         options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
                               shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,

@@ -82,6 +82,41 @@ class BackendSpec:
         return "latentsync" if self.primary().startswith("latentsync") else "musetalk"
 
 
+def missing_weights(spec: "BackendSpec", detector: str = "mtcnn", blend_mode: str = "auto") -> List[str]:
+    """Registry keys of every file a whole run needs and does not have (checked before any work starts, so one error
+    lists everything). LatentSync files are not required: without them the run falls back to MuseTalk."""
+    from ..models import registry
+    from .audio_features import _present_whisper_files, whisper_weight_keys
+    from .musetalk_engine import WEIGHT_KEYS
+
+    need: List[str] = []
+    whisper = _present_whisper_files()
+    if not (whisper["hf"] or whisper["openai"]):
+        need += whisper_weight_keys(spec.audio_layout)
+    for k in WEIGHT_KEYS:
+        if registry.find(k) is None and not (k == "sd_vae.weights" and registry.find("sd_vae.weights_bin")):
+            need.append(k)
+    if detector == "mtcnn":
+        from ..models import mtcnn
+
+        if not all(registry.find(k) for k in mtcnn.REGISTRY_KEYS.values()) and not mtcnn.wheel_weight_paths():
+            need += list(mtcnn.REGISTRY_KEYS.values())
+    else:
+        need += [k for k in ("s3fd", "fan68") if registry.find(k) is None]
+    if blend_mode in ("jaw", "raw", "neck") and registry.find("face_parse.bisenet") is None:
+        need.append("face_parse.bisenet")
+    return list(dict.fromkeys(need))
+
+
+def ensure_weights(spec: "BackendSpec", detector: str = "mtcnn", blend_mode: str = "auto", log=print) -> None:
+    """Download what :func:`missing_weights` lists (when allowed), or raise one ``MissingWeightsError`` for all."""
+    from ..models import registry
+
+    need = missing_weights(spec, detector, blend_mode)
+    if need:
+        registry.ensure(need, auto_download=spec.auto_download, log=log)
+
+
 def latentsync_present(version: str) -> bool:
     """True when the LatentSync UNet file of ``version`` ('latentsync-1.6' / '1.6') is on disk."""
     try:

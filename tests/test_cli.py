@@ -1,0 +1,94 @@
+"""The command line on the real pipeline: weights read from a models folder in the released layouts (small random
+MuseTalk UNet/VAE, full-size random whisper-tiny), real MTCNN, a real edited clip and espeak-ng speech."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mediakit as mk
+from test_lipsync import UNET_SMALL, VAE_SMALL
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from musetalk_enhanced.models import musetalk_unet, vae, whisper
+
+    root = str(tmp_path_factory.mktemp("models"))
+    musetalk_unet.write_test_weights(root, config=UNET_SMALL)
+    vae.write_test_weights(root, config=VAE_SMALL)
+    whisper.write_test_weights(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    clip = mk.edited_clip((256, 256), (("astronaut", 8), ("rocket", 4), ("astronaut", 4)))
+    video = mk.write_video(str(d / "in.mp4"), clip, 25, crf=14)
+    if mk.have_espeak():
+        voice = mk.speech(str(d / "voice.wav"), "Hello there friend", speed=200)
+    else:  # pragma: no cover
+        voice = mk.write_wav(str(d / "voice.wav"), mk.tone(200, 1.0, 16000), 16000)
+    return d, video, voice
+
+
+def run_cli(args, monkeypatch, models_dir):
+    from musetalk_enhanced import cli
+    from musetalk_enhanced.models import registry
+    from musetalk_enhanced.pipeline import musetalk_engine
+
+    registry.set_folder_resolver(None)
+    musetalk_engine.clear_cache()
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", models_dir)
+    return cli.main(args + ["--quiet", "--no-download", "--min-face-size", "30"])
+
+
+def test_cli_end_to_end(inputs, models_dir, monkeypatch, tmp_path):
+    from musetalk_enhanced.pipeline.audio import load_audio_file
+    from musetalk_enhanced.pipeline.video import VideoFileFrames
+
+    d, video, voice = inputs
+    out = str(tmp_path / "out.mp4")
+    report = str(tmp_path / "report.json")
+    rc = run_cli(["--video", video, "--audio", voice, "--out", out, "--length-policy", "follow_audio",
+                  "--report-json", report, "--blend-mode", "feather"], monkeypatch, models_dir)
+    assert rc == 0
+    r = json.load(open(report))
+    src = VideoFileFrames(video)
+    audio = load_audio_file(voice)
+    n = int(np.ceil(audio.duration * 25 - 1e-6))
+    assert r["frames"] == n and r["synced"]["musetalk-v1.5"] + len(r["passed_through"]) == n
+    res = VideoFileFrames(out)
+    assert len(res) == n and res.fps == 25.0
+    back = load_audio_file(out)
+    assert abs(back.duration - n / 25) < 0.06
+    # cutaway frames (rocket, source frames 8-11) are the source frames (up to the H.264 re-encode)
+    for k in r["passed_through"][:3]:
+        s = k % 32 if k % 32 < 16 else 31 - k % 32
+        assert 8 <= s <= 11
+        assert np.abs(res.read([k]).astype(int) - src.read([s]).astype(int)).mean() < 3.0
+
+
+def test_cli_refuses_to_overwrite_and_reports_missing_weights(inputs, monkeypatch, tmp_path, capsys):
+    d, video, voice = inputs
+    existing = tmp_path / "exists.mp4"
+    existing.write_bytes(b"keep me")
+    assert run_cli(["--video", video, "--out", str(existing)], monkeypatch, str(tmp_path)) == 2
+    assert existing.read_bytes() == b"keep me"
+    assert "already exists" in capsys.readouterr().err
+    out = tmp_path / "new.mp4"
+    rc = run_cli(["--video", video, "--audio", voice, "--out", str(out), "--backend", "musetalk-v1.5"], monkeypatch,
+                 str(tmp_path / "empty_models"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Missing model weights" in err
+    for rel in ("musetalkV15/unet.pth", "musetalkV15/musetalk.json", "sd-vae/config.json", "whisper/config.json"):
+        assert rel in err  # one message lists every missing file
+    assert not out.exists() and not any(p.name.endswith(".partial.mp4") for p in tmp_path.iterdir())
+
+
+def test_cli_bad_video(monkeypatch, tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(3000))
+    rc = run_cli(["--video", str(bad), "--out", str(tmp_path / "o.mp4")], monkeypatch, str(tmp_path))
+    assert rc == 2 and "cannot open" in capsys.readouterr().err
