@@ -506,6 +506,8 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
         u8 = frames.read(uniq)
         return srcs, uniq, u8, (frames.native_read(uniq) if has_native else u8)
 
+    last_use = np.full(len(frames), -1, np.int64)  # last output frame showing each source frame
+    last_use[plan.source] = np.arange(total)
     reader = ThreadPoolExecutor(1, thread_name_prefix="musetalk-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="musetalk-write")
     pending = None      # (k0, k1, future) of the prefetched next unit
@@ -550,6 +552,7 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
             if written is not None:
                 written.result()  # surface an encoder error now; keeps at most one unit in flight
             written = writer.submit(sink.write, batch)
+            _forget_done(state, last_use, k1)
             k = k1
             runtime.progress("lip-sync", k, total)
         if written is not None:
@@ -579,6 +582,16 @@ class _LoopState:
     musetalk: object = None
     musetalk_feats: object = None
     encoder: object = None
+
+
+def _forget_done(state: "_LoopState", last_use: np.ndarray, k: int) -> None:
+    """Drop per-source caches (MuseTalk latents) of frames no later output frame shows: memory stays bounded on long
+    videos while ping-pong loops still reuse them."""
+    for runner in (state.runner, state.musetalk):
+        cache = getattr(runner, "latents", None)
+        if cache:
+            for s in [s for s in cache if last_use[s] < k]:
+                del cache[s]
 
 
 def _run_unit(state: _LoopState, fk, fs, src_u8, faces, features, fps, spec, runtime, report, factory):
