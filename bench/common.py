@@ -121,21 +121,33 @@ def timed(fn: Callable[[], object], device=None, warmup: Optional[Callable[[], o
 
 
 class Stopwatch:
-    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds`` (device synchronised at both ends)."""
+    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds`` (wall, device synchronised at both ends) and
+    ``sw.cpu_seconds`` (CPU time of the whole process, all threads: ``time.process_time``).
+
+    On a shared machine the wall time depends on what else runs; the CPU time much less so, and
+    ``cpu_seconds / seconds`` (``cores_busy``) shows how many cores the process actually got.
+    """
 
     def __init__(self, device=None):
         self.device = device
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __enter__(self):
         sync(self.device)
         self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
         return self
 
     def __exit__(self, *exc):
         sync(self.device)
         self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._c0
         return False
+
+    def as_dict(self) -> Dict[str, float]:
+        return {"cpu_s": round(self.cpu_seconds, 4),
+                "cores_busy": round(self.cpu_seconds / self.seconds, 2) if self.seconds > 0 else None}
 
 
 # ---- memory --------------------------------------------------------------------------------------------------------

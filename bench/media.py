@@ -21,7 +21,7 @@ What is measured (all through the pack's own classes, pipeline/video.py):
   against frames done, skipping the warm-up: the first 20 % of the frames and at least the decoder's block cache
   (3 x 32 frames) + 64 frames of x264 look-ahead). A 10-minute 1080p clip at 25 fps
   is 15000 frames; generating that takes too long on a small CPU, so ``extrapolated RSS at 15000 frames`` =
-  RSS at the end + slope x the missing frames. That is an extrapolation, not a measurement: run
+  RSS at the end + slope x the missing frames (a negative slope counts as 0). That is an extrapolation, not a measurement: run
   ``--long-frames 15000`` to measure it.
 
 Prints one JSON line per measurement, then a markdown table; ``--json PATH`` writes everything (with the machine
@@ -113,17 +113,17 @@ def bench_encode(frames, fps: float, res: str, preset: str, crf: int, batch: int
     from musetalk_enhanced.pipeline.video import VideoWriter
 
     n, h, w = frames.shape[:3]
-    with common.PeakMemory() as mem:
-        t0 = time.perf_counter()
+    with common.PeakMemory() as mem, common.Stopwatch() as sw:
         writer = VideoWriter(path, fps, w, h, crf=crf, preset=preset)
         for a in range(0, n, batch):
             writer.write(frames[a:a + batch])
         writer.close()
-        dt = time.perf_counter() - t0
+    dt = sw.seconds
     size = os.path.getsize(path)
     out = {"test": "encode", "resolution": res, "width": w, "height": h, "frames": n, "preset": preset, "crf": crf,
            "batch": batch, "seconds": round(dt, 3), "fps": round(n / dt, 2),
            "file_mb": round(size / 1e6, 2), "mbit_s": round(size * 8 / (n / fps) / 1e6, 2)}
+    out.update(sw.as_dict())
     out.update(mem.as_dict())
     return out
 
@@ -136,13 +136,14 @@ def bench_decode(path: str, res: str, batch: int) -> dict:
         frames = VideoFileFrames(path)
         t_probe = time.perf_counter() - t0
         count = 0
-        t1 = time.perf_counter()
-        for b in frames.iter_batches(batch):
-            count += len(b)
-        dt = time.perf_counter() - t1
+        with common.Stopwatch() as sw:
+            for b in frames.iter_batches(batch):
+                count += len(b)
+        dt = sw.seconds
     out = {"test": "decode", "resolution": res, "width": frames.width, "height": frames.height, "frames": count,
            "batch": batch, "probe_s": round(t_probe, 3), "seconds": round(dt, 3), "fps": round(count / dt, 2),
            "fps_incl_probe": round(count / (dt + t_probe), 2)}
+    out.update(sw.as_dict())
     out.update(mem.as_dict())
     return out
 
@@ -163,7 +164,8 @@ def make_long_source(path: str, footage: Footage, n: int, fps: float, batch: int
 
 def growth_per_1000(points, skip_frames: int = 0, skip_fraction: float = 0.2):
     """Least-squares slope (MiB per 1000 frames) of ``[(frames_done, rss_mb)]`` over the points after the first
-    ``max(skip_frames, skip_fraction * frames)`` frames (the warm-up: decoder block cache and x264 look-ahead filling)."""
+    ``max(skip_frames, skip_fraction * frames)`` frames (the warm-up: decoder block cache and x264 look-ahead
+    filling)."""
     import numpy as np
 
     if len(points) < 3:
@@ -187,14 +189,13 @@ def bench_stream(src: str, dst: str, res: str, batch: int, crf: int, preset: str
     frames = VideoFileFrames(src)
     n = len(frames)
     points = []
-    with common.PeakMemory(interval=0.02) as mem:
-        t0 = time.perf_counter()
+    with common.PeakMemory(interval=0.02) as mem, common.Stopwatch() as sw:
         writer = VideoWriter(dst, frames.fps, frames.width, frames.height, crf=crf, preset=preset)
         for b in frames.iter_batches(batch):
             writer.write(b.rgb)
             points.append((b.stop, mem.poll()))
         writer.close()
-        dt = time.perf_counter() - t0
+    dt = sw.seconds
     warm = frames.block * frames.cache_blocks + 64   # decoder cache + x264 look-ahead / frame threads
     slope = growth_per_1000(points, warm)
     at = {}
@@ -210,16 +211,19 @@ def bench_stream(src: str, dst: str, res: str, batch: int, crf: int, preset: str
            "rss_before_mb": round(mem.start_mb, 1), "rss_end_mb": round(end, 1),
            "rss_at_frames_mb": {str(k): v for k, v in sorted(at.items())},
            "rss_growth_mb_per_1000_frames": round(slope, 2),
-           "extrapolated_rss_mb_at_15000_frames": round(end + slope * max(0, LONG_TARGET_FRAMES - n) / 1000.0, 1),
+           "extrapolated_rss_mb_at_15000_frames": round(end + max(0.0, slope) * max(0, LONG_TARGET_FRAMES - n)
+                                                         / 1000.0, 1),
            "note": (f"RSS at {LONG_TARGET_FRAMES} frames (10 min at 25 fps) is extrapolated from {n} frames"
                     if n < LONG_TARGET_FRAMES else "measured over the full length")}
+    out.update(sw.as_dict())
     out.update(mem.as_dict())
     return out
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------
 COLUMNS = [("test", "test"), ("resolution", "resolution"), ("preset", "preset"), ("frames", "frames"),
-           ("seconds", "seconds"), ("fps", "frames/s"), ("probe_s", "probe s"), ("mbit_s", "Mbit/s"),
+           ("seconds", "seconds"), ("fps", "frames/s"), ("cores_busy", "cores busy"), ("probe_s", "probe s"),
+           ("mbit_s", "Mbit/s"),
            ("rss_peak_delta_mb", "peak RSS +MB"), ("rss_peak_mb", "peak RSS MB"),
            ("rss_growth_mb_per_1000_frames", "RSS MB / 1000 frames"),
            ("extrapolated_rss_mb_at_15000_frames", "RSS MB @15000 (extrapolated)")]
