@@ -508,6 +508,17 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
 
     last_use = np.full(len(frames), -1, np.int64)  # last output frame showing each source frame
     last_use[plan.source] = np.arange(total)
+    # worker threads start outside the caller's inference/grad mode (ComfyUI runs nodes under inference_mode, and an
+    # IMAGE tensor made there may only be written in that mode): run them in the caller's mode
+    inference = torch.is_inference_mode_enabled()
+    grad = torch.is_grad_enabled()
+
+    def in_mode(fn):
+        def call(*a):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad and not inference):
+                return fn(*a)
+        return call
+
     reader = ThreadPoolExecutor(1, thread_name_prefix="musetalk-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="musetalk-write")
     pending = None      # (k0, k1, future) of the prefetched next unit
@@ -523,7 +534,7 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
             pending = None
             if k1 < total:
                 n0, n1, _ = unit_at(k1)
-                pending = (n0, n1, reader.submit(load, n0, n1))
+                pending = (n0, n1, reader.submit(in_mode(load), n0, n1))
             ks = list(range(k0, k1))
             src_u8 = {s: u8[i] for i, s in enumerate(uniq)}
             patches: Dict[int, object] = {}
@@ -551,7 +562,7 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
             batch = torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out)
             if written is not None:
                 written.result()  # surface an encoder error now; keeps at most one unit in flight
-            written = writer.submit(sink.write, batch)
+            written = writer.submit(in_mode(sink.write), batch)
             _forget_done(state, last_use, k1)
             k = k1
             runtime.progress("lip-sync", k, total)

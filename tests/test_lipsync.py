@@ -195,6 +195,19 @@ def test_fps_29_97_windows_follow_true_time(clip, faces, voice, engine, runtime)
         assert abs(float(c) - ks[-1] / fps) <= 0.03  # within one 20 ms feature step (+ window centring)
 
 
+def test_runs_under_comfyui_inference_mode(clip, faces, feats, engine, runtime):
+    """ComfyUI executes nodes under torch.inference_mode: the IMAGE output is an inference tensor that the writer
+    thread must be allowed to fill."""
+    frames = ImageFrames(uint8_to_image(clip), FPS)
+    with torch.inference_mode():
+        plan = L.make_plan(28, feats.duration, FPS, "shortest")
+        sink = L.ImageSink(plan.num_frames, 256, 256)
+        L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, length_policy="shortest",
+                      engine_factory=factory_for(engine))
+        out = sink.close()
+    assert out.shape[0] == plan.num_frames and torch.equal(out[12], frames.image[12])
+
+
 def test_fallback_is_reported(clip, faces, feats, engine, runtime):
     frames = ArrayFrames(clip, FPS)
     plan = L.make_plan(28, feats.duration, FPS, "shortest")
