@@ -1,6 +1,10 @@
 """ComfyUI adapters. Each ``*_nodes`` module declares ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``."""
 from importlib import import_module
 
+from . import comfy as _comfy
+
+_comfy.register_model_folders()  # cheap: lets ComfyUI list and validate models/musetalk, models/latentsync at once
+
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 

@@ -94,6 +94,22 @@ def resolve_input_path(name: str) -> str:
 _folders_installed = False
 
 
+def register_model_folders() -> None:
+    """Register the model folder types with folder_paths (spec/comfyui.md §6); a no-op outside ComfyUI. Only touches
+    an in-memory table, so it is safe at import time."""
+    fp = _try_import("folder_paths") if "folder_paths" in __import__("sys").modules else None
+    if fp is None or not hasattr(fp, "models_dir") or not hasattr(fp, "add_model_folder_path"):
+        return
+    for folder in MODEL_FOLDERS:
+        default = os.path.join(fp.models_dir, folder)
+        try:
+            fp.add_model_folder_path(folder, default, is_default=True)
+        except TypeError:  # older ComfyUI without is_default
+            fp.add_model_folder_path(folder, default)
+        except Exception:
+            pass
+
+
 def install_model_folders() -> None:
     """Register ``models/musetalk`` and ``models/latentsync`` with folder_paths and point the registry at them.
 
@@ -104,12 +120,7 @@ def install_model_folders() -> None:
         return
     fp = _try_import("folder_paths")
     if fp is not None and hasattr(fp, "models_dir"):
-        for folder in MODEL_FOLDERS:
-            default = os.path.join(fp.models_dir, folder)
-            try:
-                fp.add_model_folder_path(folder, default, is_default=True)
-            except TypeError:  # older ComfyUI without is_default
-                fp.add_model_folder_path(folder, default)
+        register_model_folders()
 
         def resolver(folder: str) -> List[str]:
             try:

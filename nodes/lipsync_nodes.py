@@ -37,7 +37,7 @@ class MuseTalkUNetSelector:
                                                                  "(deterministic, what training used). Off = sample "
                                                                  "the posterior like the original inference script "
                                                                  "(slight flicker, seeded)."}),
-                "seed": ("INT", {"default": 1247, "min": 0, "max": 2 ** 31 - 1,
+                "seed": ("INT", {"default": 1247, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": False,
                                  "tooltip": "Seed for LatentSync's initial noise and posterior sampling."}),
                 "latentsync_steps": ("INT", {"default": 20, "min": 1, "max": 100,
                                              "tooltip": "LatentSync DDIM steps (the original uses 20)."}),

@@ -26,6 +26,8 @@ def _silent_audio(duration: float, reason: str) -> dict:
 
 
 class MuseTalkLoadVideo:
+    INPUT_FILE_WIDGETS = ("video",)  # combo of ComfyUI's input folder (for workflow validation)
+
     @classmethod
     def INPUT_TYPES(cls):
         files = comfy.list_input_files(("video",))
@@ -133,14 +135,16 @@ class MuseTalkLoadVideo:
 
 
 class MuseTalkLoadAudio:
+    INPUT_FILE_WIDGETS = ("audio",)  # combo of ComfyUI's input folder (for workflow validation)
+
     @classmethod
     def INPUT_TYPES(cls):
         files = comfy.list_input_files(("audio", "video"))
         return {
             "required": {
-                "audio": (files or [""], {"audio_upload": True,
-                                          "tooltip": "Audio (or video) file in ComfyUI's input folder: wav, mp3, flac, "
-                                                     "ogg, m4a, mp4... anything FFmpeg reads."}),
+                "audio": (files or [""], {"tooltip": "Audio (or video) file in ComfyUI's input folder: wav, mp3, flac, "
+                                                     "ogg, m4a, mp4... anything FFmpeg reads (upload it with the core "
+                                                     "Load Audio node, or copy it into the input folder)."}),
                 "start_time": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01,
                                          "tooltip": "Start reading at this time, in seconds."}),
                 "duration": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01,

@@ -74,7 +74,7 @@ def _ours(cls) -> Spec:
             opts["optional"] = section == "optional"
             if isinstance(kind, list):
                 opts["choices"] = list(kind)
-                if any(opts.get(k) for k in UPLOAD_KEYS):
+                if any(opts.get(k) for k in UPLOAD_KEYS) or name in getattr(cls, "INPUT_FILE_WIDGETS", ()):
                     opts["file"] = True  # the combo lists ComfyUI's input folder
                 kind = "COMBO"
             is_widget = (kind == "COMBO" or kind in wb.WIDGET_TYPES) and not opts.get("forceInput")
