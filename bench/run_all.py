@@ -1,0 +1,145 @@
+"""Run every benchmark and collect one report: ``bench/results/<mode>-<device>.json`` and ``bench/RESULTS.md``.
+
+    python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
+    python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
+    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync
+
+Each script runs in its own process (so peak RSS is per benchmark) with ``--json``. The roofline is the device's
+measured dense matrix-multiply rate in the compute dtype (a large ``torch.matmul``), so "% of roofline" says how well
+the neural stages use the machine; MuseTalk costs per output frame: UNet 178 GFLOP, VAE decode 622 GFLOP, plus two VAE
+encodes of 273 GFLOP per *source* frame (about 1.35 TFLOP per frame in a 1:1 dub).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SCRIPTS = ("media", "faces", "audio", "lipsync")
+
+
+def matmul_roofline(device: str = "auto", dtype: str = "auto", size: int = 4096, seconds: float = 2.0) -> dict:
+    """Measured dense matmul rate (GFLOP/s) on the device in the compute dtype."""
+    import torch
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dtype == "auto":
+        dt = torch.float32 if dev.type == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported()
+                                                      else torch.float16)
+    else:
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    n = size if dev.type != "cpu" else min(size, 2048)
+    a = torch.randn(n, n, device=dev, dtype=dt)
+    b = torch.randn(n, n, device=dev, dtype=dt)
+    for _ in range(2):
+        a @ b
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0, reps = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if dev.type == "cuda" and reps % 10 == 0:
+            torch.cuda.synchronize()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt_s = time.perf_counter() - t0
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"device": str(dev), "device_name": name, "dtype": str(dt).replace("torch.", ""),
+            "gflops": round(2 * n ** 3 * reps / dt_s / 1e9, 1), "n": n}
+
+
+def run_script(name: str, quick: bool, extra: list, out_dir: str) -> dict:
+    path = os.path.join(out_dir, f"{name}.json")
+    cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", path] + (["--quick"] if quick else []) + extra
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res = {"benchmark": name, "command": " ".join(cmd[1:]), "returncode": proc.returncode,
+           "wall_s": round(time.time() - t0, 1)}
+    if proc.returncode == 0 and os.path.isfile(path):
+        with open(path) as f:
+            res.update(json.load(f))
+    else:
+        res["error"] = (proc.stderr or proc.stdout)[-3000:]
+    return res
+
+
+def fmt(v, d=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{d}g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(report: dict) -> str:
+    roof = report["roofline"]
+    lines = [f"Device: **{roof['device_name']}** ({report['machine'].get('cpu', '')}, "
+             f"{report['machine'].get('cores', '?')} cores, torch {report['machine'].get('torch', '')}); "
+             f"mode: {report['mode']}; measured matmul roofline {roof['gflops']} GFLOP/s ({roof['dtype']}).", "",
+             "| benchmark | stage | frames/s | s/frame | GFLOP/s | % roofline | peak RSS MB | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for b in report["benchmarks"]:
+        if b.get("error"):
+            lines.append(f"| {b['benchmark']} | (failed) | | | | | | {b['error'].splitlines()[-1][:80]} |")
+            continue
+        for r in b.get("results", []):
+            g = r.get("gflops")
+            pct = f"{100 * g / roof['gflops']:.0f}" if g and roof["gflops"] else "-"
+            label = r.get("stage") or r.get("name") or r.get("what") or ""
+            if r.get("resolution") and str(r.get("resolution")) not in label:
+                label = f"{label} {r['resolution']}"
+            lines.append(f"| {b['benchmark']} | {label} | {fmt(r.get('fps'))} | {fmt(r.get('s_per_frame'))} | "
+                         f"{fmt(g)} | {pct} | {fmt(r.get('rss_peak_mb'))} | {str(r.get('note', ''))[:60]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=",".join(SCRIPTS))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
+    args = ap.parse_args(argv)
+    sys.path.insert(0, HERE)
+    import common  # noqa: E402
+
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    bad = [n for n in names if n not in SCRIPTS]
+    if bad:
+        ap.error(f"unknown benchmark(s) {bad}; choose from {', '.join(SCRIPTS)}")
+    report = {"mode": "quick" if args.quick else "full", "machine": common.machine_info(),
+              "roofline": matmul_roofline(args.device), "benchmarks": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            print(f"== {name}", flush=True)
+            extra = ["--device", args.device] if args.device != "auto" else []
+            report["benchmarks"].append(run_script(name, args.quick, extra, tmp))
+    os.makedirs(args.out, exist_ok=True)
+    dev = report["roofline"]["device_name"].replace(" ", "_")
+    path = os.path.join(args.out, f"{report['mode']}-{dev}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    md = markdown(report)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"# Benchmark results ({report['mode']})\n\nGenerated by `python bench/run_all.py"
+                    f"{' --quick' if args.quick else ''}`.\n\n{md}")
+    print(md)
+    failed = [b["benchmark"] for b in report["benchmarks"] if b.get("error")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
