@@ -709,6 +709,7 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
     dev = runtime.device
     out = os.path.join(workdir, "compare_ours.mp4")
     best = {"orig": None, "ours": None}
+    detail = []
     for r in range(max(1, args.compare_rounds)):
         # alternate which side goes first so a change in the machine's load does not always favour one side
         for side in (("orig", "ours") if r % 2 == 0 else ("ours", "orig")):
@@ -724,6 +725,8 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
                     steps = {"frames": report.num_frames}
             got = {"seconds": sw.seconds, "cpu_s": sw.cpu_seconds, "mem": mem, "steps": steps, "round": r}
             print(f"# compare round {r}: {side} {sw.seconds:.2f} s wall, {sw.cpu_seconds:.2f} s CPU", flush=True)
+            detail.append({"round": r, "side": side, "seconds": round(sw.seconds, 3),
+                           "cpu_s": round(sw.cpu_seconds, 3)})
             if best[side] is None or got["seconds"] < best[side]["seconds"]:
                 best[side] = got
     o, u = best["orig"], best["ours"]
@@ -736,7 +739,7 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
     emit({"stage": "speed ratio original/ours", "frames": n, "ratio": round(o["seconds"] / u["seconds"], 3),
           "ratio_cpu": round(o["cpu_s"] / u["cpu_s"], 3),
           "original_s_per_frame": round(o["seconds"] / n, 4), "ours_s_per_frame": round(u["seconds"] / n, 4),
-          "rounds": rounds,
+          "rounds": rounds, "rounds_detail": detail,
           "note": "best of rounds; same networks, boxes and audio windows; detection and whisper excluded"})
 
 
