@@ -260,6 +260,8 @@ def main(argv=None) -> int:
     results = []
 
     def emit(row):
+        label = row["test"] + (f" {row['preset']}" if row["test"] == "encode" else "")
+        row = {"stage": label, **row}
         results.append(row)
         print(json.dumps(row), flush=True)
 
