@@ -144,6 +144,7 @@ class MuseTalkEngine:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._t0 = torch.tensor([0], dtype=torch.long, device=self.device)
+        self.cpu_encode_images = 2  # images per VAE encode call on the CPU (see encode_reference)
 
     # -- encode: once per source frame (spec §1.4) -----------------------------------------------------------------
     @torch.inference_mode()
@@ -164,8 +165,13 @@ class MuseTalkEngine:
         x = torch.stack([masked, ref], dim=1).reshape(2 * n, 3, FACE_SIZE, FACE_SIZE).to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dist = self.vae.encode(x).latent_dist
-        z = dist.mean
+        # On the CPU big VAE batches only add memory traffic (one image per call is as fast and needs a tenth of the
+        # memory); on an accelerator the whole batch goes in one call.
+        step = x.shape[0] if self.device.type != "cpu" else self.cpu_encode_images
+        parts = [self.vae.encode(x[i:i + step]).latent_dist for i in range(0, x.shape[0], step)]
+        mean = torch.cat([p.mean for p in parts]) if len(parts) > 1 else parts[0].mean
+        std = torch.cat([p.std for p in parts]) if len(parts) > 1 else parts[0].std
+        z = mean
         if mode == "sample":
             shape = (n, 2, 4, LATENT_SIZE, LATENT_SIZE)
             if eps is None:
@@ -173,7 +179,7 @@ class MuseTalkEngine:
                 eps = torch.randn(shape, generator=generator, dtype=torch.float32, device=dev)
             if tuple(eps.shape) != shape:
                 raise ValueError(f"eps must have shape {shape}, got {tuple(eps.shape)}")
-            z = dist.mean + dist.std * eps.reshape(2 * n, 4, LATENT_SIZE, LATENT_SIZE).to(z.device, z.dtype)
+            z = mean + std * eps.reshape(2 * n, 4, LATENT_SIZE, LATENT_SIZE).to(z.device, z.dtype)
         z = self.scaling * z
         return z.reshape(n, 8, LATENT_SIZE, LATENT_SIZE).float().cpu()
 

@@ -157,8 +157,8 @@ class VideoFileFrames(Frames):
     """
 
     def __init__(self, source: Source, force_rate: float = 0.0, skip_first_frames: int = 0,
-                 select_every_nth: int = 1, frame_load_cap: int = 0, block: int = 32, cache_blocks: int = 3,
-                 name: str = "video", info: Optional[VideoInfo] = None):
+                 select_every_nth: int = 1, frame_load_cap: int = 0, block: int = 0, cache_blocks: int = 3,
+                 name: str = "video", info: Optional[VideoInfo] = None, cache_bytes: int = 384 << 20):
         if isinstance(source, (bytes, bytearray)):
             source = io.BytesIO(source)
         for label, value in (("force_rate", force_rate), ("skip_first_frames", skip_first_frames),
@@ -178,7 +178,9 @@ class VideoFileFrames(Frames):
         base = float(force_rate) if force_rate and force_rate > 0 else self.info.avg_fps
         self.fps = base / max(1, int(select_every_nth))
         self.width, self.height = self.info.width, self.info.height
-        self.block = max(1, int(block))
+        # decoded-frame cache bounded in bytes: 32-frame blocks for small videos, fewer frames per block for 1080p/4K
+        frame_bytes = self.width * self.height * 3
+        self.block = max(1, int(block)) if block else max(4, min(32, int(cache_bytes // (cache_blocks * frame_bytes))))
         self.cache_blocks = max(1, int(cache_blocks))
         self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()  # source block number -> uint8 frames
         self._lock = threading.Lock()
