@@ -661,9 +661,11 @@ KNOWN_FINGERPRINTS: Dict[str, str] = {}
 
 
 def fingerprint(state_dict: Dict[str, torch.Tensor]) -> str:
-    """A short, dtype-independent statistic of ``conv_in`` (sum and sum of squares, 4 significant digits)."""
-    w = state_dict["conv_in.weight"].double()
-    return f"{float(w.sum()):.4g}/{float((w * w).sum()):.4g}/{float(state_dict['conv_in.bias'].double().sum()):.4g}"
+    """A short statistic of ``conv_in`` (sum and sum of squares, 4 significant digits), computed on the values rounded
+    to float16 so that fp32, fp16 and bf16-from-fp16 copies of one release agree."""
+    w = state_dict["conv_in.weight"].half().double()
+    b = state_dict["conv_in.bias"].half().double()
+    return f"{float(w.sum()):.4g}/{float((w * w).sum()):.4g}/{float(b.sum()):.4g}"
 
 
 def check_resolution_matches(state_dict: Dict[str, torch.Tensor], version: str) -> Optional[str]:

@@ -209,3 +209,20 @@ def test_resolution_check_hook(monkeypatch):
     monkeypatch.setitem(L.KNOWN_FINGERPRINTS, "1.6", L.fingerprint(sd))
     assert "1.6" in L.check_resolution_matches(sd, "1.5")
     assert L.check_resolution_matches(sd, "1.6") is None
+
+
+def test_version_mismatch_is_warned(monkeypatch):
+    """1.5 and 1.6 files have identical keys: a file recognised (by fingerprint) as the other release than the slot
+    it was loaded from gets a warning naming the right folder; unknown files are not judged."""
+    import torch
+
+    from musetalk_enhanced.models import latentsync_unet3d as U
+
+    sd = {"conv_in.weight": torch.full((320, 13, 3, 3), 0.01), "conv_in.bias": torch.full((320,), 0.02)}
+    assert U.check_resolution_matches(sd, "1.6") is None  # nothing known yet
+    monkeypatch.setitem(U.KNOWN_FINGERPRINTS, "1.5", U.fingerprint(sd))
+    msg = U.check_resolution_matches(sd, "1.6")
+    assert msg and "1.5 release (256 px)" in msg and "used as 1.6 (512 px)" in msg
+    assert U.check_resolution_matches(sd, "1.5") is None
+    sd16 = {k: v.half() for k, v in sd.items()}  # dtype-independent
+    assert U.check_resolution_matches(sd16, "1.6") == msg
