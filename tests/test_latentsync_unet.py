@@ -129,7 +129,8 @@ def test_released_wrapping_and_bare_dict_load(tmp_path, wrapped):
 
 def test_write_test_weights_layout(tmp_path):
     paths = L.write_test_weights(str(tmp_path), seed=3, versions=("1.6",), config=SMALL)
-    assert paths == [os.path.join(str(tmp_path), "latentsync", "1.6", "latentsync_unet.pt")]
+    assert paths == [os.path.join(str(tmp_path), "latentsync", "1.6", "latentsync_unet.pt"),
+                     os.path.join(str(tmp_path), "latentsync", "mask.png")]  # stand-in mask asset
     obj = torch.load(paths[0], weights_only=True)
     assert set(obj) >= {"state_dict"}
     sd = obj["state_dict"]
