@@ -2,7 +2,7 @@
 
     python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
     python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
-    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync
+    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync
 
 Each script runs in its own process (so peak RSS is per benchmark) with ``--json``. The roofline is the device's
 measured dense matrix-multiply rate in the compute dtype (a large ``torch.matmul``), so "% of roofline" says how well
@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SCRIPTS = ("media", "faces", "audio", "lipsync")
+SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync")
 
 
 def matmul_roofline(device: str = "auto", dtype: str = "auto", size: int = 4096, seconds: float = 2.0) -> dict:

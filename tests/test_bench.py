@@ -110,3 +110,19 @@ def test_help_documents_quick_and_json(script):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "--quick" in proc.stdout and "--json" in proc.stdout
+
+
+def test_latentsync_quick(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ls.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "latentsync.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = json.loads(out.read_text())
+    stages = {r["stage"]: r for r in d["results"]}
+    for key in ("align (3-point warp + Lanczos)", "chunk (no DeepCache)", "chunk (DeepCache)", "restore (better paste)"):
+        assert stages[key]["seconds"] > 0, key
+    assert d["resolution"] == 64 and d["benchmark"] == "latentsync"
