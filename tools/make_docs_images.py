@@ -2,6 +2,7 @@
 
 * docs/timeline.jpg: one thumbnail per frame of an edited clip (face shots and B-roll); green = lip-synced,
   red = cutaway passed through untouched, with the shot cuts marked.
+* docs/icon.png: the 400x400 registry icon.
 * docs/paste_region.jpg: what MuseTalk replaces in a face frame: detector box, crop box (bbox_shift/extra_margin),
   and the feathered lower-face blend mask; outside the mask every pixel is the source pixel.
 
@@ -82,7 +83,17 @@ def main():
         cv2.putText(panel, t, (390, 60 + 34 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.62, (30, 30, 30), 1, cv2.LINE_AA)
     cv2.imwrite(os.path.join(out_dir, "paste_region.jpg"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_JPEG_QUALITY, 85])
-    print("wrote docs/timeline.jpg, docs/paste_region.jpg")
+    # the registry icon (pyproject [tool.comfy] Icon): 400x400
+    icon = cv2.resize(mk.photo("astronaut")[0:300, 120:420], (400, 400), interpolation=cv2.INTER_AREA)
+    ov = icon.copy()
+    for x in range(0, 400, 6):
+        h = int(40 * abs(np.sin(x / 23.0)) + 10)
+        cv2.line(ov, (x, 360 - h), (x, 360 + h), (255, 80, 200), 4)
+    icon = cv2.addWeighted(ov, 0.55, icon, 0.45, 0)
+    cv2.putText(icon, "MuseTalk", (18, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (255, 255, 255), 4, cv2.LINE_AA)
+    cv2.putText(icon, "Enhanced", (18, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (255, 255, 255), 3, cv2.LINE_AA)
+    cv2.imwrite(os.path.join(out_dir, "icon.png"), cv2.cvtColor(icon, cv2.COLOR_RGB2BGR))
+    print("wrote docs/timeline.jpg, docs/paste_region.jpg, docs/icon.png")
 
 
 if __name__ == "__main__":
