@@ -12,26 +12,15 @@ one warm-up call; model building is not timed. Prints one JSON object and one ma
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "musetalk_enhanced"
 
 
-def import_pack():
-    """Import the pack as a package the way tests/conftest.py (and ComfyUI) do: relative imports inside."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import import_pack  # noqa: E402  (the pack imported the way ComfyUI does)
 
 
 def random_whisper_tiny():

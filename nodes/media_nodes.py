@@ -17,6 +17,15 @@ IMAGE_OUTPUTS = ("auto", "all_frames", "first_frame_only")
 AUTO_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4")) * (1 << 30))
 
 
+def _file_stamp(name: str):
+    """Re-run when the input file changes (path, size, mtime); always when it cannot be found."""
+    path = comfy.resolve_input_path(name) if name else ""
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    return float("nan")
+
+
 def _silent_audio(duration: float, reason: str) -> dict:
     import torch
 
@@ -77,11 +86,7 @@ class MuseTalkLoadVideo:
 
     @classmethod
     def IS_CHANGED(cls, video="", **kwargs):
-        path = comfy.resolve_input_path(video) if video else ""
-        if path and os.path.isfile(path):
-            st = os.stat(path)
-            return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-        return float("nan")
+        return _file_stamp(video)
 
     def load(self, video="", force_rate=0.0, frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
              images_output="auto", video_input=None):
@@ -170,11 +175,7 @@ class MuseTalkLoadAudio:
 
     @classmethod
     def IS_CHANGED(cls, audio="", **kwargs):
-        path = comfy.resolve_input_path(audio) if audio else ""
-        if path and os.path.isfile(path):
-            st = os.stat(path)
-            return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-        return float("nan")
+        return _file_stamp(audio)
 
     def load(self, audio, start_time=0.0, duration=0.0):
         from ..pipeline.audio import load_audio_file

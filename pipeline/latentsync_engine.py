@@ -309,23 +309,6 @@ class LatentSyncEngine:
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------
-def load_vae_sd(config_path: str, weights_path: str):
-    """sd-vae-ft-mse as a diffusers ``AutoencoderKL`` with LatentSync's ``scaling_factor 0.18215, shift_factor 0``
-    (spec §1), loaded strictly, eval mode, on CPU in float32."""
-    from diffusers import AutoencoderKL
-
-    from ..models.checkpoint import load_strict, read_state_dict
-
-    with open(config_path, "r", encoding="utf-8") as fh:
-        cfg = json.load(fh)
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    cfg["scaling_factor"] = VAE_SCALING_FACTOR
-    vae = AutoencoderKL.from_config(cfg)
-    load_strict(vae, read_state_dict(weights_path), "sd-vae-ft-mse AutoencoderKL", source=weights_path)
-    vae.register_to_config(shift_factor=VAE_SHIFT_FACTOR)
-    return vae.eval()
-
-
 def required_weights(version: str) -> List[str]:
     v = unet_mod.normalize_version(version)
     return [unet_mod.REGISTRY_KEYS[v], unet_mod.MASK_KEY, "sd_vae.config", "sd_vae.weights"]
@@ -394,14 +377,10 @@ def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto
 
 def ping_pong_indices(n_frames: int, length: int) -> List[int]:
     """Frame order of the original ``loop_video`` when the audio is longer than the video (spec §4):
-    0..n-1, n-1..0, 0..n-1, ... cut to ``length``."""
-    out: List[int] = []
-    fwd = list(range(n_frames))
-    k = 0
-    while len(out) < length:
-        out.extend(fwd if k % 2 == 0 else fwd[::-1])
-        k += 1
-    return out[:length]
+    0..n-1, n-1..0, 0..n-1, ... cut to ``length`` — the same cycle as MuseTalk's (``lipsync.ping_pong``)."""
+    from .lipsync import ping_pong
+
+    return [ping_pong(k, n_frames) for k in range(length)]
 
 
 def chunk_ranges(start: int, stop: int, size: int = MAX_CHUNK_FRAMES) -> List[range]:
