@@ -31,8 +31,10 @@ def matmul_roofline(device: str = "auto", dtype: str = "auto", size: int = 4096,
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if dtype == "auto":
-        dt = torch.float32 if dev.type == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported()
-                                                      else torch.float16)
+        sys.path.insert(0, HERE)
+        import common
+
+        dt = common.pick_device_dtype(str(dev), "auto")[1]
     else:
         dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     n = size if dev.type != "cpu" else min(size, 2048)

@@ -23,8 +23,10 @@ class MuseTalkUNetSelector:
                                                                "LatentSync falls back to MuseTalk (reported) when its "
                                                                "weights are missing, it runs out of memory or fails."}),
                 "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto",
-                                                             "tooltip": "Compute precision: auto = bf16/fp16 on a GPU "
-                                                                        "that supports it, fp32 on the CPU."}),
+                                                             "tooltip": "Compute precision: auto = fp16 on a GPU (as the "
+                                                                        "originals), bf16 on a CPU with native bf16 "
+                                                                        "(AVX512-BF16/AMX: twice as fast), else fp32. "
+                                                                        "fp32 = the original's exact numbers."}),
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
                                                             "tooltip": "auto = ComfyUI's device (the GPU when there "
                                                                        "is one)."}),

@@ -198,7 +198,7 @@ def test_load_latentsync_from_model_folders(tmp_path, monkeypatch):
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
-    from musetalk_enhanced.pipeline.runtime import Runtime
+    from musetalk_enhanced.pipeline.runtime import Runtime, pick_dtype
 
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
     small = {"block_out_channels": [32, 32, 32, 32]}
@@ -213,7 +213,8 @@ def test_load_latentsync_from_model_folders(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "latentsync" / "mask.png"), png)
     eng = E.load_latentsync("1.5", Runtime(device="cpu", show_progress=False), auto_download=False,
                             unet_config=small, steps=1, guidance=1.0)
-    assert eng.resolution == 256 and eng.unet_dtype == torch.float32 and eng.vae.config.scaling_factor == 0.18215
+    auto = pick_dtype(torch.device("cpu"))  # the CPU's default: bf16 with native bf16 arithmetic, else fp32
+    assert eng.resolution == 256 and eng.unet_dtype == auto and eng.vae.config.scaling_factor == 0.18215
     assert float(eng.mask[0, 150, 128]) == 0.0 and float(eng.mask[0, 20, 128]) == 1.0
     out = eng.sync_chunk(np.full((1, 256, 256, 3), 90, np.uint8), torch.zeros(1, 50, 384), frame_start=0)
     assert out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()

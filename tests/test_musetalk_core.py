@@ -11,7 +11,7 @@ from conftest import shared_path
 
 from musetalk_enhanced.models import musetalk_unet, registry, vae
 from musetalk_enhanced.pipeline import musetalk_engine as me
-from musetalk_enhanced.pipeline.runtime import Runtime
+from musetalk_enhanced.pipeline.runtime import Runtime, pick_dtype
 
 torch.set_num_threads(2)
 
@@ -147,7 +147,8 @@ def test_load_musetalk_through_registry(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_resolver", lambda folder: [str(tmp_path / folder)])
     rt = Runtime(device="cpu", show_progress=False)
     engine = me.load_musetalk(rt, auto_download=False, cache=False)
-    assert engine.dtype == torch.float32 and next(engine.unet.parameters()).dtype == torch.float32
+    auto = pick_dtype(torch.device("cpu"))  # the CPU's default: bf16 with native bf16 arithmetic, else fp32
+    assert engine.dtype == auto and next(engine.unet.parameters()).dtype == auto
     crops = np.random.default_rng(1).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
     lat = engine.encode_reference(crops, posterior="mode")
     faces = engine.generate(lat, np.zeros((2, 50, 384), np.float32))
@@ -155,3 +156,41 @@ def test_load_musetalk_through_registry(tmp_path, monkeypatch):
     again = me.load_musetalk(rt, auto_download=False)
     assert me.load_musetalk(rt, auto_download=False) is again  # cached
     me.clear_cache()
+
+
+def test_auto_dtype_rule(monkeypatch):
+    """auto: bf16 only on a CPU with native bf16 arithmetic (else fp32, never fp16 on a CPU); explicit names win."""
+    from musetalk_enhanced.pipeline import runtime as R
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(R, "cpu_has_native_bf16", lambda: True)
+    assert R.pick_dtype(cpu) == torch.bfloat16 and R.Runtime("cpu", show_progress=False).dtype == torch.bfloat16
+    monkeypatch.setattr(R, "cpu_has_native_bf16", lambda: False)
+    assert R.pick_dtype(cpu) == torch.float32 and R.pick_dtype(cpu, "auto") == torch.float32
+    assert R.pick_dtype(cpu, "fp16") == torch.float16 and R.pick_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="auto, fp32, fp16, bf16"):
+        R.pick_dtype(cpu, "half")
+    monkeypatch.undo()
+    cap = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert R.cpu_has_native_bf16() == bool(cap)
+
+
+def test_bf16_engine_stays_close_to_the_original(fx):
+    """The bf16 + channels_last path (auto on CPUs with native bf16) against the original's fp32 outputs: same
+    shapes, latents within bf16 rounding, faces within a few grey levels on average (bench/README.md "Precision")."""
+    import copy
+
+    t, _, fp32 = fx
+    eng = me.MuseTalkEngine(copy.deepcopy(fp32.unet), copy.deepcopy(fp32.vae), None,
+                            Runtime("cpu", torch.bfloat16, show_progress=False))
+    assert eng.channels_last and next(eng.unet.parameters()).dtype == torch.bfloat16
+    crops = _rgb(t["core.crops_bgr_u8"].numpy())
+    lat = eng.encode_reference(crops, eps=t["core.eps"])
+    assert lat.dtype == torch.float32 and lat.shape == t["core.latents"].shape
+    scale = t["core.latents"].abs().max().item()
+    assert (lat - t["core.latents"]).abs().max().item() <= 0.05 * scale
+    faces = eng.generate(lat, t["core.audio_chunks"].numpy())
+    diff = np.abs(faces.astype(np.int16) - _rgb(t["core.out_bgr_u8"].numpy()).astype(np.int16))
+    # measured: mean 1.25, 99th percentile 7 grey levels (fp16, the original's GPU mode: 0.14 / 1)
+    assert diff.mean() <= 3.0 and np.percentile(diff, 99) <= 16
+    assert not np.array_equal(faces, _rgb(t["core.out_bgr_u8"].numpy()))  # it really ran in bf16
