@@ -575,10 +575,24 @@ def _orig_get_image_jaw(image_bgr, face_bgr, box, parser, upper_boundary_ratio=0
     return np.array(body)[:, :, ::-1]                                       # back to a BGR array
 
 
+def original_networks(models: Models, dtype):
+    """The UNet and VAE as the original runs them: ``dtype`` (its offline default is fp32, spec musetalk.md §1
+    ``--use_float16``), default NCHW memory format. Copies when ours run in another dtype or layout (made once, before
+    any timing, so neither side's time or peak memory includes the copy)."""
+    import torch
+
+    unet, vae = models.engine.unet, models.engine.vae
+    if next(unet.parameters()).dtype == dtype and not models.engine.channels_last:
+        return unet, vae
+    return tuple(torch.nn.Module.to(copy.deepcopy(m), dtype=dtype).to(memory_format=torch.contiguous_format)
+                 for m in (unet, vae))
+
+
 def original_offline(video_path: str, boxes, windows, models: Models, runtime, audio, workdir: str, batch: int = 8,
-                     dtype=None) -> dict:
-    """The original MuseTalk offline path (see the module docstring for how each step is reproduced). Returns the
-    seconds of each step; the output mp4 is ``<workdir>/orig/out.mp4``."""
+                     nets=None) -> dict:
+    """The original MuseTalk offline path (see the module docstring for how each step is reproduced) with ``nets``
+    (from :func:`original_networks`; default fp32). Returns the seconds of each step; the output mp4 is
+    ``<workdir>/orig/out.mp4``."""
     import av
     import cv2
     import numpy as np
@@ -588,11 +602,8 @@ def original_offline(video_path: str, boxes, windows, models: Models, runtime, a
 
     dev = runtime.device
     eng = models.engine
-    unet, vae = eng.unet, eng.vae
-    dtype = dtype or torch.float32
-    if next(unet.parameters()).dtype != dtype:  # the original's offline default is fp32
-        unet = copy.deepcopy(unet).to(dtype)
-        vae = copy.deepcopy(vae).to(dtype)
+    unet, vae = nets or original_networks(models, torch.float32)
+    dtype = next(unet.parameters()).dtype
     root = os.path.join(workdir, "orig")
     shutil.rmtree(root, ignore_errors=True)
     frame_dir, out_dir = os.path.join(root, "frames"), os.path.join(root, "results")
@@ -707,6 +718,8 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
     feats = compute_audio_features(speech_audio(n / FPS, workdir), frames.fps, "musetalk", models.whisper, runtime)
     windows = feats.windows(range(n))
     dev = runtime.device
+    orig_dtype = common.pick_device_dtype(str(dev), args.compare_dtype)[1]
+    nets = original_networks(models, orig_dtype)
     out = os.path.join(workdir, "compare_ours.mp4")
     best = {"orig": None, "ours": None}
     detail = []
@@ -717,7 +730,7 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
             with common.PeakMemory(dev) as mem, common.Stopwatch(dev) as sw:
                 if side == "orig":
                     steps = original_offline(path, boxes, windows, models, runtime, feats.audio, workdir,
-                                             args.batch_size)
+                                             args.batch_size, nets)
                 else:
                     if os.path.exists(out):
                         os.remove(out)
@@ -731,16 +744,18 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
                 best[side] = got
     o, u = best["orig"], best["ours"]
     rounds = max(1, args.compare_rounds)
-    emit(stage_row("original offline path (jaw, PNGs)", n, o["seconds"], o["mem"], batch=args.batch_size,
+    od, ud = common.dtype_name(orig_dtype), common.dtype_name(models.engine.dtype)
+    emit(stage_row("original offline path (jaw, PNGs)", n, o["seconds"], o["mem"], batch=args.batch_size, note=od,
                    cpu_s=o["cpu_s"], rounds=rounds,
                    steps={k: v for k, v in o["steps"].items() if k not in ("frames", "total_s")}))
-    emit(stage_row("ours run_lipsync (jaw, streamed)", u["steps"]["frames"], u["seconds"], u["mem"],
+    emit(stage_row("ours run_lipsync (jaw, streamed)", u["steps"]["frames"], u["seconds"], u["mem"], note=ud,
                    batch=args.batch_size, cpu_s=u["cpu_s"], rounds=rounds))
     emit({"stage": "speed ratio original/ours", "frames": n, "ratio": round(o["seconds"] / u["seconds"], 3),
           "ratio_cpu": round(o["cpu_s"] / u["cpu_s"], 3),
           "original_s_per_frame": round(o["seconds"] / n, 4), "ours_s_per_frame": round(u["seconds"] / n, 4),
-          "rounds": rounds, "rounds_detail": detail,
-          "note": "best of rounds; same networks, boxes and audio windows; detection and whisper excluded"})
+          "rounds": rounds, "rounds_detail": detail, "dtype_original": od, "dtype_ours": ud,
+          "note": f"best of rounds; same weights (original {od}, ours {ud}), boxes and audio windows; "
+                  "detection and whisper excluded"})
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------
@@ -754,6 +769,8 @@ COLUMNS = [("stage", "stage"), ("frames", "frames"), ("batch", "batch"), ("secon
 def main(argv=None) -> int:
     ap = common.bench_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=8, help="frames per VAE/UNet batch (the original uses 8)")
+    ap.add_argument("--compare-dtype", default="fp32", help="dtype of the original's side of the comparison (default "
+                                                            "fp32, its offline default; fp16 = --use_float16)")
     ap.add_argument("--frames", type=int, default=8, help="frames through each neural stage (default 8; quick 4)")
     ap.add_argument("--clip-frames", type=int, default=0, help="frames of the face clip for the light stages "
                                                                "(default 32; quick 8)")
