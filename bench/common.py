@@ -257,6 +257,83 @@ class PeakMemory:
         return out
 
 
+class LiveTensorPeak:
+    """Peak bytes of the tensors that ops create inside the block and that are alive at the same time (activations),
+    on any device::
+
+        with LiveTensorPeak(exclude=model.parameters()) as live:
+            model(x)
+        live.peak_bytes
+
+    A ``TorchDispatchMode`` sees every op's outputs; each new storage is counted until the last tensor using it is
+    garbage (weakref finalizers). Storages of ``exclude`` (weights, inputs) are not counted. This is what
+    ``torch.cuda.max_memory_allocated`` minus the weights would report for the same tensors on a GPU, without the
+    caching allocator's rounding and fragmentation and without library workspaces (cuDNN/oneDNN scratch), which is
+    why figures derived from it are labelled estimates.
+    """
+
+    def __init__(self, exclude=()):
+        self.exclude = set()
+        for t in exclude:
+            try:
+                self.exclude.add(t.untyped_storage().data_ptr())
+            except Exception:  # noqa: BLE001 - meta / sparse tensors have no storage
+                pass
+        self.current = self.peak_bytes = 0
+        self._live: Dict[int, List[int]] = {}
+        self._mode = None
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._live[key]
+            self.current -= entry[0]
+
+    def _track(self, t) -> None:
+        import weakref
+
+        try:
+            st = t.untyped_storage()
+            key = st.data_ptr()
+        except Exception:  # noqa: BLE001
+            return
+        if key == 0 or key in self.exclude:
+            return
+        entry = self._live.get(key)
+        if entry is None:
+            entry = self._live[key] = [st.nbytes(), 0]
+            self.current += entry[0]
+            self.peak_bytes = max(self.peak_bytes, self.current)
+        entry[1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def __enter__(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        owner = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        owner._track(t)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        return False
+
+
 # ---- machine -------------------------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:

@@ -117,7 +117,8 @@ FPS = 25.0
 SPEECH = ("Hello there. This is a test of lip sync speed, with a face that keeps talking for a while, so that the "
           "audio covers every frame of the clip.")
 ALL_STAGES = ("encode", "decode", "detect", "audio", "crop", "vae_encode", "unet", "vae_decode", "blend_feather",
-              "blend_jaw")
+              "blend_jaw", "vram")
+VRAM_TARGET_MB = 4096  # issue "Speed and scale": MuseTalk <= 4 GB at batch 8 in fp16
 
 
 def parse_resolution(text: str):
@@ -473,6 +474,43 @@ def bench_stages(args, runtime, models: Models, clip, workdir: str, stages, emit
               "fps": round(1.0 / total, 3), "cpu_s_per_frame": round(cpu, 4), "note": " + ".join(order)})
     ctx["windows"] = windows
     return ctx
+
+
+# ---- VRAM estimate -------------------------------------------------------------------------------------------------
+def bench_vram(args, models: Models, emit) -> None:
+    """GPU memory of MuseTalk at ``--batch-size`` in fp16, estimated on any device: the fp16 weights (UNet + VAE) plus
+    the peak of live activation tensors (:class:`common.LiveTensorPeak`) of the two phases that never overlap: one
+    VAE encode call over the batch's 2 x batch images (masked + reference, one call as on a GPU) and UNet + VAE decode
+    of the batch. Measured in the engine's dtype; element sizes are scaled to fp16's 2 bytes (fp32: / 2)."""
+    import torch
+
+    eng = models.engine
+    bs = args.batch_size
+    params = list(eng.unet.parameters()) + list(eng.vae.parameters()) + list(eng.unet.buffers()) + \
+        list(eng.vae.buffers())
+    weights_mb = sum(p.numel() for p in params) * 2 / common.MB
+    scale = 2.0 / torch.empty((), dtype=eng.dtype).element_size()
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand((2 * bs, 3, 256, 256), generator=g).to(eng.device, eng.dtype) * 2 - 1
+    lat = torch.randn((bs, 8, 32, 32), generator=g)
+    win = torch.randn((bs, 50, 384), generator=g)
+    if eng.channels_last:
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        with common.LiveTensorPeak(exclude=params + [imgs]) as enc:
+            eng.vae.encode(imgs).latent_dist.mean
+        with common.LiveTensorPeak(exclude=params + [lat, win]) as gen:
+            eng.decode(eng.denoise(lat, win))
+    enc_mb, gen_mb = enc.peak_bytes * scale / common.MB, gen.peak_bytes * scale / common.MB
+    est = weights_mb + max(enc_mb, gen_mb)
+    emit({"stage": f"VRAM estimate (fp16, batch {bs})", "frames": bs, "batch": bs,
+          "seconds": round(time.perf_counter() - t0, 2), "weights_mb": round(weights_mb, 1),
+          "activations_encode_mb": round(enc_mb, 1), "activations_unet_decode_mb": round(gen_mb, 1),
+          "vram_estimate_mb": round(est, 1), "target_mb": VRAM_TARGET_MB if not args.quick else None,
+          "measured_dtype": common.dtype_name(eng.dtype),
+          "note": f"estimate {est / 1024:.2f} GB = fp16 weights + peak live activations (op tracing in "
+                  f"{common.dtype_name(eng.dtype)}); no cuDNN workspace / allocator slack"})
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------------
@@ -844,6 +882,8 @@ def main(argv=None) -> int:
         clip = photo_frames("astronaut", w, h, args.clip_frames)
         ctx = bench_stages(args, runtime, models, clip, workdir, stages, emit)
         del clip
+        if "vram" in stages:
+            bench_vram(args, models, emit)
         if not args.no_e2e and args.e2e_frames > 0:
             bench_e2e(args, runtime, models, ctx, workdir, emit)
         if not args.no_compare and args.compare_frames > 0:

@@ -2,7 +2,8 @@
 
     python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
     python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
-    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync
+    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync, long
+    python bench/run_all.py --update-readme  # also put the tables between the README's bench markers
 
 Each script runs in its own process (so peak RSS is per benchmark) with ``--json``. The roofline is the device's
 measured dense matrix-multiply rate in the compute dtype (a large ``torch.matmul``), so "% of roofline" says how well
@@ -21,7 +22,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync")
+SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync", "long")
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def matmul_roofline(device: str = "auto", dtype: str = "auto", size: int = 4096, seconds: float = 2.0) -> dict:
@@ -81,13 +83,67 @@ def fmt(v, d=3):
     return str(v)
 
 
+def _rows(report: dict, benchmark: str):
+    for b in report["benchmarks"]:
+        if b.get("benchmark") == benchmark and not b.get("error"):
+            yield from b.get("results", [])
+
+
+def targets(report: dict) -> list:
+    """``[(target, measured, verdict)]`` for the goals of issue "Speed and scale" that this run measured."""
+    roof = report["roofline"]
+    on_gpu = roof["device"].startswith("cuda")
+    out = []
+    lip = {r.get("stage"): r for r in _rows(report, "lipsync")}
+    ratio = lip.get("speed ratio original/ours")
+    if ratio:
+        out.append(("CPU: >= 1.5x the original MuseTalk per output frame, same weights" if not on_gpu else
+                    "speed vs the original's offline path, same weights",
+                    f"{ratio['ratio']}x wall, {ratio['ratio_cpu']}x CPU time (original {ratio.get('dtype_original')}, "
+                    f"ours {ratio.get('dtype_ours')})",
+                    ("met" if ratio["ratio"] >= 1.5 else f"{1.5 - ratio['ratio']:.2f}x short") if not on_gpu else "-"))
+    neural = [lip[k] for k in ("vae_encode (x2 per source frame)", "unet", "vae_decode") if k in lip]
+    if neural and roof.get("gflops"):
+        pct = [f"{k['stage'].split(' ')[0]} {100 * k['gflops'] / roof['gflops']:.0f} %" for k in neural if k.get("gflops")]
+        out.append((">= 35 % of the roofline in the neural stages", ", ".join(pct),
+                    "met" if all(100 * k["gflops"] / roof["gflops"] >= 35 for k in neural if k.get("gflops"))
+                    else "not met"))
+    e2e = next((r for k, r in lip.items() if k and k.startswith("e2e")), None)
+    if e2e:
+        out.append((">= 250 frames/s end to end at 720p on an H100-class GPU",
+                    f"{e2e['fps']} frames/s at {e2e.get('resolution')} on {roof['device_name']}",
+                    ("met" if e2e["fps"] >= 250 else "not met") if on_gpu else "needs a GPU (not measured here)"))
+    vram = next((r for k, r in lip.items() if k and k.startswith("VRAM estimate")), None)
+    if vram:
+        measured = [r["vram_peak_mb"] for r in neural if r.get("vram_peak_mb")]
+        if measured:
+            out.append(("MuseTalk VRAM <= 4 GB at batch 8 in fp16 (measured)", f"{max(measured) / 1024:.2f} GB "
+                        "max_memory_allocated", "met" if max(measured) <= 4096 else "not met"))
+        out.append(("MuseTalk VRAM <= 4 GB at batch 8 in fp16",
+                    f"{vram['vram_estimate_mb'] / 1024:.2f} GB estimated (weights {vram['weights_mb']:.0f} MB + "
+                    f"activations {max(vram['activations_encode_mb'], vram['activations_unet_decode_mb']):.0f} MB)",
+                    "met (estimate)" if vram["vram_estimate_mb"] <= 4096 else "not met (estimate)"))
+    whole = next((r for r in _rows(report, "long") if r.get("stage") == "whole run"), None)
+    if whole:
+        out.append((f"{whole['minutes']:g}-minute {whole['resolution']} clip streamed with peak RSS <= "
+                    f"{whole['target_gb']:g} GB",
+                    f"{whole['peak_gb']} GB peak ({whole['frames']} frames, {whole['face_frames']} synced)",
+                    "met" if whole["met"] else "not met"))
+    return out
+
+
 def markdown(report: dict) -> str:
     roof = report["roofline"]
     lines = [f"Device: **{roof['device_name']}** ({report['machine'].get('cpu', '')}, "
              f"{report['machine'].get('cores', '?')} cores, torch {report['machine'].get('torch', '')}); "
-             f"mode: {report['mode']}; measured matmul roofline {roof['gflops']} GFLOP/s ({roof['dtype']}).", "",
-             "| benchmark | stage | frames/s | s/frame | GFLOP/s | % roofline | peak RSS MB | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"mode: {report['mode']}; measured matmul roofline {roof['gflops']} GFLOP/s ({roof['dtype']}).", ""]
+    goals = targets(report)
+    if goals:
+        lines += ["| target | measured | verdict |", "| --- | --- | --- |"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in goals]
+        lines.append("")
+    lines += ["| benchmark | stage | frames/s | s/frame | GFLOP/s | % roofline | peak RSS MB | note |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for b in report["benchmarks"]:
         if b.get("error"):
             lines.append(f"| {b['benchmark']} | (failed) | | | | | | {b['error'].splitlines()[-1][:80]} |")
@@ -98,9 +154,27 @@ def markdown(report: dict) -> str:
             label = r.get("stage") or r.get("name") or r.get("what") or ""
             if r.get("resolution") and str(r.get("resolution")) not in label:
                 label = f"{label} {r['resolution']}"
+            note = r.get("note", "")
+            if r.get("ratio") is not None:
+                note = f"ratio {r['ratio']} (CPU s {r.get('ratio_cpu')})"
             lines.append(f"| {b['benchmark']} | {label} | {fmt(r.get('fps'))} | {fmt(r.get('s_per_frame'))} | "
-                         f"{fmt(g)} | {pct} | {fmt(r.get('rss_peak_mb'))} | {str(r.get('note', ''))[:60]} |")
+                         f"{fmt(g)} | {pct} | {fmt(r.get('rss_peak_mb'))} | {str(note)[:70]} |")
     return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str, md: str, header: str) -> bool:
+    """Replace the text between the README's bench markers with ``md``; False when the markers are missing."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    a, b = text.find(README_START), text.find(README_END)
+    if a < 0 or b < a:
+        return False
+    new = text[:a + len(README_START)] + "\n" + header + "\n\n" + md + text[b:]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(new)
+    os.replace(tmp, path)
+    return True
 
 
 def main(argv=None) -> int:
@@ -110,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--update-readme", action="store_true", help="write the tables between the README's "
+                                                                 f"{README_START} / {README_END} markers")
     args = ap.parse_args(argv)
     sys.path.insert(0, HERE)
     import common  # noqa: E402
@@ -135,6 +211,12 @@ def main(argv=None) -> int:
         with open(args.markdown, "w") as f:
             f.write(f"# Benchmark results ({report['mode']})\n\nGenerated by `python bench/run_all.py"
                     f"{' --quick' if args.quick else ''}`.\n\n{md}")
+    if args.update_readme:
+        header = (f"Generated by `python bench/run_all.py{' --quick' if args.quick else ''} --update-readme` on "
+                  f"{time.strftime('%Y-%m-%d')} ({report['mode']} size); details and every column in "
+                  "[bench/README.md](bench/README.md).")
+        if not update_readme(os.path.join(ROOT, "README.md"), md, header):
+            print(f"README.md has no {README_START} / {README_END} markers; not updated", file=sys.stderr)
     print(md)
     failed = [b["benchmark"] for b in report["benchmarks"] if b.get("error")]
     if failed:

@@ -91,6 +91,12 @@ def test_lipsync_quick(tmp_path):
     # FLOPs were counted on the small quick configs: far below the full-size networks
     assert by_stage["unet"]["gflop_per_frame"] < 178
     assert positive(by_stage["audio features (whisper)"]["audio_s_per_s"])
+    vram = by_stage["VRAM estimate (fp16, batch 8)"]
+    assert positive(vram["weights_mb"]) and positive(vram["activations_unet_decode_mb"])
+    assert positive(vram["activations_encode_mb"])
+    assert math.isclose(vram["vram_estimate_mb"], vram["weights_mb"] + max(vram["activations_encode_mb"],
+                                                                           vram["activations_unet_decode_mb"]),
+                        abs_tol=0.2)
     e2e = by_stage["e2e (file -> faces -> audio -> run_lipsync -> mp4)"]
     assert e2e["synced"] == 4 and e2e["passed_through"] == 2 and e2e["output_frames_in_file"] == 6
     orig = by_stage["original offline path (jaw, PNGs)"]
@@ -104,7 +110,7 @@ def test_lipsync_quick(tmp_path):
     assert "speed ratio" in stdout
 
 
-@pytest.mark.parametrize("script", ["media.py", "lipsync.py"])
+@pytest.mark.parametrize("script", ["media.py", "lipsync.py", "long.py"])
 def test_help_documents_quick_and_json(script):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -126,3 +132,42 @@ def test_latentsync_quick(tmp_path):
     for key in ("align (3-point warp + Lanczos)", "chunk (no DeepCache)", "chunk (DeepCache)", "restore (better paste)"):
         assert stages[key]["seconds"] > 0, key
     assert d["resolution"] == 64 and d["benchmark"] == "latentsync"
+
+
+def test_long_quick(tmp_path):
+    """The long-clip streaming benchmark: every frame out, face shots synced, cutaways passed through, the RSS
+    measured per phase with a slope, and the verdict against the target computed from the measured peak."""
+    doc, stdout = run_bench("long.py", tmp_path)
+    check_common(doc, "long")
+    rows = {r["stage"].split(" (")[0]: r for r in doc["results"]}
+    whole = rows["whole run"]
+    assert whole["frames"] == 300 and whole["output_ok"] is True  # 0.2 min at 25 fps
+    sync = next(r for r in doc["results"] if r["stage"].startswith("run_lipsync"))
+    assert sync["output_frames_in_file"] == 300 and sync["synced"] == whole["face_frames"] == 12
+    assert sync["passed_through"] == 300 - 12
+    assert isinstance(sync["rss_slope_mb_per_1000"], float)
+    for key in ("load models", "faces", "audio features"):
+        assert positive(rows[key]["seconds"]) and positive(rows[key]["rss_peak_mb"])
+    assert whole["met"] == (whole["rss_peak_mb"] / 1024 <= whole["target_gb"])
+    assert len(doc["rss_curve_lipsync"]) >= 3 and "peak RSS" in stdout
+
+
+def test_live_tensor_peak_counts_activations_not_weights():
+    """The op tracer behind the VRAM estimate: new storages counted while alive, views not twice, weights never."""
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import common
+
+    w = torch.ones(10_000)
+    with common.LiveTensorPeak(exclude=[w]) as live:
+        a = torch.ones(1000)          # 4000 B
+        b = a * 2                     # 8000 B alive
+        del a                         # 4000
+        c = (b + 1).view(10, 100)     # 8000: the view shares its storage
+        v = w.view(100, 100)          # a view of a weight: not counted
+        c.add_(1)                     # in place: no new storage
+        d = torch.cat([b, b])         # 16000
+    assert live.peak_bytes == 16000 and live.current == 16000
+    del b, c, d
+    assert live.current == 0 and v.shape == (100, 100)
