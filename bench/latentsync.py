@@ -6,6 +6,12 @@ resolution of ``--version`` (1.5: 256 px, 1.6: 512 px) and the sd-vae-ft-mse VAE
 64 px so it finishes in seconds. Each stage is timed on one chunk of ``--frames`` frames (the original uses 16) with
 classifier-free guidance (batch 2) as the original; per-frame = chunk time / frames. The UNet is timed per denoising
 step; ``steps x unet_step`` is what a chunk costs, DeepCache runs 1 full step in 3 and two shallow ones.
+
+VRAM estimate (``--vram-frames``, default 16 = the original's chunk; 0 skips it): one chunk of that many frames at one
+DDIM step with classifier-free guidance (UNet batch 2), VAE in batches of 8, traced op by op
+(``common.LiveTensorPeak``): peak live activations in the engine's dtype scaled to fp16's 2 bytes, plus the UNet3D,
+VAE and whisper-tiny weights in fp16 — the memory a GPU run in fp16 needs, without cuDNN workspaces and allocator
+slack. Targets (issue "LatentSync"): 8 GB for 1.5 (256 px), 12 GB for 1.6 (512 px). ``--no-timing`` runs only this.
 """
 from __future__ import annotations
 
@@ -18,12 +24,43 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 
 
+VRAM_TARGET_MB = {"1.5": 8192, "1.6": 12288}
+WHISPER_TINY_PARAMS = 39_000_000  # whisper-tiny, ~75 MB in fp16 (spec latentsync.md §11 "Static memory")
+
+
+def vram_estimate(eng, faces, n, args, torch, np) -> dict:
+    """One chunk of ``n`` frames at 1 DDIM step with CFG, traced: fp16 weights + peak live activations (fp16 bytes)."""
+    eng.deepcache = False
+    eng.steps = 1
+    eng.scheduler.set_timesteps(1)
+    reps = -(-n // len(faces))
+    chunk = np.concatenate([faces] * reps)[:n]
+    audio = torch.randn(n, 50, 384)
+    params = [t for m in (eng.unet, eng.vae) for t in list(m.parameters()) + list(m.buffers())]
+    weights_mb = (sum(p.numel() for p in params) + WHISPER_TINY_PARAMS) * 2 / common.MB
+    scale = 2.0 / torch.empty((), dtype=eng.unet_dtype).element_size()
+    t0 = time.perf_counter()
+    with torch.inference_mode(), common.LiveTensorPeak(exclude=params) as live:
+        eng.sync_chunk(chunk, audio, frame_start=0)
+    act_mb = live.peak_bytes * scale / common.MB
+    est = weights_mb + act_mb
+    target = VRAM_TARGET_MB.get(args.version) if not args.quick else None
+    return {"stage": f"VRAM estimate (fp16, chunk {n}, CFG)", "frames": n, "seconds": round(time.perf_counter() - t0, 1),
+            "weights_mb": round(weights_mb, 1), "activations_mb": round(act_mb, 1), "vram_estimate_mb": round(est, 1),
+            "target_mb": target, "met": (est <= target) if target else None,
+            "measured_dtype": common.dtype_name(eng.unet_dtype),
+            "note": f"estimate {est / 1024:.2f} GB = fp16 weights (UNet3D, VAE, whisper) + peak live activations"}
+
+
 def main(argv=None) -> int:
     ap = common.bench_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--version", default="1.5", choices=["1.5", "1.6"])
     ap.add_argument("--frames", type=int, default=0, help="frames per chunk (default 4 on CPU, 16 on GPU; quick 4)")
     ap.add_argument("--steps", type=int, default=3, help="DDIM steps timed (default 3: one full + two cached)")
     ap.add_argument("--guidance", type=float, default=1.5)
+    ap.add_argument("--vram-frames", type=int, default=-1, help="frames of the VRAM-estimate chunk (default 16; "
+                                                                "quick 4; 0 skips it)")
+    ap.add_argument("--no-timing", action="store_true", help="only the VRAM estimate")
     args = ap.parse_args(argv)
     torch = common.setup_torch(args.threads)
     common.import_pack()
@@ -79,7 +116,8 @@ def main(argv=None) -> int:
         eng = LatentSyncEngine(unet, vae, rt, resolution=res, steps=args.steps, guidance=args.guidance, mask=mask)
         eng.unet = rt.prepare_model(eng.unet)
         eng.vae = rt.prepare_model(eng.vae)
-    for deepcache in (False, True):
+    out = None
+    for deepcache in ((False, True) if not args.no_timing else ()):
         eng.deepcache = deepcache
         eng.sync_chunk(faces[:1], audio[:1], frame_start=0) if not args.quick else None  # warm-up
         trace = {}
@@ -103,11 +141,15 @@ def main(argv=None) -> int:
             d = np.diff(t_steps)  # between the ends of consecutive steps: one UNet step each
             emit({"stage": f"unet step ({label}, mean of steps 2..)", "frames": frames,
                   "seconds": round(float(d.mean()), 3), "s_per_frame": round(float(d.mean()) / frames, 4)})
-    with common.Stopwatch(device) as sw:
-        for i in range(frames):
-            eng.restore(frame, out[i], aligned[i].affine, better_paste=True)
-    emit({"stage": "restore (better paste)", "frames": frames, "seconds": round(sw.seconds, 4),
-          "s_per_frame": round(sw.seconds / frames, 4), "resolution": "1080p"})
+    if out is not None:
+        with common.Stopwatch(device) as sw:
+            for i in range(frames):
+                eng.restore(frame, out[i], aligned[i].affine, better_paste=True)
+        emit({"stage": "restore (better paste)", "frames": frames, "seconds": round(sw.seconds, 4),
+              "s_per_frame": round(sw.seconds / frames, 4), "resolution": "1080p"})
+    vram_frames = args.vram_frames if args.vram_frames >= 0 else (4 if args.quick else 16)
+    if vram_frames > 0:
+        emit(vram_estimate(eng, faces, vram_frames, args, torch, np))
     payload = common.report("latentsync", args, machine, results,
                             {"device": str(device), "dtype": common.dtype_name(dtype), "resolution": res,
                              "weights": "random", "load_rss_peak_mb": round(mem_load.peak_mb, 1)})

@@ -132,6 +132,9 @@ def test_latentsync_quick(tmp_path):
     for key in ("align (3-point warp + Lanczos)", "chunk (no DeepCache)", "chunk (DeepCache)", "restore (better paste)"):
         assert stages[key]["seconds"] > 0, key
     assert d["resolution"] == 64 and d["benchmark"] == "latentsync"
+    vram = stages["VRAM estimate (fp16, chunk 4, CFG)"]
+    assert vram["activations_mb"] > 0 and vram["weights_mb"] > 75  # whisper-tiny alone is ~75 MB in fp16
+    assert math.isclose(vram["vram_estimate_mb"], vram["weights_mb"] + vram["activations_mb"], abs_tol=0.2)
 
 
 def test_long_quick(tmp_path):
