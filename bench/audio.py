@@ -20,6 +20,7 @@ import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 from common import import_pack  # noqa: E402  (the pack imported the way ComfyUI does)
 
 
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     import_pack()
     import torch
 
+    machine = common.machine_info()
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [args.device] if args.device != "auto" else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -112,9 +114,10 @@ def main(argv=None) -> int:
                 print(json.dumps(r))
                 print(f"| {r['layout']} | {r['device']} | {r['encoder_dtype']} | {batch} | {r['audio_seconds']} | "
                       f"{r['wall_seconds']} | {r['audio_seconds_per_second']} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    for r in results:  # the common row keys (run_all's tables): one "frame" = one second of audio here
+        r.setdefault("stage", f"whisper-tiny {r['layout']} ({r['device']}, batch {r['batch_windows']})")
+        r.setdefault("note", f"{r['audio_seconds_per_second']} s of audio per s")
+    common.write_json(args.json, common.report("audio", args, machine, results))
     return 0
 
 

@@ -174,3 +174,31 @@ def test_live_tensor_peak_counts_activations_not_weights():
     assert live.peak_bytes == 16000 and live.current == 16000
     del b, c, d
     assert live.current == 0 and v.shape == (100, 100)
+
+
+def test_run_all_collects_targets_and_updates_readme_markers(tmp_path):
+    """run_all: each script's JSON kept per benchmark (reused with --reuse), a targets table computed from the
+    measurements, and only the text between the README markers replaced."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nbefore\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nafter\n")
+    out, md = tmp_path / "results", tmp_path / "RESULTS.md"
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "run_all.py"), "--quick", "--only", "audio,long",
+           "--out", str(out), "--markdown", str(md), "--update-readme", "--readme", str(readme)]
+    assert cmd[-3:] == ["--update-readme", "--readme", str(readme)]  # the --reuse run below drops all three
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(next(out.glob("quick-*.json")).read_text())
+    assert [b["benchmark"] for b in report["benchmarks"]] == ["audio", "long"]
+    assert all(b["returncode"] == 0 and b["results"] for b in report["benchmarks"])
+    assert positive(report["roofline"]["gflops"])
+    per_script = next(p for p in out.iterdir() if p.is_dir())
+    assert {p.name for p in per_script.iterdir()} == {"audio.json", "long.json"}
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\nafter\n")
+    assert "old table" not in text and "| target | measured | verdict |" in text and "peak RSS" in text
+    assert "whisper-tiny musetalk" in md.read_text()
+    # --reuse takes the JSON already there instead of running the script again
+    stamp = (per_script / "long.json").stat().st_mtime_ns
+    proc = subprocess.run(cmd[:-3] + ["--reuse"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0 and (per_script / "long.json").stat().st_mtime_ns == stamp
