@@ -4,7 +4,7 @@ scale" and every stage, and with ``--update-readme`` the same tables between the
 
     python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
     python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
-    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync, long
+    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync, latentsync-1.6, long
     python bench/run_all.py --update-readme  # also put the tables between the README's bench markers
     python bench/run_all.py --reuse          # keep the scripts' JSON already in the results folder, run the rest
 
@@ -24,7 +24,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync", "long")
+SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync", "latentsync-1.6", "long")
+# benchmark name -> (script, extra arguments); LatentSync 1.6 (512 px) only for its VRAM estimate in full mode: its
+# timings at 512 px take long on a CPU, and quick mode runs the same tiny networks as "latentsync"
+VARIANTS = {"latentsync-1.6": ("latentsync", ["--version", "1.6", "--no-timing"])}
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -75,7 +78,9 @@ FULL_EXTRA = {"faces": ["--frames", "4"]}  # S3FD runs its VGG-16 on whole frame
 def run_script(name: str, quick: bool, extra: list, out_dir: str, reuse: bool = False) -> dict:
     """Run ``bench/<name>.py --json <out_dir>/<name>.json``; with ``reuse`` an existing JSON there is taken as is."""
     path = os.path.join(out_dir, f"{name}.json")
-    cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--json", path] + (["--quick"] if quick else []) + extra
+    script, variant = VARIANTS.get(name, (name, []))
+    cmd = [sys.executable, os.path.join(HERE, f"{script}.py"), "--json", path] + (["--quick"] if quick else []) + \
+        extra + variant
     if not quick:
         cmd += FULL_EXTRA.get(name, [])
     res = {"benchmark": name, "command": " ".join(cmd[1:])}
@@ -148,6 +153,13 @@ def targets(report: dict) -> list:
                     f"{vram['vram_estimate_mb'] / 1024:.2f} GB estimated (weights {vram['weights_mb']:.0f} MB + "
                     f"activations {max(vram['activations_encode_mb'], vram['activations_unet_decode_mb']):.0f} MB)",
                     "met (estimate)" if vram["vram_estimate_mb"] <= 4096 else "not met (estimate)"))
+    for name, version in (("latentsync", "1.5"), ("latentsync-1.6", "1.6")):
+        for r in _rows(report, name):
+            if str(r.get("stage", "")).startswith("VRAM estimate") and r.get("target_mb"):
+                out.append((f"LatentSync {version} VRAM <= {r['target_mb'] / 1024:g} GB (16-frame chunk, fp16)",
+                            f"{r['vram_estimate_mb'] / 1024:.2f} GB estimated (weights {r['weights_mb']:.0f} MB + "
+                            f"activations {r['activations_mb']:.0f} MB)",
+                            "met (estimate)" if r["met"] else "not met (estimate)"))
     whole = next((r for r in _rows(report, "long") if r.get("stage") == "whole run"), None)
     if whole:
         out.append((f"{whole['minutes']:g}-minute {whole['resolution']} clip streamed with peak RSS <= "
@@ -176,7 +188,7 @@ def markdown(report: dict) -> str:
         for r in b.get("results", []):
             g = r.get("gflops")
             pct = f"{100 * g / roof['gflops']:.0f}" if g and roof["gflops"] else "-"
-            label = r.get("stage") or r.get("name") or r.get("what") or ""
+            label = r.get("stage") or r.get("name") or r.get("what") or r.get("backend") or ""
             if r.get("resolution") and str(r.get("resolution")) not in label:
                 label = f"{label} {r['resolution']}"
             note = r.get("note", "")
