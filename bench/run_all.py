@@ -102,6 +102,7 @@ def run_script(name: str, quick: bool, extra: list, out_dir: str, reuse: bool = 
         res["error"] = f"unreadable {path}: {exc}"
         return res
     res.update(doc if isinstance(doc, dict) else {"results": doc})
+    res["script"], res["benchmark"] = script, name  # a variant's JSON names its script; the report names the variant
     return res
 
 
