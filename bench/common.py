@@ -334,6 +334,17 @@ class LiveTensorPeak:
         return False
 
 
+def fp16_footprint(*modules, dtype, extra_params: int = 0):
+    """``(tensors, weights_mb, scale)`` for a VRAM estimate in fp16: the modules' parameters and buffers (to exclude
+    from :class:`LiveTensorPeak`), their size in MiB at 2 bytes per element (plus ``extra_params`` more), and the
+    factor from ``dtype``'s element size to fp16's 2 bytes for traced activations."""
+    import torch
+
+    tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers())]
+    weights_mb = (sum(t.numel() for t in tensors) + int(extra_params)) * 2 / MB
+    return tensors, weights_mb, 2.0 / torch.empty((), dtype=dtype).element_size()
+
+
 # ---- machine -------------------------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:

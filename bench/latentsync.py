@@ -36,9 +36,8 @@ def vram_estimate(eng, faces, n, args, torch, np) -> dict:
     reps = -(-n // len(faces))
     chunk = np.concatenate([faces] * reps)[:n]
     audio = torch.randn(n, 50, 384)
-    params = [t for m in (eng.unet, eng.vae) for t in list(m.parameters()) + list(m.buffers())]
-    weights_mb = (sum(p.numel() for p in params) + WHISPER_TINY_PARAMS) * 2 / common.MB
-    scale = 2.0 / torch.empty((), dtype=eng.unet_dtype).element_size()
+    params, weights_mb, scale = common.fp16_footprint(eng.unet, eng.vae, dtype=eng.unet_dtype,
+                                                      extra_params=WHISPER_TINY_PARAMS)
     t0 = time.perf_counter()
     with torch.inference_mode(), common.LiveTensorPeak(exclude=params) as live:
         eng.sync_chunk(chunk, audio, frame_start=0)

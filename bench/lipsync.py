@@ -486,10 +486,7 @@ def bench_vram(args, models: Models, emit) -> None:
 
     eng = models.engine
     bs = args.batch_size
-    params = list(eng.unet.parameters()) + list(eng.vae.parameters()) + list(eng.unet.buffers()) + \
-        list(eng.vae.buffers())
-    weights_mb = sum(p.numel() for p in params) * 2 / common.MB
-    scale = 2.0 / torch.empty((), dtype=eng.dtype).element_size()
+    params, weights_mb, scale = common.fp16_footprint(eng.unet, eng.vae, dtype=eng.dtype)
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand((2 * bs, 3, 256, 256), generator=g).to(eng.device, eng.dtype) * 2 - 1
     lat = torch.randn((bs, 8, 32, 32), generator=g)

@@ -23,7 +23,7 @@ once with libx264 ``ultrafast`` into ``--workdir`` (kept with ``--keep-clip``); 
 Face detection runs at ``--detect-short-side`` (default 360: MTCNN's pyramid on the 1080p frame downscaled to 640x360;
 the pack's default is 720, 4x the pixels, the same memory pattern and 4x the minutes).
 
-Reported: peak RSS of the whole run and of each phase, RSS after loading the models, the RSS slope in MB per 1000
+Reported: peak RSS of the whole run and up to the end of each phase (a running high-water mark), RSS after loading the models, the RSS slope in MB per 1000
 frames over the lip-sync pass (least squares against the frame index, first 10 % skipped: the decoder's block cache and
 x264's look-ahead filling), seconds and frames/s of each phase, and a check of the output (as many frames as the
 source, synced / passed-through counts). ``--target-gb`` (default 6, issue "Speed and scale") is compared with the
@@ -110,10 +110,10 @@ def slope_mb_per_1000(points):
 
 def main(argv=None) -> int:
     ap = common.bench_parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=10.0, help="clip length in minutes (default 10; quick 0.2)")
+    ap.add_argument("--minutes", type=float, default=None, help="clip length in minutes (default 10; quick 0.2)")
     ap.add_argument("--resolution", default="", help="720p, 1080p, ... or WxH (default 1080p; quick 360p)")
-    ap.add_argument("--face-every", type=float, default=60.0, help="seconds between face shots (default 60; quick 4)")
-    ap.add_argument("--face-frames", type=int, default=8, help="frames per face shot (default 8; quick 4)")
+    ap.add_argument("--face-every", type=float, default=None, help="seconds between face shots (default 60; quick 4)")
+    ap.add_argument("--face-frames", type=int, default=None, help="frames per face shot (default 8; quick 4)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--detect-short-side", type=int, default=360)
     ap.add_argument("--blend", default="auto", help="auto (jaw when BiSeNet is present), jaw or feather")
@@ -124,10 +124,10 @@ def main(argv=None) -> int:
                                                       "<pack>/test_weights, written when missing)")
     args = ap.parse_args(argv)
     quick = args.quick
-    minutes = args.minutes if not quick or args.minutes != 10.0 else 0.2
+    minutes = args.minutes or (0.2 if quick else 10.0)
     res = args.resolution or ("360p" if quick else "1080p")
-    face_every = args.face_every if not quick or args.face_every != 60.0 else 4.0
-    face_frames = args.face_frames if not quick or args.face_frames != 8 else 4
+    face_every = args.face_every or (4.0 if quick else 60.0)
+    face_frames = args.face_frames or (4 if quick else 8)
 
     torch = common.setup_torch(args.threads)
     common.import_pack()
