@@ -23,11 +23,11 @@ once with libx264 ``ultrafast`` into ``--workdir`` (kept with ``--keep-clip``); 
 Face detection runs at ``--detect-short-side`` (default 360: MTCNN's pyramid on the 1080p frame downscaled to 640x360;
 the pack's default is 720, 4x the pixels, the same memory pattern and 4x the minutes).
 
-Reported: peak RSS of the whole run and up to the end of each phase (a running high-water mark), RSS after loading the models, the RSS slope in MB per 1000
-frames over the lip-sync pass (least squares against the frame index, first 10 % skipped: the decoder's block cache and
-x264's look-ahead filling), seconds and frames/s of each phase, and a check of the output (as many frames as the
-source, synced / passed-through counts). ``--target-gb`` (default 6, issue "Speed and scale") is compared with the
-peak.
+Reported: peak RSS of the whole run and up to the end of each phase (a running high-water mark), RSS after loading
+the models, the RSS slope in MB per 1000 frames over the lip-sync pass (least squares against the frame index, first
+10 % skipped: the decoder's block cache and x264's look-ahead filling), seconds and frames/s of each phase, and a check
+of the output (as many frames as the source, synced / passed-through counts). ``--target-gb`` (default 6, issue
+"Speed and scale") is compared with the peak.
 """
 from __future__ import annotations
 
