@@ -61,7 +61,8 @@ def bench_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="smoke run (seconds): small sizes, for CI")
     ap.add_argument("--json", default="", metavar="PATH", help="also write the results to this JSON file")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    ap.add_argument("--dtype", default="auto", help="auto (the pack's rule: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, fp16, bf16")
+    ap.add_argument("--dtype", default="auto", help="auto (the pack's rule: fp16 on CUDA, bf16 on a CPU with native "
+                                                    "bf16, else fp32), fp32, fp16, bf16")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     return ap
 

@@ -44,7 +44,8 @@ def vram_estimate(eng, faces, n, args, torch, np) -> dict:
     act_mb = live.peak_bytes * scale / common.MB
     est = weights_mb + act_mb
     target = VRAM_TARGET_MB.get(args.version) if not args.quick else None
-    return {"stage": f"VRAM estimate (fp16, chunk {n}, CFG)", "frames": n, "seconds": round(time.perf_counter() - t0, 1),
+    return {"stage": f"VRAM estimate (fp16, chunk {n}, CFG)", "frames": n,
+            "seconds": round(time.perf_counter() - t0, 1),
             "weights_mb": round(weights_mb, 1), "activations_mb": round(act_mb, 1), "vram_estimate_mb": round(est, 1),
             "target_mb": target, "met": (est <= target) if target else None,
             "measured_dtype": common.dtype_name(eng.unet_dtype),

@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     emit(row(f"run_lipsync -> mp4 ({mode}, batch {args.batch_size})", total, t_sync - t_audio, phase_peak["lipsync"],
              synced=synced, passed_through=len(report.passed_through), output_frames_in_file=out_frames,
              rss_slope_mb_per_1000=slope_mb_per_1000(steady),
-             rss_at_10pct_mb=steady[0][1] if steady else None, rss_at_end_mb=sync_points[-1][1] if sync_points else None))
+             rss_at_10pct_mb=steady[0][1] if steady else None,
+             rss_at_end_mb=sync_points[-1][1] if sync_points else None))
     peak_gb = mem.peak_mb / 1024
     emit({"stage": "whole run", "frames": total, "seconds": round(t_sync - t0, 1), "rss_peak_mb": round(mem.peak_mb, 1),
           "peak_gb": round(peak_gb, 2), "target_gb": args.target_gb, "met": peak_gb <= args.target_gb,

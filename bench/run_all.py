@@ -135,7 +135,8 @@ def targets(report: dict) -> list:
                     ("met" if ratio["ratio"] >= 1.5 else f"{1.5 - ratio['ratio']:.2f}x short") if not on_gpu else "-"))
     neural = [lip[k] for k in ("vae_encode (x2 per source frame)", "unet", "vae_decode") if k in lip]
     if neural and roof.get("gflops"):
-        pct = [f"{k['stage'].split(' ')[0]} {100 * k['gflops'] / roof['gflops']:.0f} %" for k in neural if k.get("gflops")]
+        pct = [f"{k['stage'].split(' ')[0]} {100 * k['gflops'] / roof['gflops']:.0f} %"
+               for k in neural if k.get("gflops")]
         out.append((">= 35 % of the roofline in the neural stages", ", ".join(pct),
                     "met" if all(100 * k["gflops"] / roof["gflops"] >= 35 for k in neural if k.get("gflops"))
                     else "not met"))
