@@ -147,9 +147,10 @@ class MuseTalkLoadAudio:
         files = comfy.list_input_files(("audio", "video"))
         return {
             "required": {
-                "audio": (files or [""], {"tooltip": "Audio (or video) file in ComfyUI's input folder: wav, mp3, flac, "
-                                                     "ogg, m4a, mp4... anything FFmpeg reads (upload it with the core "
-                                                     "Load Audio node, or copy it into the input folder)."}),
+                "audio": (files or [""], {"audio_upload": True,
+                                          "tooltip": "Audio (or video) file in ComfyUI's input folder: wav, mp3, "
+                                                     "flac, ogg, m4a, mp4... anything FFmpeg reads (upload one with "
+                                                     "the button below)."}),
                 "start_time": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01,
                                          "tooltip": "Start reading at this time, in seconds."}),
                 "duration": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01,

@@ -224,6 +224,19 @@ def make_media(out_dir: str) -> List[str]:
     return written
 
 
+# ---- template titles -----------------------------------------------------------------------------------------------
+# The frontend (1.27) titles a pack's template card with its file name and describes it with the same name, '-' and
+# '_' read as spaces; the number gives the reading order. Workflow slug -> file name (without .json / .jpg).
+TEMPLATES: Dict[str, str] = {
+    "musetalk_basic": "1. Lip-sync a video to a new voice",
+    "cutaway_dubbing": "2. Dub an edited clip with cutaways",
+    "latentsync_with_fallback": "3. LatentSync 1.6 with MuseTalk fallback",
+    "multi_face_speaker_select": "4. Two faces, choose who speaks",
+    "chain_with_core_video": "5. With ComfyUI core video nodes",
+    "vhs_lipsync": "6. With VideoHelperSuite (needs that pack)",
+}
+
+
 # ---- thumbnails ----------------------------------------------------------------------------------------------------
 # workflow name -> (title, subtitle, [(media file, frame index, mark), ...]); mark: None, "cutaway" (red frame) or a
 # box (x1, y1, x2, y2) in source pixels around the face that is lip-synced (green)
@@ -320,10 +333,10 @@ def make_thumbnails(out_dir: str) -> List[str]:
             by_file.setdefault(f, []).append(i)
         cache = {f: read_frames(os.path.join(out_dir, f), idx) for f, idx in by_file.items()}
         frames = [mark(cache[f][i], how) for f, i, how in picks]
-        path = os.path.join(out_dir, name + ".jpg")
+        path = os.path.join(out_dir, TEMPLATES[name] + ".jpg")
         Image.fromarray(thumbnail(title, subtitle, frames)).save(path, quality=85, optimize=True)
         written.append(path)
-        print(f"  {name}.jpg: {os.path.getsize(path) / 1024:.0f} KB")
+        print(f"  {os.path.basename(path)}: {os.path.getsize(path) / 1024:.0f} KB")
     return written
 
 

@@ -65,7 +65,9 @@ PACK_ID = "musetalk-enhanced"  # registry id (pyproject [project] name): lets Co
 CORE_PROPS = {"cnr_id": "comfy-core", "ver": "0.3.64"}
 VHS_PROPS = {"cnr_id": "comfyui-videohelpersuite", "ver": "1.7.9"}
 
-# weights per bundle, as registry keys (models/registry.py, models/latentsync_unet3d.py)
+# weights per bundle, as registry keys (models/registry.py, models/latentsync_unet3d.py). Only the files the
+# frontend can offer to download end up in a workflow's `models` (workflow_builder.frontend_can_download); README and
+# each workflow's note name the rest.
 MUSETALK_KEYS = ("musetalk.unet", "musetalk.unet_config", "sd_vae.config", "sd_vae.weights")
 WHISPER_KEYS = ("whisper_tiny.config", "whisper_tiny.weights")
 DETECTOR_KEYS = ("mtcnn.pnet", "mtcnn.rnet", "mtcnn.onet")
@@ -74,16 +76,20 @@ LATENTSYNC_KEYS = ("latentsync16.unet", "latentsync.whisper_tiny", "latentsync.m
 
 
 def model_entries(keys):
-    """``[{"name", "url", "directory"}]`` for registry keys. ``directory`` is the model folder type registered with
-    folder_paths and ``name`` the file's path inside it: the frontend looks ``directory`` up among the model folders
-    and compares ``name`` with the (relative) file names it lists there."""
+    """``[{"name", "url", "directory"}]`` for the registry keys whose file the frontend can download (its Missing
+    Models dialog). ``directory`` is the model folder type registered with folder_paths and ``name`` the file's path
+    inside it: the frontend looks ``directory`` up among the model folders and compares ``name`` with the (relative)
+    file names the server lists there."""
     from musetalk_enhanced.models import registry
     import musetalk_enhanced.models.latentsync_unet3d  # noqa: F401  (registers the LatentSync mask)
+    from workflow_builder import frontend_can_download
 
     out = []
     for k in keys:
         f = registry.REGISTRY[k]
-        out.append({"name": f.relpath, "url": f.source, "directory": f.folder})
+        entry = {"name": f.relpath, "url": f.source, "directory": f.folder}
+        if frontend_can_download(entry):
+            out.append(entry)
     return out
 
 
@@ -94,9 +100,31 @@ def _pack_version():
         return tomllib.load(f)["project"]["version"]
 
 
+# ---- layout: columns of groups that read left to right; node heights as the page sizes them -----------------------
+NODE_WIDTH = 380          # wide enough for every title of ours (the page widens a node to fit its title)
+TITLE_H = 30              # LiteGraph's node title bar, drawn above pos
+GROUP_TITLE_H = 50        # room for a group's title above its first node
+GAP = 40                  # between nodes, between columns
+MEDIA = os.path.join(ROOT, "example_workflows")
+# Heights the frontend (1.27.10) gives these nodes at NODE_WIDTH once their previews have loaded, without the media
+# preview itself (measured with ../shared/tools/comfy_frontend.sh; tests/test_comfy_frontend.py fails when a node
+# outgrows its saved size). A video preview adds width * height / width of the clip.
+PAGE_HEIGHTS = {"MuseTalkLoadVideo": 274, "MuseTalkLoadAudio": 220, "LoadVideo": 74, "LoadAudio": 136,
+                "VHS_LoadVideo": 304, "VHS_LoadAudioUpload": 204, "VHS_VideoCombine": 334}
+MIN_HEIGHTS = {"PreviewImage": 340, "PreviewAny": 200}
+
+
+def video_aspect(name):
+    from musetalk_enhanced.pipeline.video import probe_video
+
+    info = probe_video(os.path.join(MEDIA, name))
+    return info.height / info.width
+
+
 class _Example:
-    """A Workflow plus the conventions of the example templates: node properties with the registry id, sizes that
-    show every widget, a note, and the models the workflow needs."""
+    """A Workflow plus the conventions of the example templates: node properties with the registry id, groups laid
+    out as columns (left to right: load -> faces -> backend and audio -> lip-sync -> output), sizes that hold every
+    widget and preview, a note, and the models the workflow needs."""
 
     def __init__(self, mappings):
         from workflow_builder import VHS_NODES, Workflow
@@ -106,88 +134,146 @@ class _Example:
         self.vhs_nodes = VHS_NODES
         self.ours = {"cnr_id": PACK_ID, "ver": _pack_version()}
         self.all_models = []
+        self.groups = []
+        self.x = 40
+        self.col = None
 
-    # room for what these nodes draw (image/video previews, text)
-    MIN_HEIGHT = {"PreviewImage": 340, "PreviewAny": 200, "LoadVideo": 320, "MuseTalkLoadVideo": 320}
+    def column(self, title, width=NODE_WIDTH, color="#3f789e"):
+        """Start a new column (a titled group) right of the previous one."""
+        self._close_column()
+        self.col = {"title": title, "x": self.x, "y": 40 + GROUP_TITLE_H, "width": width, "color": color}
 
-    def node(self, ntype, widgets=None, pos=(0, 0), title=None, models=None, width=None):
+    def _close_column(self):
+        c = self.col
+        if c is None:
+            return
+        pad = 10
+        self.groups.append({"id": len(self.groups) + 1, "title": c["title"],
+                            "bounding": [c["x"] - pad, 40, c["width"] + 2 * pad, c["y"] - 40 - GAP + pad],
+                            "color": c["color"], "font_size": 24, "flags": {}})
+        self.x += c["width"] + 2 * pad + GAP
+        self.col = None
+
+    def node(self, ntype, widgets=None, title=None, models=None, video=None):
+        """Add a node at the bottom of the current column. ``video``: the clip a video loader previews."""
         props = dict(self.ours if ntype in self.mappings else VHS_PROPS if ntype in self.vhs_nodes else CORE_PROPS)
         if models:
             props["models"] = models
             self.all_models += [m for m in models if m not in self.all_models]
-        nid = self.w.node(ntype, widgets, pos=pos, size="auto", title=title, properties=props)
+        c = self.col
+        nid = self.w.node(ntype, widgets, pos=(c["x"], c["y"] + TITLE_H), size="auto", title=title, properties=props)
         size = self.w.nodes[nid - 1]["size"]
-        if width:
-            size[0] = width
-        size[1] = max(size[1], self.MIN_HEIGHT.get(ntype, 0))
+        size[0] = c["width"]
+        size[1] = PAGE_HEIGHTS.get(ntype) or max(size[1], MIN_HEIGHTS.get(ntype, 0))
+        if video:
+            size[1] += round(c["width"] * video_aspect(video))
+        c["y"] += TITLE_H + size[1] + GAP
         return nid
 
     def link(self, *a):
         self.w.link(*a)
 
-    def note(self, text, pos, size=(400, 260), title="About this workflow"):
-        return self.w.note(text, pos=pos, size=size, title=title)
+    def note(self, text, height):
+        """The note explaining the workflow: its own column at the left."""
+        self.col = {"title": None, "x": self.x, "y": 40, "width": 420}
+        nid = self.w.note(text, pos=(self.x, 40 + TITLE_H), size=(420, height), title="About this workflow")
+        self.x += 420 + 2 * GAP
+        self.col = None
+        return nid
 
     def save(self, path, name, extra=None):
         import uuid
 
+        self._close_column()
         wf_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/musetalk-enhanced/{name}"))
-        self.w.save(path, extra=extra, models=self.all_models, wf_id=wf_id)
+        self.w.save(path, extra=extra, models=self.all_models, wf_id=wf_id, groups=self.groups)
 
 
-def _voice_chain(ex, frames_src, audio_src, audio_out, fps_src, fps_out, x, y, backend="musetalk-v1.5",
-                 face_widgets=None, lipsync_widgets=None, backend_widgets=None, layout=None):
-    """Face Detect + Backend + Whisper Features + Batched Lip-Sync fed by a loader with a 'frames' output.
-    Returns (face detect id, selector id, features id, lipsync id)."""
-    models_mt = model_entries(MUSETALK_KEYS)
-    fd = ex.node("MuseTalkFaceDetect", face_widgets, pos=(x, y), models=model_entries(DETECTOR_KEYS))
+def _faces(ex, frames_src, face_widgets=None, preview_title="Face preview", summary=False):
+    ex.column("2. Find the face in every frame")
+    fd = ex.node("MuseTalkFaceDetect", face_widgets, models=model_entries(DETECTOR_KEYS))
     ex.link(frames_src, "frames", fd, "frames")
-    sel_models = models_mt + (model_entries(LATENTSYNC_KEYS) if backend.startswith("latentsync") else [])
-    sel = ex.node("MuseTalkUNetSelector", {"backend": backend, **(backend_widgets or {})}, pos=(x + 380, y),
-                  models=sel_models)
-    wf = ex.node("MuseTalkWhisperFeatures", {"layout": layout} if layout else None, pos=(x + 380, y + 340),
-                 models=model_entries(WHISPER_KEYS))
+    pv = ex.node("PreviewImage", title=preview_title)
+    ex.link(fd, "preview", pv, "images")
+    if summary:
+        sm = ex.node("PreviewAny", title="Face summary (shots, tracks, cutaways)")
+        ex.link(fd, "summary", sm, "source")
+    return fd
+
+
+def _backend_and_voice(ex, audio_src, audio_out, fps_src, fps_out, backend="musetalk-v1.5", layout=None):
+    ex.column("3. Backend and voice features")
+    sel_models = model_entries(MUSETALK_KEYS) + (model_entries(LATENTSYNC_KEYS) if backend.startswith("latentsync")
+                                                 else [])
+    sel = ex.node("MuseTalkUNetSelector", {"backend": backend}, models=sel_models)
+    wf = ex.node("MuseTalkWhisperFeatures", {"layout": layout} if layout else None, models=model_entries(WHISPER_KEYS))
     ex.link(audio_src, audio_out, wf, "audio")
     ex.link(fps_src, fps_out, wf, "fps")
     ex.link(sel, "backend", wf, "backend")
-    ls = ex.node("MuseTalkBatchedLipSync", lipsync_widgets, pos=(x + 760, y), models=model_entries(BLEND_KEYS))
+    return sel, wf
+
+
+def _lipsync(ex, fd, sel, wf, frames_src, frames_out="frames", report_title=None, fps_src=None):
+    ex.column("4. Lip-sync")
+    ls = ex.node("MuseTalkBatchedLipSync", models=model_entries(BLEND_KEYS))
     ex.link(fd, "faces", ls, "faces")
     ex.link(wf, "audio_features", ls, "audio_features")
-    ex.link(frames_src, "frames", ls, "frames")
+    ex.link(frames_src, frames_out, ls, "frames" if frames_out == "frames" else "images")
+    if fps_src:
+        ex.link(*fps_src, ls, "fps")
     ex.link(sel, "backend", ls, "backend")
-    return fd, sel, wf, ls
+    if report_title:
+        rp = ex.node("PreviewAny", title=report_title)
+        ex.link(ls, "report", rp, "source")
+    return ls
+
+
+def _mux(ex, ls, prefix):
+    ex.column("5. Write the mp4")
+    mx = ex.node("MuseTalkMuxVideo", {"filename_prefix": prefix})
+    ex.link(ls, "frames", mx, "frames")
+    ex.link(ls, "audio", mx, "audio")
+    return mx
+
+
+def _musetalk_loaders(ex, clip, voice=None):
+    ex.column("1. Load the video" + (" and the voice" if voice else ""))
+    lv = ex.node("MuseTalkLoadVideo", {"video": clip}, video=clip)
+    la = ex.node("MuseTalkLoadAudio", {"audio": voice}) if voice else None
+    return lv, la
 
 
 def example_workflows(out_dir):
-    """Write the example workflows (UI format) to ``out_dir`` (the pack's ``example_workflows/``)."""
+    """Write the example workflows (UI format) to ``out_dir`` (the pack's ``example_workflows/``), named by their
+    template titles (make_example_media.TEMPLATES)."""
     import make_example_media as media
 
     m = load_pack().NODE_CLASS_MAPPINGS
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
-    def save(ex, name, extra=None):
-        path = os.path.join(out_dir, name + ".json")
-        ex.save(path, name, extra)
+    def save(ex, slug, extra=None):
+        path = os.path.join(out_dir, media.TEMPLATES[slug] + ".json")
+        ex.save(path, slug, extra)
         written.append(path)
+
+    inputs = "Inputs: copy `{}` from this folder to ComfyUI/input/ (or upload your own with the loaders' buttons)."
+    weights = ("\n\nWeights (~3.9 GB) download on the first run into ComfyUI/models/musetalk/ (turn auto_download "
+               "off to get the list of files and where to put them instead).")
 
     # 1. musetalk_basic: our loaders -> face detect -> whisper -> MuseTalk v1.5 -> mux
     ex = _Example(m)
-    ex.note("**MuseTalk lip-sync, the basic chain.**\n\nLoad Video streams the clip (long videos never sit in RAM), "
-            "Face Detect finds the face in every frame, Whisper Audio Features encodes the new voice, and Batched "
-            "Lip-Sync redraws the mouth with MuseTalk v1.5, batch by batch. Mux Video writes an H.264 + AAC mp4 to "
-            "ComfyUI/output/MuseTalk/.\n\nInputs: copy `" + media.FACE_CLIP + "` and `" + media.VOICE +
-            "` from this folder to ComfyUI/input/ (or upload your own).\n\nWeights (~3.9 GB) download on the first "
-            "run into ComfyUI/models/musetalk/ (turn auto_download off to get a list of files instead).",
-            pos=(40, 40), size=(420, 300))
-    lv = ex.node("MuseTalkLoadVideo", {"video": media.FACE_CLIP}, pos=(40, 380))
-    la = ex.node("MuseTalkLoadAudio", {"audio": media.VOICE}, pos=(40, 720))
-    fd, sel, wf, ls = _voice_chain(ex, lv, la, "audio", lv, "fps", 500, 40)
-    pv = ex.node("PreviewImage", pos=(500, 560), title="Face preview (boxes; cutaways framed in red)")
-    ex.link(fd, "preview", pv, "images")
-    mx = ex.node("MuseTalkMuxVideo", {"filename_prefix": "MuseTalk/basic"}, pos=(1640, 40))
-    ex.link(ls, "frames", mx, "frames")
-    ex.link(ls, "audio", mx, "audio")
+    ex.note("**MuseTalk lip-sync, the basic chain.** Read the groups left to right.\n\n1. Load Video streams the "
+            "clip (long videos never sit in RAM); Load Audio reads the new voice.\n2. Face Detect finds the face in "
+            "every frame.\n3. The backend selector picks MuseTalk v1.5; Whisper Audio Features encodes the voice "
+            "for it.\n4. Batched Lip-Sync redraws the mouth, batch by batch.\n5. Mux Video writes an H.264 + AAC "
+            "mp4 to ComfyUI/output/MuseTalk/.\n\n" + inputs.format(media.FACE_CLIP + "` and `" + media.VOICE) +
+            weights, height=420)
+    lv, la = _musetalk_loaders(ex, media.FACE_CLIP, media.VOICE)
+    fd = _faces(ex, lv, preview_title="Face preview (boxes; cutaways framed in red)")
+    sel, wf = _backend_and_voice(ex, la, "audio", lv, "fps")
+    ls = _lipsync(ex, fd, sel, wf, lv)
+    _mux(ex, ls, "MuseTalk/basic")
     save(ex, "musetalk_basic")
 
     # 2. cutaway_dubbing: an edited clip (face shots + B-roll) dubbed with a new voice
@@ -197,40 +283,29 @@ def example_workflows(out_dir):
             "every frame without a usable face as a cutaway; Batched Lip-Sync returns cutaway frames bit-identical "
             "and only redraws the mouth in face frames, while the audio stays in place (frame k uses the audio at "
             "k/fps).\n\nThe face summary lists shots, face tracks and cutaway ranges; the lip-sync report says "
-            "which backend ran on which frames. Inputs: `" + media.CUTAWAY_CLIP + "`, `" + media.DUB_VOICE + "`.",
-            pos=(40, 40), size=(420, 320))
-    lv = ex.node("MuseTalkLoadVideo", {"video": media.CUTAWAY_CLIP}, pos=(40, 400))
-    la = ex.node("MuseTalkLoadAudio", {"audio": media.DUB_VOICE}, pos=(40, 740))
-    fd, sel, wf, ls = _voice_chain(ex, lv, la, "audio", lv, "fps", 500, 40)
-    pv = ex.node("PreviewImage", pos=(500, 560), title="Face preview (cutaways framed in red)")
-    ex.link(fd, "preview", pv, "images")
-    sm = ex.node("PreviewAny", pos=(880, 760), title="Face summary (shots, tracks, cutaways)", width=360)
-    ex.link(fd, "summary", sm, "source")
-    rp = ex.node("PreviewAny", pos=(1260, 560), title="Lip-sync report", width=360)
-    ex.link(ls, "report", rp, "source")
-    mx = ex.node("MuseTalkMuxVideo", {"filename_prefix": "MuseTalk/dubbed"}, pos=(1640, 40))
-    ex.link(ls, "frames", mx, "frames")
-    ex.link(ls, "audio", mx, "audio")
+            "which backend ran on which frames.\n\n" + inputs.format(media.CUTAWAY_CLIP + "` and `" +
+                                                                     media.DUB_VOICE) + weights, height=420)
+    lv, la = _musetalk_loaders(ex, media.CUTAWAY_CLIP, media.DUB_VOICE)
+    fd = _faces(ex, lv, preview_title="Face preview (cutaways framed in red)", summary=True)
+    sel, wf = _backend_and_voice(ex, la, "audio", lv, "fps")
+    ls = _lipsync(ex, fd, sel, wf, lv, report_title="Lip-sync report")
+    _mux(ex, ls, "MuseTalk/dubbed")
     save(ex, "cutaway_dubbing")
 
     # 3. latentsync_with_fallback: LatentSync 1.6, whisper layout following the backend
     ex = _Example(m)
-    ex.note("**LatentSync 1.6 with a MuseTalk fallback.**\n\nThe backend selector asks for LatentSync 1.6 (512 px, "
-            "~5 GB UNet in ComfyUI/models/latentsync/1.6/). Whisper Audio Features is set to 'follow backend', so "
-            "it computes the LatentSync audio layout from the connected backend. When the LatentSync weights are "
-            "missing (and auto_download is off or offline), it runs out of memory or fails, Batched Lip-Sync falls "
-            "back to MuseTalk v1.5 and says so in its report (shown on the right).\n\nLatentSync chunks never span "
-            "a cut or a cutaway. Inputs: `" + media.FACE_CLIP + "`, `" + media.VOICE + "`.",
-            pos=(40, 40), size=(420, 320))
-    lv = ex.node("MuseTalkLoadVideo", {"video": media.FACE_CLIP}, pos=(40, 400))
-    la = ex.node("MuseTalkLoadAudio", {"audio": media.VOICE}, pos=(40, 740))
-    fd, sel, wf, ls = _voice_chain(ex, lv, la, "audio", lv, "fps", 500, 40, backend="latentsync-1.6",
-                                   layout="follow backend")
-    rp = ex.node("PreviewAny", pos=(1260, 560), title="Lip-sync report (which backend ran, fallbacks)", width=360)
-    ex.link(ls, "report", rp, "source")
-    mx = ex.node("MuseTalkMuxVideo", {"filename_prefix": "MuseTalk/latentsync"}, pos=(1640, 40))
-    ex.link(ls, "frames", mx, "frames")
-    ex.link(ls, "audio", mx, "audio")
+    ex.note("**LatentSync 1.6 with a MuseTalk fallback.**\n\nThe backend selector asks for LatentSync 1.6 (512 px). "
+            "Whisper Audio Features is set to 'follow backend', so it computes the LatentSync audio layout from "
+            "the connected backend. When the LatentSync weights are missing (and auto_download is off or offline), "
+            "run out of memory or fail, Batched Lip-Sync falls back to MuseTalk v1.5 and says so in its report.\n\n"
+            "LatentSync weights (~5 GB) go to ComfyUI/models/latentsync/: 1.6/latentsync_unet.pt, whisper/tiny.pt "
+            "and mask.png (see the pack's README). LatentSync chunks never span a cut or a cutaway.\n\n" +
+            inputs.format(media.FACE_CLIP + "` and `" + media.VOICE), height=420)
+    lv, la = _musetalk_loaders(ex, media.FACE_CLIP, media.VOICE)
+    fd = _faces(ex, lv)
+    sel, wf = _backend_and_voice(ex, la, "audio", lv, "fps", backend="latentsync-1.6", layout="follow backend")
+    ls = _lipsync(ex, fd, sel, wf, lv, report_title="Lip-sync report (which backend ran, fallbacks)")
+    _mux(ex, ls, "MuseTalk/latentsync")
     save(ex, "latentsync_with_fallback")
 
     # 4. multi_face_speaker_select: two faces, the right one is chosen with a box; the clip's own audio drives it
@@ -238,16 +313,14 @@ def example_workflows(out_dir):
     ex.note("**Two faces: choose who speaks.**\n\nFace Detect's speaker = user_box picks the face overlapping the "
             "box '0.5,0,1,1' (fractions of the frame: the right half). Other choices: largest, most_central, "
             "track_index (n-th face of each shot). Only the chosen face is lip-synced; the other one is left "
-            "untouched. Here the clip's own sound track drives the mouth (re-syncing a take).\n\nInput: `" +
-            media.TWO_FACES_CLIP + "`.", pos=(40, 40), size=(420, 280))
-    lv = ex.node("MuseTalkLoadVideo", {"video": media.TWO_FACES_CLIP}, pos=(40, 360))
-    fd, sel, wf, ls = _voice_chain(ex, lv, lv, "audio", lv, "fps", 500, 40,
-                                   face_widgets={"speaker": "user_box", "user_box": "0.5,0,1,1"})
-    pv = ex.node("PreviewImage", pos=(500, 560), title="Face preview (chosen face in green)")
-    ex.link(fd, "preview", pv, "images")
-    mx = ex.node("MuseTalkMuxVideo", {"filename_prefix": "MuseTalk/speaker"}, pos=(1640, 40))
-    ex.link(ls, "frames", mx, "frames")
-    ex.link(ls, "audio", mx, "audio")
+            "untouched. Here the clip's own sound track drives the mouth (re-syncing a take).\n\n" +
+            inputs.format(media.TWO_FACES_CLIP) + weights, height=360)
+    lv, _ = _musetalk_loaders(ex, media.TWO_FACES_CLIP)
+    fd = _faces(ex, lv, face_widgets={"speaker": "user_box", "user_box": "0.5,0,1,1"},
+                preview_title="Face preview (chosen face in green)")
+    sel, wf = _backend_and_voice(ex, lv, "audio", lv, "fps")
+    ls = _lipsync(ex, fd, sel, wf, lv)
+    _mux(ex, ls, "MuseTalk/speaker")
     save(ex, "multi_face_speaker_select")
 
     # 5. chain_with_core_video: core LoadVideo/LoadAudio in, core CreateVideo/SaveVideo out
@@ -255,21 +328,22 @@ def example_workflows(out_dir):
     ex.note("**With ComfyUI's own video nodes.**\n\nCore Load Video's VIDEO goes into our loader's video_input, "
             "which streams it instead of decoding every frame into RAM. The voice comes from core Load Audio. "
             "Batched Lip-Sync's IMAGE, AUDIO and fps outputs feed core Create Video, and Save Video writes the mp4 "
-            "(any node taking IMAGE + AUDIO + fps works the same way).\n\nInputs: `" + media.FACE_CLIP + "`, `" +
-            media.VOICE + "`.", pos=(40, 40), size=(420, 260))
-    cv = ex.node("LoadVideo", {"file": media.FACE_CLIP}, pos=(40, 340), width=300)
-    lv = ex.node("MuseTalkLoadVideo", {"video": media.FACE_CLIP}, pos=(40, 720))
+            "(any node taking IMAGE + AUDIO + fps works the same way).\n\n" +
+            inputs.format(media.FACE_CLIP + "` and `" + media.VOICE) + weights, height=360)
+    ex.column("1. Load the video and the voice")
+    cv = ex.node("LoadVideo", {"file": media.FACE_CLIP}, video=media.FACE_CLIP)
+    lv = ex.node("MuseTalkLoadVideo", {"video": media.FACE_CLIP}, video=media.FACE_CLIP)
     ex.link(cv, "VIDEO", lv, "video_input")
-    ca = ex.node("LoadAudio", {"audio": media.VOICE}, pos=(40, 1060), width=300)
-    fd, sel, wf, ls = _voice_chain(ex, lv, ca, "AUDIO", lv, "fps", 500, 40)
-    pv = ex.node("PreviewImage", pos=(500, 560), title="Face preview")
-    ex.link(fd, "preview", pv, "images")
-    mk = ex.node("CreateVideo", pos=(1640, 40), width=280)
+    ca = ex.node("LoadAudio", {"audio": media.VOICE})
+    fd = _faces(ex, lv)
+    sel, wf = _backend_and_voice(ex, ca, "AUDIO", lv, "fps")
+    ls = _lipsync(ex, fd, sel, wf, lv)
+    ex.column("5. Make and save the video")
+    mk = ex.node("CreateVideo")
     ex.link(ls, "images", mk, "images")
     ex.link(ls, "audio", mk, "audio")
     ex.link(ls, "fps", mk, "fps")
-    sv = ex.node("SaveVideo", {"filename_prefix": "video/MuseTalk_core", "format": "auto", "codec": "auto"},
-                 pos=(1640, 260))
+    sv = ex.node("SaveVideo", {"filename_prefix": "video/MuseTalk_core", "format": "auto", "codec": "auto"})
     ex.link(mk, "VIDEO", sv, "video")
     save(ex, "chain_with_core_video")
 
@@ -279,31 +353,24 @@ def example_workflows(out_dir):
             "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite).\n\nVHS Load Video gives an IMAGE batch, "
             "the audio and the video info (fps); our nodes take IMAGE + fps, and Batched Lip-Sync's IMAGE + AUDIO "
             "+ fps go to VHS Video Combine, which muxes the voice (h264-mp4). VHS decodes the whole clip into RAM: "
-            "for long videos use our Load Video's streaming 'frames' instead.\n\nInputs: `" + media.CUTAWAY_CLIP +
-            "`, `" + media.DUB_VOICE + "`.", pos=(40, 40), size=(420, 320))
-    vl = ex.node("VHS_LoadVideo", {"video": media.CUTAWAY_CLIP}, pos=(40, 400))
-    vi = ex.node("VHS_VideoInfoLoaded", pos=(40, 760), width=260)
+            "for long videos use our Load Video's streaming 'frames' instead.\n\n" +
+            inputs.format(media.CUTAWAY_CLIP + "` and `" + media.DUB_VOICE) + weights, height=420)
+    ex.column("1. Load the video and the voice")
+    vl = ex.node("VHS_LoadVideo", {"video": media.CUTAWAY_CLIP}, video=media.CUTAWAY_CLIP)
+    vi = ex.node("VHS_VideoInfoLoaded")
     ex.link(vl, "video_info", vi, "video_info")
-    va = ex.node("VHS_LoadAudioUpload", {"audio": media.DUB_VOICE}, pos=(40, 940))
-    fd = ex.node("MuseTalkFaceDetect", pos=(500, 40), models=model_entries(DETECTOR_KEYS))
+    va = ex.node("VHS_LoadAudioUpload", {"audio": media.DUB_VOICE})
+    ex.column("2. Find the face in every frame")
+    fd = ex.node("MuseTalkFaceDetect", models=model_entries(DETECTOR_KEYS))
     ex.link(vl, "IMAGE", fd, "images")
     ex.link(vi, "fps🟦", fd, "fps")
-    sel = ex.node("MuseTalkUNetSelector", {"backend": "musetalk-v1.5"}, pos=(880, 40),
-                  models=model_entries(MUSETALK_KEYS))
-    wf = ex.node("MuseTalkWhisperFeatures", pos=(880, 380), models=model_entries(WHISPER_KEYS))
-    ex.link(va, "audio", wf, "audio")
-    ex.link(vi, "fps🟦", wf, "fps")
-    ex.link(sel, "backend", wf, "backend")
-    ls = ex.node("MuseTalkBatchedLipSync", pos=(1260, 40), models=model_entries(BLEND_KEYS))
-    ex.link(fd, "faces", ls, "faces")
-    ex.link(wf, "audio_features", ls, "audio_features")
-    ex.link(vl, "IMAGE", ls, "images")
-    ex.link(vi, "fps🟦", ls, "fps")
-    ex.link(sel, "backend", ls, "backend")
-    pv = ex.node("PreviewImage", pos=(500, 560), title="Face preview (cutaways framed in red)")
+    pv = ex.node("PreviewImage", title="Face preview (cutaways framed in red)")
     ex.link(fd, "preview", pv, "images")
+    sel, wf = _backend_and_voice(ex, va, "audio", vi, "fps🟦")
+    ls = _lipsync(ex, fd, sel, wf, vl, frames_out="IMAGE", fps_src=(vi, "fps🟦"))
+    ex.column("5. Combine into an mp4")
     vc = ex.node("VHS_VideoCombine", {"frame_rate": 25, "filename_prefix": "MuseTalk/vhs", "format": "video/h264-mp4",
-                                      "pingpong": False, "save_output": True}, pos=(1640, 40))
+                                      "pingpong": False, "save_output": True})
     ex.link(ls, "images", vc, "images")
     ex.link(ls, "audio", vc, "audio")
     ex.link(ls, "fps", vc, "frame_rate")

@@ -24,7 +24,6 @@ CORE: Dict[str, Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]]]] = {
     "SaveAudio": ([("audio", "AUDIO", False), ("filename_prefix", "STRING", True)], []),
     "PreviewAny": ([("source", "*", False)], []),
 }
-UPLOAD_EXTRA = {"LoadVideo": ["image"], "LoadAudio": [None, None]}  # frontend upload-button widget values
 
 # Widget/input options of the core nodes above, as /object_info of ComfyUI v0.3.64 reports them (spec comfyui.md §2):
 # "choices" (combo list), "file" (a combo listing the input folder: any file name is accepted, the file must exist),
@@ -38,6 +37,19 @@ CORE_OPTIONS: Dict[str, Dict[str, dict]] = {
                   "codec": {"choices": ["auto", "h264"], "default": "auto"}},
     "SaveAudio": {"filename_prefix": {"default": "audio/ComfyUI"}},
 }
+# What the frontend's Missing Models dialog can download (1.27 MissingModelsWarning): files from these hosts with
+# these suffixes. Anything else it lists as an error, and a file the server's model API never lists (.json, .png)
+# is reported missing even when installed: a workflow's `models` names only downloadable files.
+FRONTEND_MODEL_SOURCES = ("https://huggingface.co/", "https://civitai.com/")
+FRONTEND_MODEL_SUFFIXES = (".safetensors", ".sft")
+
+
+def frontend_can_download(entry: dict) -> bool:
+    """Whether the frontend can offer this ``{"name", "url", "directory"}`` model entry for download."""
+    return str(entry.get("url", "")).startswith(FRONTEND_MODEL_SOURCES) and \
+        str(entry.get("name", "")).endswith(FRONTEND_MODEL_SUFFIXES)
+
+
 CORE_OUTPUT_NODES = {"SaveVideo", "PreviewImage", "PreviewAudio", "SaveAudio", "PreviewAny"}
 # nodes that exist only in the frontend (no server class): skipped when a workflow is queued
 VIRTUAL_NODES = {"Note", "MarkdownNote"}
@@ -125,6 +137,11 @@ def types_connect(out_type: str, in_type: str) -> bool:
 
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+# widgets the frontend adds itself, LAST (after every input, optional ones too), and the value each saves
+# (frontend 1.27 uploadWidget/useAudioWidget, checked in the page by tests/test_comfy_frontend.py)
+UPLOAD_WIDGETS = {"image_upload": [("upload", "image")], "video_upload": [("upload", "image")],
+                  "animated_image_upload": [("upload", "image")],
+                  "audio_upload": [("audioUI", None), ("upload", None)]}
 
 
 def has_control_widget(name: str, kind: str, opts: dict) -> bool:
@@ -135,6 +152,25 @@ def has_control_widget(name: str, kind: str, opts: dict) -> bool:
         return False
     flag = opts.get("control_after_generate")
     return bool(flag) if flag is not None else name in ("seed", "noise_seed")
+
+
+def frontend_widget_slots(inputs, opts) -> List[Tuple[str, str, Any]]:
+    """The saved ``widgets_values`` layout of a node, in the order the frontend builds its widgets: ``[(name, kind,
+    value)]`` where kind is ``"input"`` (the input's own value; ``value`` unused), ``"control"`` (the control after
+    a seed) or ``"extra"`` (a widget the frontend adds, with the value it saves: upload buttons and the audio player
+    come after every input)."""
+    slots, extras = [], []
+    for name, kind, is_widget in inputs:
+        if not is_widget:
+            continue
+        o = opts.get(name, {})
+        slots.append((name, "input", None))
+        if has_control_widget(name, kind, o):
+            slots.append((name + ".control", "control", "fixed"))
+        for key, widgets in UPLOAD_WIDGETS.items():
+            if o.get(key):
+                extras += [(w, "extra", v) for w, v in widgets]
+    return slots + extras
 
 
 def node_size(n_widgets: int, n_sockets: int, width: int = 320) -> List[int]:
@@ -156,7 +192,7 @@ class Workflow:
             inputs, outputs, opts = _our_spec(self.mappings[ntype])
         elif ntype in CORE:
             inputs, outputs = CORE[ntype]
-            opts = {}
+            opts = CORE_OPTIONS.get(ntype, {})
         elif ntype in VHS_NODES:
             return self._dict_widget_node(ntype, widgets, pos, size, title, properties)
         else:
@@ -166,27 +202,14 @@ class Workflow:
             size = node_size(n_w, max(len(inputs) - n_w, len(outputs)))
         nid = len(self.nodes) + 1
         values: List[Any] = []
-        ui_inputs = []
-        for name, t, is_widget in inputs:
-            if is_widget:
-                if name in widgets:
-                    v = widgets.pop(name)
-                else:
-                    d = opts.get(name, {}).get("default")
-                    if d is None and t == "COMBO" and ntype in self.mappings:
-                        choices = self.mappings[ntype].INPUT_TYPES()
-                        decl = choices.get("required", {}).get(name) or choices.get("optional", {}).get(name)
-                        d = decl[0][0] if decl and decl[0] else ""
-                    v = d
-                values.append(v)
-                if has_control_widget(name, t, opts.get(name, {})):
-                    values.append("fixed")  # the frontend's "control after generate" widget (keep the seed as saved)
-                if opts.get(name, {}).get("video_upload") or opts.get(name, {}).get("audio_upload"):
-                    values.append("image" if opts[name].get("video_upload") else None)
+        for name, kind, value in frontend_widget_slots(inputs, opts):
+            if kind != "input":
+                values.append(value)  # (a seed's control is saved "fixed": the seed stays as saved)
+            elif name in widgets:
+                values.append(widgets.pop(name))
             else:
-                ui_inputs.append({"name": name, "type": t, "link": None})
-        if ntype in UPLOAD_EXTRA:
-            values += UPLOAD_EXTRA[ntype]
+                values.append(self._default(ntype, name, opts))
+        ui_inputs = [{"name": name, "type": t, "link": None} for name, t, is_widget in inputs if not is_widget]
         if widgets:
             raise KeyError(f"{ntype}: unknown widget(s) {sorted(widgets)}")
         node = {"id": nid, "type": ntype, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
@@ -199,6 +222,15 @@ class Workflow:
         self.nodes.append(node)
         self._specs[nid] = (inputs, outputs)
         return nid
+
+    def _default(self, ntype, name, opts):
+        d = opts.get(name, {}).get("default")
+        if d is None and ntype in self.mappings:
+            spec = self.mappings[ntype].INPUT_TYPES()
+            decl = spec.get("required", {}).get(name) or spec.get("optional", {}).get(name)
+            if decl and isinstance(decl[0], list):
+                d = decl[0][0] if decl[0] else ""
+        return d
 
     def _dict_widget_node(self, ntype, widgets, pos, size, title, properties) -> int:
         """A VideoHelperSuite node: widgets_values is a dict keyed by widget name (its frontend saves it so)."""
