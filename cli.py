@@ -15,6 +15,11 @@ import sys
 import time
 
 
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_workflows")
+DEMO_VIDEO = "musetalk_example_face.mp4"    # shipped in example_workflows/ (tools/make_example_media.py)
+DEMO_VOICE = "musetalk_example_voice.wav"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline.faces import SPEAKER_POLICIES
     from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
@@ -22,9 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musetalk_enhanced",
                                 description="Re-sync the lips of the person in a video to a new voice track. Frames "
                                             "without a usable face (cutaways) pass through untouched.")
-    p.add_argument("--video", required=True, help="input video (any format FFmpeg reads)")
+    p.add_argument("--video", help="input video (any format FFmpeg reads)")
     p.add_argument("--audio", help="voice track (any format); default: the video's own audio")
-    p.add_argument("--out", required=True, help="output .mp4 (must not exist: nothing is ever overwritten)")
+    p.add_argument("--out", help="output .mp4 (must not exist: nothing is ever overwritten)")
+    p.add_argument("--demo", action="store_true",
+                   help=f"dub the example clip the pack ships ({DEMO_VIDEO}) with its example voice; the mp4 goes to "
+                        "output/demo/ in the current folder unless --out is given")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument("--length-policy", default="follow_audio", choices=LENGTH_POLICIES)
     p.add_argument("--batch-size", type=int, default=8)
@@ -56,8 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_demo(args, parser) -> None:
+    """--demo fills in the example clip, its voice and a fresh output name; otherwise --video and --out are
+    required."""
+    if args.demo:
+        from .pipeline.video import unique_output_path
+
+        args.video = args.video or os.path.join(EXAMPLES, DEMO_VIDEO)
+        args.audio = args.audio or (os.path.join(EXAMPLES, DEMO_VOICE) if args.video.endswith(DEMO_VIDEO) else None)
+        if not args.out:
+            args.out = unique_output_path(os.path.abspath("output"), "demo/dubbed", ".mp4")
+            os.remove(args.out)  # only the name is wanted here: the writer creates the file (or nothing on failure)
+    missing = [flag for flag, v in (("--video", args.video), ("--out", args.out)) if not v]
+    if missing:
+        parser.error(f"{' and '.join(missing)} required (or --demo to dub the example clip the pack ships)")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolve_demo(args, parser)
     if args.models_dir:
         os.environ["MUSETALK_MODELS_DIR"] = os.path.abspath(args.models_dir)
 

@@ -2,8 +2,18 @@
 # One-step setup for development and standalone use: a virtual environment in .venv with the CPU build of torch,
 # the pack's requirements, the test extras, the MTCNN face-detector weights and espeak-ng (speech for tests).
 # Safe to re-run. Inside ComfyUI you do not need this: ComfyUI-Manager installs requirements.txt for you.
+#   bash scripts/setup.sh           set up
+#   bash scripts/setup.sh --demo    set up, then dub the example clip the pack ships (weights download on first use,
+#                                   ~3.9 GB) and print the mp4's path
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) DEMO=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--demo]" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
@@ -28,3 +38,7 @@ Run the pack without ComfyUI:   .venv/bin/python . --video in.mp4 --audio voice.
 Inside ComfyUI: put this folder in ComfyUI/custom_nodes/ and load a workflow from example_workflows/.
 Run the tests:                  .venv/bin/python -m pytest -q tests
 TXT
+if [ "$DEMO" = 1 ]; then
+  echo "== demo: dubbing example_workflows/musetalk_example_face.mp4 with musetalk_example_voice.wav"
+  .venv/bin/python . --demo
+fi

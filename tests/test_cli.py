@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mediakit as mk
+from conftest import ROOT
 from test_lipsync import UNET_SMALL, VAE_SMALL
 
 
@@ -92,3 +93,39 @@ def test_cli_bad_video(monkeypatch, tmp_path, capsys):
     bad.write_bytes(os.urandom(3000))
     rc = run_cli(["--video", str(bad), "--out", str(tmp_path / "o.mp4")], monkeypatch, str(tmp_path))
     assert rc == 2 and "cannot open" in capsys.readouterr().err
+
+
+def test_demo_dubs_the_example_clip(models_dir, monkeypatch, tmp_path, capsys):
+    """README's first command ends with ``python . --demo``: the example clip the pack ships, dubbed with its example
+    voice, written to output/demo/ under the current folder (a new name each run) and named at the end."""
+    from musetalk_enhanced.pipeline.audio import load_audio_file
+    from musetalk_enhanced.pipeline.video import VideoFileFrames
+
+    monkeypatch.chdir(tmp_path)
+    outs = []
+    for _ in range(2):
+        assert run_cli(["--demo", "--backend", "musetalk-v1.5"], monkeypatch, models_dir) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith("wrote ")
+        outs.append(last.split()[1])
+    assert outs[0] != outs[1] and all(os.path.dirname(p) == str(tmp_path / "output" / "demo") for p in outs)
+    voice = load_audio_file(os.path.join(ROOT, "example_workflows", "musetalk_example_voice.wav"))
+    res = VideoFileFrames(outs[0])
+    assert len(res) == int(np.ceil(voice.duration * 25 - 1e-6)) and (res.width, res.height) == (384, 384)
+
+
+def test_demo_without_weights_names_every_missing_file(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["--demo", "--backend", "musetalk-v1.5"], monkeypatch, str(tmp_path / "no_models")) == 2
+    captured = capsys.readouterr()
+    assert "video: 100 frames" in captured.out  # the shipped clip was found and opened
+    assert "Missing model weights" in captured.err and "musetalkV15/unet.pth" in captured.err
+    assert not os.path.exists(tmp_path / "output" / "demo") or not os.listdir(tmp_path / "output" / "demo")
+
+
+def test_video_and_out_are_required_without_demo(capsys):
+    from musetalk_enhanced import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--video", "x.mp4"])
+    assert "--out required" in capsys.readouterr().err

@@ -90,6 +90,23 @@ def test_node_declarations_follow_comfy_conventions(node_id):
         assert has_kwargs or name in sig.parameters, (node_id, name)
 
 
+def test_frontend_extension_is_served_and_names_our_nodes():
+    """WEB_DIRECTORY: ComfyUI serves its .js files at /extensions/<pack>/<file> and the page imports them; a file
+    there imports the app two folders up (/scripts/app.js) and may only name nodes of this pack."""
+    import re
+
+    web = os.path.join(ROOT, pack.WEB_DIRECTORY)
+    scripts = [f for f in os.listdir(web) if f.endswith(".js")]
+    assert scripts and all(os.path.isfile(os.path.join(web, f)) for f in scripts)
+    for f in scripts:
+        text = open(os.path.join(web, f), encoding="utf-8").read()
+        assert 'from "../../scripts/app.js"' in text
+        for node in re.findall(r'"(MuseTalk[A-Za-z]+)"', text):
+            assert node in pack.NODE_CLASS_MAPPINGS, f"{f} names unknown node {node}"
+    audio = pack.NODE_CLASS_MAPPINGS["MuseTalkLoadAudio"].INPUT_TYPES()["required"]["audio"]
+    assert audio[1].get("audio_upload") is True  # the upload button whose player the extension adds
+
+
 def test_internal_imports_are_relative():
     """ComfyUI has its own `nodes` module: an absolute import of ours would pick up ComfyUI's."""
     bad = []

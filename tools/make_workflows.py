@@ -26,7 +26,7 @@ def load_pack():
 def smoke_workflows(out_dir):
     from workflow_builder import Workflow
 
-    m = load_pack().NODE_CLASS_MAPPINGS
+    m = load_pack().NODE_CLASS_MAPPINGS  # (nodes 400 px apart: none overlaps once the page has sized it)
     os.makedirs(out_dir, exist_ok=True)
     # 1. our loader (streaming handle + audio) -> our mux
     w = Workflow(m)
@@ -39,8 +39,8 @@ def smoke_workflows(out_dir):
     # 2. core LoadVideo -> GetVideoComponents -> our mux (IMAGE + AUDIO + fps, the VideoHelperSuite style)
     w = Workflow(m)
     cv = w.node("LoadVideo", {"file": "smoke_clip.mp4"}, pos=(50, 100))
-    gc = w.node("GetVideoComponents", pos=(350, 100))
-    mx = w.node("MuseTalkMuxVideo", {"filename_prefix": "smoke/core_mux"}, pos=(650, 100))
+    gc = w.node("GetVideoComponents", pos=(450, 100))
+    mx = w.node("MuseTalkMuxVideo", {"filename_prefix": "smoke/core_mux"}, pos=(850, 100))
     w.link(cv, "VIDEO", gc, "video")
     w.link(gc, "images", mx, "images")
     w.link(gc, "audio", mx, "audio")
@@ -49,10 +49,10 @@ def smoke_workflows(out_dir):
     # 3. core LoadVideo's VIDEO straight into our loader (streamed, not decoded by the core) -> core SaveVideo
     w = Workflow(m)
     cv = w.node("LoadVideo", {"file": "smoke_clip.mp4"}, pos=(50, 100))
-    lv = w.node("MuseTalkLoadVideo", {"video": "smoke_clip.mp4"}, pos=(350, 100))
-    mx = w.node("MuseTalkMuxVideo", {"filename_prefix": "smoke/video_in"}, pos=(700, 100))
+    lv = w.node("MuseTalkLoadVideo", {"video": "smoke_clip.mp4"}, pos=(450, 100))
+    mx = w.node("MuseTalkMuxVideo", {"filename_prefix": "smoke/video_in"}, pos=(850, 100))
     sv = w.node("SaveVideo", {"filename_prefix": "smoke/core_save", "format": "auto", "codec": "auto"},
-                pos=(1050, 100))
+                pos=(1250, 100))
     w.link(cv, "VIDEO", lv, "video_input")
     w.link(lv, "frames", mx, "frames")
     w.link(lv, "audio", mx, "audio")
