@@ -22,6 +22,7 @@ DEMO_VOICE = "musetalk_example_voice.wav"
 
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline.faces import SPEAKER_POLICIES
+    from .pipeline.landmarks import LANDMARK_CHOICES
     from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
 
     p = argparse.ArgumentParser(prog="musetalk_enhanced",
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--blend-mode", default="auto", choices=["auto", "jaw", "raw", "neck", "feather"])
     p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "s3fd+fan68"])
+    p.add_argument("--landmarks", default="auto", choices=LANDMARK_CHOICES,
+                   help="68-point landmark source for the mtcnn boxes (auto: DWPose, FAN, then dlib, whichever is "
+                        "installed; else the 5-point estimate)")
     p.add_argument("--min-face-size", type=float, default=50.0, help="minimum face width in pixels")
     p.add_argument("--min-score", type=float, default=0.0, help="minimum detector score (0 = backend default)")
     p.add_argument("--speaker", default="largest", choices=SPEAKER_POLICIES)
@@ -120,7 +124,8 @@ def main(argv=None) -> int:
                            posterior="sample" if args.sample_latents else "mode", seed=args.seed,
                            latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
         ensure_weights(spec, args.detector, args.blend_mode, log=print)  # one error listing every missing file
-        detector = create_detector(args.detector, runtime, auto_download=not args.no_download)
+        detector = create_detector(args.detector, runtime, auto_download=not args.no_download,
+                                   **({"landmarks": args.landmarks} if args.detector == "mtcnn" else {}))
         options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
                               shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,
                               user_box=args.user_box or None, bbox_shift=args.bbox_shift,

@@ -45,6 +45,11 @@ INPUT_SIZE = 256
 HEATMAP_SIZE = 64
 REFERENCE_SCALE = 195.0
 NUM_POINTS = 68
+# the left/right mirror of the 68 iBUG points (jaw, brows, nose, eyes, outer and inner lips): point i of a face is
+# point IBUG_MIRROR[i] of its mirror image
+IBUG_MIRROR = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+               + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40] + list(range(54, 47, -1))
+               + list(range(59, 54, -1)) + list(range(64, 59, -1)) + [67, 66, 65])
 
 
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:

@@ -6,9 +6,10 @@ fixture ``manifest_s3fd.json``), so the file loads unchanged.
 
 Architecture (from the paper):
 
-* VGG16 trunk ``conv1_1`` .. ``conv5_3`` (3x3, ReLU, 2x2 max-pool after each block), ``fc6`` (3x3, dilation 3,
-  padding 3) and ``fc7`` (1x1) as convolutions, extra layers ``conv6_1/conv6_2`` and ``conv7_1/conv7_2``
-  (1x1 then 3x3 stride 2).
+* VGG16 trunk ``conv1_1`` .. ``conv5_3`` (3x3, ReLU, 2x2 max-pool after each block), ``fc6`` (3x3, padding 3,
+  no dilation: the released SFD_trained model was trained that way, so its fc7 map is 4 cells larger than the
+  stride-32 grid; face_alignment's definition is the same) and ``fc7`` (1x1) as convolutions, extra layers
+  ``conv6_1/conv6_2`` and ``conv7_1/conv7_2`` (1x1 then 3x3 stride 2).
 * Six detection levels: ``conv3_3``, ``conv4_3``, ``conv5_3`` (each L2-normalised over channels and scaled by a
   learned per-channel weight: ``conv*_norm.weight``), ``fc7``, ``conv6_2``, ``conv7_2``; strides 4..128.
 * A 3x3 classification head (``*_mbox_conf``) and a 3x3 box head (``*_mbox_loc``) per level, one square anchor per
@@ -62,7 +63,7 @@ class S3FD(nn.Module):
         super().__init__()
         for name, cin, cout in _VGG:
             self.add_module(name, nn.Conv2d(cin, cout, 3, padding=1))
-        self.fc6 = nn.Conv2d(512, 1024, 3, padding=3, dilation=3)
+        self.fc6 = nn.Conv2d(512, 1024, 3, padding=3)
         self.fc7 = nn.Conv2d(1024, 1024, 1)
         self.conv6_1 = nn.Conv2d(1024, 256, 1)
         self.conv6_2 = nn.Conv2d(256, 512, 3, stride=2, padding=1)

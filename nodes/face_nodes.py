@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import comfy
+from ..pipeline.landmarks import LANDMARK_CHOICES
 from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
 BACKENDS = ["mtcnn", "s3fd+fan68"]
 SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
@@ -9,14 +10,16 @@ PREVIEW_MAX_FRAMES = 64
 PREVIEW_MAX_WIDTH = 512
 
 
-def detector_options(backend: str, min_face_size: float, width: int, height: int) -> dict:
+def detector_options(backend: str, min_face_size: float, width: int, height: int, landmarks: str = "auto") -> dict:
     """MTCNN searches faces down to ``min_face_size`` pixels of the image it sees (720p short side at most); faces
     smaller than the analysis keeps need not be searched, and a coarser pyramid is faster. 0.8 leaves room for the
-    box regression. Never below the detector's own default (20)."""
-    if backend != "mtcnn" or not min_face_size or min_face_size <= 0:
+    box regression. Never below the detector's own default (20). ``landmarks``: the 68-point source for its boxes."""
+    if backend != "mtcnn":
         return {}
+    if not min_face_size or min_face_size <= 0:
+        return {"landmarks": landmarks}
     scale = min(1.0, 720.0 / float(max(1, min(width, height))))
-    return {"min_face_size": max(20.0, 0.8 * float(min_face_size) * scale)}
+    return {"min_face_size": max(20.0, 0.8 * float(min_face_size) * scale), "landmarks": landmarks}
 
 
 def preview_indices(num_frames: int, max_frames: int = PREVIEW_MAX_FRAMES):
@@ -122,6 +125,10 @@ class MuseTalkFaceDetect:
                 "auto_download": ("BOOLEAN", {"default": True, "tooltip":
                     "Download missing detector weights from Hugging Face on first use. Off: a missing file stops "
                     "with a message saying which file and where to put it."}),
+                "landmarks": (list(LANDMARK_CHOICES), {"default": "auto", "tooltip":
+                    "Where the 68 face points that frame the crop come from (mtcnn backend). auto: the best one "
+                    "installed: DWPose (the original MuseTalk's model), FAN, then dlib; without any, the crop is "
+                    "estimated from the detector's 5 points (approximate). The summary names the one used."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Video frames as an IMAGE batch (give 'images' or 'frames')."}),
@@ -141,7 +148,8 @@ class MuseTalkFaceDetect:
 
     def detect(self, backend="mtcnn", fps=25.0, min_score=0.0, min_face_size=50, shot_threshold=27.0,
                debounce_frames=3, bridge_gap=2, speaker="largest", track_index=0, user_box="", bbox_shift=0,
-               extra_margin=10, smooth_boxes=True, auto_download=True, images=None, frames=None, unique_id=None):
+               extra_margin=10, smooth_boxes=True, auto_download=True, landmarks="auto", images=None, frames=None,
+               unique_id=None):
         import cv2
         import numpy as np
         import torch
@@ -158,7 +166,7 @@ class MuseTalkFaceDetect:
         options.validate()
         runtime = comfy.make_runtime(unique_id)
         detector = create_detector(backend, runtime, auto_download=bool(auto_download),
-                                   **detector_options(backend, min_face_size, src.width, src.height))
+                                   **detector_options(backend, min_face_size, src.width, src.height, landmarks))
 
         wanted = preview_indices(len(src))
         wanted_set = set(wanted)

@@ -12,34 +12,22 @@ MuseTalk v1.5 (spec musetalk.md §1.3, ``get_landmark_and_bbox``) crops ``frame[
 
 :func:`musetalk_crop_box` reproduces this bit for bit (fixture ``bbox.*``).
 
-**Five points (MTCNN).** With only eyes, nose tip and mouth corners, the same box is approximated by fitting a
-similarity transform (least squares over the 5 points: scale, rotation, translation) from a canonical face to the
-detected points, mapping the canonical face's jaw contour, outer brow ends and nose-bridge point 29 into the frame, and
-applying the very same rule to them (:func:`crop_box_from_5`). The canonical points come from the mean iBUG-68 shape (the
-mean dlib landmark template published with OpenFace), re-expressed with the origin at the midpoint of the two eye centres,
-x along the eye line, y down, in units of the inter-ocular distance, and made left/right symmetric:
-
-=======================  ==================  =============================================================
-canonical point          (x, y)              from the mean 68-point shape
-=======================  ==================  =============================================================
-eye centres              (∓0.500, 0.000)     means of points 36..41 and 42..47 (MTCNN eye points)
-nose tip                 (0.000, 0.595)      point 30 (MTCNN nose point)
-mouth corners            (∓0.453, 1.091)     points 48 and 54 (MTCNN mouth points)
-jaw 0/16, 2/14, 4/12,    (∓1.166, 0.013), (∓1.130, 0.636), (∓0.949, 1.231), (∓0.539, 1.697)
-jaw 6/10, chin 8         (0.000, 1.922)
-outer brow ends 17/26    (∓0.924, -0.218)
-nose bridge 29           (0.000, 0.387)      -> yc
-brow centres             (∓0.572, -0.298)    means of points 17..21 and 22..26 (LatentSync, spec §5.2)
-nose centre              (0.000, 0.549)      mean of points 27..35
-=======================  ==================  =============================================================
-
-So for an upright frontal face with eye midpoint ``e`` and inter-ocular distance ``d``: ``x1 ≈ e.x - 1.166 d``,
-``x2 ≈ e.x + 1.166 d``, ``y2 ≈ e.y + 1.922 d`` (chin), ``yc ≈ e.y + 0.387 d``, ``y1 = 2 yc - y2 ≈ e.y - 1.148 d``.
-Jaw opening and yaw are not modelled; the 10 px ``extra_margin`` gives the jaw room, as it does for 68 points.
+**Five points (MTCNN), the last resort** when no 68-point model is installed (pipeline/landmarks.py). A similarity
+transform (least squares over the 5 points: scale, rotation, translation) maps a canonical face onto the detected
+points, and the very same rule is applied to the 68 points of a mean face carried along (:func:`estimate_68`). The
+canonical frame has the midpoint of MTCNN's two eye points at the origin, the eyes on the x axis one unit apart, y
+down. The mean face and the canonical detector points were fitted to real 68-point landmarks (dlib's predictor on
+the photos of bench/geometry.py: astronaut, insightface's group photo and portrait, each rotated +-12 degrees, scaled
+2x and panned; 40 faces) with ``python bench/geometry.py --fit``, and made left/right symmetric. The crop box takes
+the face's left, right and bottom extremes from the detector's box instead (:data:`_BOX_EDGES`: they vary less
+there than a mean face placed by 5 points) and the nose-bridge point 29 from the mean face. Measured on those photos
+(README "Face geometry"): crop IoU 0.87 on average against the rule on the real points, which is why any 68-point
+model is preferred. Pitch, yaw and jaw opening are not modelled; the 10 px ``extra_margin`` gives the jaw room, as
+it does for 68 points.
 
 **LatentSync alignment points** (spec latentsync.md §5.1/§5.2): left brow centre, right brow centre, nose centre.
 From 68 points they are the means of ``lm68[17:22]``, ``lm68[22:27]``, ``lm68[27:36]`` (float, unrounded); from 5 points
-the canonical brow centres and nose centre mapped through the same fitted similarity.
+the same means of the estimated 68 points.
 
 **Box smoothing** (:func:`smooth_boxes`): a centred moving average of the four coordinates over the frames of one
 track run (never across a cut), rounded to int. Off reproduces the per-frame boxes of the original exactly.
@@ -53,15 +41,28 @@ import numpy as np
 COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), spec musetalk §1.3 step 1
 IntBox = Tuple[int, int, int, int]
 
-# -- canonical face (see module docstring) -------------------------------------------------------------------------
-_FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.595], [-0.453, 1.091], [0.453, 1.091]], np.float64)
-_OUTLINE = np.array([
-    [-1.166, 0.013], [-1.130, 0.636], [-0.949, 1.231], [-0.539, 1.697], [0.0, 1.922],
-    [0.539, 1.697], [0.949, 1.231], [1.130, 0.636], [1.166, 0.013],
-    [-0.924, -0.218], [0.924, -0.218],
-], np.float64)
-_P29 = np.array([[0.0, 0.387]], np.float64)
-_ALIGN = np.array([[-0.572, -0.298], [0.572, -0.298], [0.0, 0.549]], np.float64)
+# -- the 5-point estimate's canonical face (see module docstring; refit with bench/geometry.py --fit) --------------
+# MTCNN's points: image-left eye, image-right eye, nose tip, image-left and image-right mouth corner
+_FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.652], [-0.457, 1.067], [0.457, 1.067]], np.float64)
+# MTCNN's box bounds the face more steadily than a mean face placed by 5 points: the leftmost and rightmost of the
+# 68 points and the chin lie at these offsets from its left, right and bottom edges (fractions of its width, width,
+# height; fitted with bench/geometry.py --fit)
+_BOX_EDGES = (0.026, 0.042, 0.028)
+# the 68 iBUG points of the mean face in the same frame
+_MEAN68 = np.array([
+    [-1.105, 0.029], [-1.098, 0.313], [-1.064, 0.603], [-0.996, 0.89], [-0.87, 1.152], [-0.697, 1.387],
+    [-0.495, 1.6], [-0.271, 1.782], [0.0, 1.83], [0.271, 1.782], [0.495, 1.6], [0.697, 1.387], [0.87, 1.152],
+    [0.996, 0.89], [1.064, 0.603], [1.098, 0.313], [1.105, 0.029],
+    [-0.842, -0.199], [-0.705, -0.297], [-0.529, -0.308], [-0.348, -0.274], [-0.175, -0.193],
+    [0.175, -0.193], [0.348, -0.274], [0.529, -0.308], [0.705, -0.297], [0.842, -0.199],
+    [0.0, 0.026], [0.0, 0.228], [0.0, 0.435], [0.0, 0.641], [-0.222, 0.736], [-0.115, 0.789], [0.0, 0.826],
+    [0.115, 0.789], [0.222, 0.736],
+    [-0.633, 0.041], [-0.519, -0.003], [-0.39, -0.003], [-0.274, 0.065], [-0.399, 0.09], [-0.531, 0.088],
+    [0.274, 0.065], [0.39, -0.003], [0.519, -0.003], [0.633, 0.041], [0.531, 0.088], [0.399, 0.09],
+    [-0.438, 1.031], [-0.28, 0.989], [-0.12, 0.979], [0.0, 1.012], [0.12, 0.979], [0.28, 0.989], [0.438, 1.031],
+    [0.289, 1.209], [0.132, 1.293], [0.0, 1.31], [-0.132, 1.293], [-0.289, 1.209],
+    [-0.373, 1.051], [-0.121, 1.062], [0.0, 1.076], [0.121, 1.062], [0.373, 1.051], [0.121, 1.141], [0.0, 1.158],
+    [-0.121, 1.141]], np.float64)
 
 
 def _int_box_from_detector(box) -> IntBox:
@@ -128,27 +129,28 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def _fit5(points5: np.ndarray) -> np.ndarray:
+def estimate_68(points5: np.ndarray) -> np.ndarray:
+    """68 iBUG points ``float [68, 2]`` estimated from 5 MTCNN points (eyes, nose tip, mouth corners in image order):
+    the mean face mapped through the similarity that best fits the canonical points onto them."""
     p = np.asarray(points5, np.float64)
     if p.shape != (5, 2):
         raise ValueError(f"expected 5 landmarks [5, 2] (eyes, nose, mouth corners), got {tuple(p.shape)}")
-    return fit_similarity(_FIT5, p)
-
-
-def outline_from_5(points5: np.ndarray) -> np.ndarray:
-    """Estimated face outline ``float [12, 2]`` (9 jaw points, 2 outer brow ends, then nose-bridge point 29 last)
-    from 5 MTCNN points (eyes, nose tip, mouth corners in image order)."""
-    m = _fit5(points5)
-    return _apply(m, np.concatenate([_OUTLINE, _P29], axis=0))
+    return _apply(fit_similarity(_FIT5, p), _MEAN68)
 
 
 def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0):
-    """Approximate MuseTalk v1.5 crop box from 5 landmarks (see module docstring): the 68-point rule applied to the
-    outline estimated by :func:`outline_from_5`, with the same fallback to the detector box and the same placeholder."""
+    """Approximate MuseTalk v1.5 crop box from 5 landmarks and the detector's box: the 68-point rule applied to the
+    face's extremes taken from the box (:data:`_BOX_EDGES`) and the nose-bridge point 29 of :func:`estimate_68`,
+    with the same fallback to the detector box and the same placeholder."""
     if detector_box is None:
         return COORD_PLACEHOLDER
-    pts = outline_from_5(points5)
-    return _valid_or_fallback(_landmark_rule(pts, len(pts) - 1, bbox_shift), detector_box)
+    x1, y1, x2, y2 = (float(v) for v in detector_box[:4])
+    w, h = x2 - x1, y2 - y1
+    yc = estimate_68(points5)[29, 1]
+    cx = (x1 + x2) / 2
+    extremes = np.array([[x1 + _BOX_EDGES[0] * w, yc], [x2 + _BOX_EDGES[1] * w, yc],
+                         [cx, y2 + _BOX_EDGES[2] * h], [cx, yc]])
+    return _valid_or_fallback(_landmark_rule(extremes, 3, bbox_shift), detector_box)
 
 
 def apply_extra_margin(box, extra_margin: int, height: int) -> IntBox:
@@ -164,9 +166,8 @@ def align_points_68(landmarks68: np.ndarray) -> np.ndarray:
 
 
 def align_points_5(points5: np.ndarray) -> np.ndarray:
-    """LatentSync's 3 alignment points estimated from 5 MTCNN points (canonical brow centres and nose centre mapped
-    through the fitted similarity; see module docstring)."""
-    return _apply(_fit5(points5), _ALIGN).astype(np.float32)
+    """LatentSync's 3 alignment points estimated from 5 MTCNN points (those of :func:`estimate_68`)."""
+    return align_points_68(estimate_68(points5))
 
 
 def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,

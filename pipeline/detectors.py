@@ -12,10 +12,12 @@ Backends:
   ``musetalk/mtcnn/``, or are downloaded on first use. Frames whose short side exceeds ``detect_short_side``
   (default 720) are detected on an area-downscaled copy and the boxes/landmarks mapped back, so the cost and the
   smallest face found (``min_face_size``, 20 px at that resolution, i.e. 30 px in 1080p) do not depend on the
-  video resolution.
+  video resolution. Each box then gets 68 real landmarks from the best landmark source installed (``landmarks``
+  option, pipeline/landmarks.py: DWPose, FAN, dlib; ``landmark_kind`` names it); without one the 5 points stay
+  and the crop is estimated from them.
 * ``"s3fd+fan68"``: the original MuseTalk-style detector (spec musetalk.md §1.3): S3FD boxes (score > 0.05, NMS 0.3,
   keep > 0.5, full resolution by default) and 68 iBUG landmarks from FAN (2DFAN4) on each box
-  (``landmark_kind="ibug68"``; the original used DWPose's 68 face points, see models/landmarks68.py). Needs the
+  (``landmark_kind="fan-68"``; the original used DWPose's 68 face points, see models/landmarks68.py). Needs the
   ``s3fd`` and ``fan68`` weight files.
 
 Models are loaded once per (files, device, dtype) and cached at module level. Frames are processed in batches on
@@ -23,6 +25,7 @@ Models are loaded once per (files, device, dtype) and cached at module level. Fr
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 from ..models import registry
 from .runtime import Runtime, is_oom
 from .types import Detection
+
+_log = logging.getLogger(__name__).info
 
 BACKENDS = ("mtcnn", "s3fd+fan68")
 DEFAULT_BACKEND = "mtcnn"
@@ -146,13 +151,20 @@ def mtcnn_weight_paths(auto_download: bool = True) -> Dict[str, str]:
 
 class MTCNNDetector(FaceDetector):
     name = "mtcnn"
-    landmark_kind = "mtcnn5"
 
     def __init__(self, runtime: Runtime, auto_download: bool = True, min_face_size: float = 20.0,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 detect_short_side: Optional[int] = 720, batch_size: int = 8, dtype: Optional[torch.dtype] = None):
+                 detect_short_side: Optional[int] = 720, batch_size: int = 8, dtype: Optional[torch.dtype] = None,
+                 landmarks: str = "auto"):
         super().__init__(runtime, batch_size)
         from ..models import mtcnn
+        from .landmarks import ESTIMATE, open_landmark_source
+
+        # 68 real points in each MTCNN box when a landmark source is here (pipeline/landmarks.py), else the 5 points
+        self.landmarks, self.landmark_notes = _cached(
+            ("landmarks", landmarks, str(runtime.device), bool(auto_download)),
+            lambda: open_landmark_source(landmarks, runtime, auto_download, log=_log))
+        self.landmark_kind = self.landmarks.name if self.landmarks is not None else ESTIMATE
 
         if len(tuple(thresholds)) != 3:
             raise ValueError("mtcnn: thresholds must be three numbers (P-Net, R-Net, O-Net)")
@@ -183,15 +195,19 @@ class MTCNNDetector(FaceDetector):
                 if clipped is not None:
                     dets.append(Detection(box=clipped, score=float(score),
                                           landmarks=(pts.astype(np.float64) * scale).astype(np.float32),
-                                          landmark_kind=self.landmark_kind))
+                                          landmark_kind="mtcnn5"))
             out.append(dets)
-        return out
+        if self.landmarks is None:
+            return out
+        from .landmarks import add_landmarks
+
+        return add_landmarks(self.landmarks, frames.cpu().numpy(), out)
 
 
 # ---- S3FD + FAN 68 -------------------------------------------------------------------------------------------------
 class S3FDFan68Detector(FaceDetector):
     name = "s3fd+fan68"
-    landmark_kind = "ibug68"
+    landmark_kind = "fan-68"
 
     def __init__(self, runtime: Runtime, auto_download: bool = True, score_threshold: float = 0.05,
                  nms_threshold: float = 0.3, keep_threshold: float = 0.5, max_short_side: Optional[int] = None,
@@ -254,7 +270,7 @@ def create_detector(backend: str = DEFAULT_BACKEND, runtime: Optional[Runtime] =
     """Build (or reuse the cached models of) a detector backend on ``runtime.device``.
 
     ``backend``: ``"mtcnn"`` (options ``min_face_size``, ``thresholds``, ``factor``, ``detect_short_side``,
-    ``batch_size``, ``dtype``) or ``"s3fd+fan68"`` (options ``score_threshold``, ``nms_threshold``,
+    ``batch_size``, ``dtype``, ``landmarks``) or ``"s3fd+fan68"`` (options ``score_threshold``, ``nms_threshold``,
     ``keep_threshold``, ``max_short_side``, ``batch_size``, ``landmark_batch``, ``max_faces``, ``dtype``).
     Missing weights raise :class:`~..models.registry.MissingWeightsError` naming each file and where to put it.
     """

@@ -405,6 +405,7 @@ def analyze_faces(frames, detector, runtime=None, *, options: Optional[FaceOptio
             runtime.progress("face detection", batch.stop, total)
     params = asdict(opt)
     params.update(backend=backend, landmark_kind=str(getattr(detector, "landmark_kind", "")),
+                  landmark_notes=list(getattr(detector, "landmark_notes", []) or []),
                   min_score_used=analyzer.min_score)
     if analyzer.user_box is not None:
         params["user_box_px"] = analyzer.user_box
@@ -421,8 +422,10 @@ def summarize(seq: FaceSequence, max_shot_lines: int = 100) -> str:
              f"{len(seq.shot_starts)} shot(s), {len(seq.tracks)} face track(s)"]
     p = seq.params
     if p:
-        lines.append(f"backend {p.get('backend', '?')} ({p.get('landmark_kind', '?')}), min score "
+        lines.append(f"backend {p.get('backend', '?')}, landmarks: {p.get('landmark_kind', '?')}, min score "
                      f"{p.get('min_score_used', '?')}, speaker {p.get('speaker', '?')}")
+        for why in p.get("landmark_notes") or []:
+            lines.append(f"  (skipped {why})")
     for s in range(len(seq.shot_starts)):
         if s >= max_shot_lines:
             lines.append(f"... {len(seq.shot_starts) - max_shot_lines} more shot(s)")

@@ -243,6 +243,7 @@ class LipSyncReport:
     notes: List[str] = field(default_factory=list)
     batch_sizes: List[int] = field(default_factory=list)
     seconds: float = 0.0
+    landmarks: str = ""                                          # where the crop boxes came from (pipeline/landmarks)
 
     def add(self, backend: str, ks: Sequence[int]) -> None:
         self.synced.setdefault(backend, []).extend(int(k) for k in ks)
@@ -253,6 +254,8 @@ class LipSyncReport:
 
     def text(self) -> str:
         lines = [f"backend requested: {self.requested}; used: {', '.join(self.backends_used) or 'none'}"]
+        if self.landmarks:
+            lines.append(f"landmarks: {self.landmarks}")
         for b, ks in self.synced.items():
             lines.append(f"  {b}: {len(ks)} frames synced ({ranges_text(_ranges(ks))})")
         lines.append(f"frames: {self.num_frames} out, {sum(len(v) for v in self.synced.values())} synced, "
@@ -456,7 +459,8 @@ def run_lipsync(frames: Frames, faces: FaceSequence, features, spec: BackendSpec
     if duration <= 0:
         raise LipSyncError("audio: the audio is empty (0 s). Connect a voice track.")
     plan = make_plan(len(frames), duration, fps, length_policy)
-    report = LipSyncReport(requested=spec.choice, num_frames=plan.num_frames)
+    report = LipSyncReport(requested=spec.choice, num_frames=plan.num_frames,
+                           landmarks=str((faces.params or {}).get("landmark_kind") or ""))
     report.notes.extend(plan.notes)
     out_audio = aligned_audio(features.audio, plan.num_frames, fps)
 

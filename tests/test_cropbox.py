@@ -88,12 +88,20 @@ def test_face_crop_geometry_68_is_the_original_plus_margin():
     assert crop == (200, 148, 300, 200)
 
 
+def _detector_box(lm):
+    """An MTCNN-like box for 68 points: cheek to cheek, from above the brows to the chin."""
+    x1, x2 = lm[:, 0].min(), lm[:, 0].max()
+    y1, y2 = lm[17:27, 1].min() - 0.1 * (lm[:, 1].max() - lm[17:27, 1].min()), lm[:, 1].max()
+    return (x1, y1, x2, y2)
+
+
 def test_five_point_box_approximates_the_68_point_box():
     t, _ = _fixture()
     for i in (0, 1, 4):   # normal, near_top (clamped), small
         lm = t["bbox.keypoints133"][i, 23:91].astype(np.float64)
-        ref = cb.musetalk_crop_box(lm, (0, 0, 1, 1))
-        got = cb.crop_box_from_5(_five(lm), (0, 0, 1, 1))
+        box = _detector_box(lm)
+        ref = cb.musetalk_crop_box(lm, box)
+        got = cb.crop_box_from_5(_five(lm), box)
         assert _iou(ref, got) > 0.8, (i, ref, got)
         h = ref[3] - ref[1]
         assert got[3] >= ref[3] - 0.05 * h   # the chin is inside
@@ -104,25 +112,28 @@ def test_five_point_box_approximates_the_68_point_box():
 
 def test_five_point_box_follows_the_face():
     five = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 124.0], [102.0, 144.0], [138.0, 144.0]])
-    box = cb.crop_box_from_5(five, (0, 0, 1, 1))
-    # frontal face with inter-ocular distance 40 and eye midpoint (120, 100): formulas from the module docstring
-    assert box[0] == pytest.approx(120 - 1.166 * 40, abs=3) and box[2] == pytest.approx(120 + 1.166 * 40, abs=3)
-    assert box[3] == pytest.approx(100 + 1.922 * 40, abs=4)
-    moved = cb.crop_box_from_5(five + [30, 17], (0, 0, 1, 1))
+    det = np.array([76.0, 76.0, 164.0, 174.0])
+    box = cb.crop_box_from_5(five, det)
+    # left, right and bottom from the detector box (_BOX_EDGES), the centre row from the mean face's point 29
+    w, h = det[2] - det[0], det[3] - det[1]
+    e = cb._BOX_EDGES
+    assert box[0] == int(det[0] + e[0] * w) and box[2] == int(det[2] + e[1] * w) and box[3] == int(det[3] + e[2] * h)
+    yc = int(cb.estimate_68(five)[29, 1])
+    assert box[1] == 2 * yc - box[3] and yc == pytest.approx(100 + 0.435 * 40, abs=1)
+    moved = cb.crop_box_from_5(five + [30, 17], det + [30, 17, 30, 17])
     assert np.abs(np.subtract(moved, box) - [30, 17, 30, 17]).max() <= 1
-    double = cb.crop_box_from_5(five * 2, (0, 0, 1, 1))
+    double = cb.crop_box_from_5(five * 2, det * 2)
     assert np.abs(np.subtract(double, np.multiply(box, 2))).max() <= 3
-    shifted = cb.crop_box_from_5(five, (0, 0, 1, 1), bbox_shift=5)
+    shifted = cb.crop_box_from_5(five, det, bbox_shift=5)
     assert shifted[1] - box[1] == 10 and shifted[3] == box[3]
     # a face cut by the left frame edge falls back to the (clipped) detector box; no box -> placeholder
     assert cb.crop_box_from_5(five - [100, 0], (-20.5, 60.2, 45.0, 170.0)) == (0, 60, 45, 170)
     assert cb.crop_box_from_5(five, None) == cb.COORD_PLACEHOLDER
-    # roll: rotating the points by 20 degrees keeps the box around the same centre
+    # the 68 estimated points follow a rolled face: rotating the points by 20 degrees rotates the estimate
     a = np.radians(20)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c = five.mean(0)
-    rb = cb.crop_box_from_5((five - c) @ rot.T + c, (0, 0, 1, 1))
-    assert abs((rb[0] + rb[2]) / 2 - (box[0] + box[2]) / 2) < 15
+    assert np.allclose(cb.estimate_68((five - c) @ rot.T + c), (cb.estimate_68(five) - c) @ rot.T + c, atol=1e-6)
 
 
 def test_smooth_boxes():

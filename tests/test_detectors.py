@@ -31,7 +31,7 @@ def mt():
     if mtcnn.wheel_weight_paths() is None:
         pytest.skip("facenet-pytorch (for its MTCNN weight files) is not installed")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    return create_detector("mtcnn", _runtime(), auto_download=False)
+    return create_detector("mtcnn", _runtime(), auto_download=False, landmarks="5-point estimate")
 
 
 def _iou(a, b):
@@ -194,8 +194,9 @@ def test_s3fd_random_weights_forward_is_well_formed():
     net = s3fd.S3FD().eval()
     rgb = torch.from_numpy((np.random.RandomState(0).rand(2, 96, 128, 3) * 255).astype(np.uint8))
     levels = net(s3fd.preprocess(rgb))
-    assert [tuple(p.shape) for p, _ in levels] == [(2, 24, 32), (2, 12, 16), (2, 6, 8), (2, 3, 4), (2, 2, 2),
-                                                   (2, 1, 1)]
+    # fc7: (H/32 + 4) x (W/32 + 4) (fc6 pads 3 without dilation, as the released model), then halved twice
+    assert [tuple(p.shape) for p, _ in levels] == [(2, 24, 32), (2, 12, 16), (2, 6, 8), (2, 7, 8), (2, 4, 4),
+                                                   (2, 2, 2)]
     out = s3fd.detect(net, rgb, keep_threshold=0.0)
     assert len(out) == 2
     for r in out:
@@ -266,7 +267,7 @@ def test_s3fd_fan68_backend_with_random_weights(tmp_path, monkeypatch):
     s3fd.write_test_weights(str(tmp_path))
     landmarks68.write_test_weights(str(tmp_path), num_modules=1)       # same key scheme, one stack: fast
     det = create_detector("s3fd+fan68", _runtime(), auto_download=False, max_faces=1)
-    assert det.name == "s3fd+fan68" and det.landmark_kind == "ibug68"
+    assert det.name == "s3fd+fan68" and det.landmark_kind == "fan-68"
     rgb = (np.random.RandomState(1).rand(1, 64, 80, 3) * 255).astype(np.uint8)
     out = det.detect(rgb)
     assert len(out) == 1 and len(out[0]) <= 1
@@ -274,5 +275,5 @@ def test_s3fd_fan68_backend_with_random_weights(tmp_path, monkeypatch):
         x1, y1, x2, y2 = d.box
         assert 0 <= x1 < x2 <= 80 and 0 <= y1 < y2 <= 64 and 0.5 < d.score <= 1
         assert d.landmarks.shape == (68, 2) and np.isfinite(d.landmarks).all()
-        assert d.landmark_kind == "ibug68"
+        assert d.landmark_kind == "fan-68"
     assert det.detect(np.zeros((0, 64, 80, 3), np.uint8)) == []
