@@ -4,7 +4,8 @@ scale" and every stage, and with ``--update-readme`` the same tables between the
 
     python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
     python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
-    python bench/run_all.py --only lipsync   # a subset: media, faces, audio, lipsync, latentsync, latentsync-1.6, long
+    python bench/run_all.py --only lipsync   # a subset: media, faces, geometry, audio, lipsync, latentsync,
+                                             # latentsync-1.6, long
     python bench/run_all.py --update-readme  # also put the tables between the README's bench markers
     python bench/run_all.py --reuse          # keep the scripts' JSON already in the results folder, run the rest
 
@@ -24,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SCRIPTS = ("media", "faces", "audio", "lipsync", "latentsync", "latentsync-1.6", "long")
+SCRIPTS = ("media", "faces", "geometry", "audio", "lipsync", "latentsync", "latentsync-1.6", "long")
 # benchmark name -> (script, extra arguments); LatentSync 1.6 (512 px) only for its VRAM estimate in full mode: its
 # timings at 512 px take long on a CPU, and quick mode runs the same tiny networks as "latentsync"
 VARIANTS = {"latentsync-1.6": ("latentsync", ["--version", "1.6", "--no-timing"])}
@@ -162,6 +163,17 @@ def targets(report: dict) -> list:
                             f"{r['vram_estimate_mb'] / 1024:.2f} GB estimated (weights {r['weights_mb']:.0f} MB + "
                             f"activations {r['activations_mb']:.0f} MB)",
                             "met (estimate)" if r["met"] else "not met (estimate)"))
+    for r in _rows(report, "geometry"):
+        if str(r.get("source", "")).startswith("default") and r.get("iou_mean") is not None:
+            out.append(("face geometry, default path with a 68-point model: crop IoU mean >= 0.95 (min >= 0.90), "
+                        "alignment error <= 3 % of the eye distance",
+                        f"{r['source']}: IoU {r['iou_mean']} (min {r['iou_min']}), alignment {r['align_mean_pct']} % "
+                        f"over {r['faces']} faces", "met" if r["iou_mean"] >= 0.95 and r["iou_min"] >= 0.90 and
+                        r["align_mean_pct"] <= 3.0 else "not met"))
+        elif str(r.get("source", "")).startswith("5-point") and r.get("iou_mean") is not None:
+            out.append(("face geometry, 5-point estimate alone: crop IoU mean >= 0.90",
+                        f"IoU {r['iou_mean']} (min {r['iou_min']}) over {r['faces']} faces",
+                        "met" if r["iou_mean"] >= 0.90 else f"not met ({0.90 - r['iou_mean']:.3f} short)"))
     whole = next((r for r in _rows(report, "long") if r.get("stage") == "whole run"), None)
     if whole:
         out.append((f"{whole['minutes']:g}-minute {whole['resolution']} clip streamed with peak RSS <= "
@@ -190,12 +202,14 @@ def markdown(report: dict) -> str:
         for r in b.get("results", []):
             g = r.get("gflops")
             pct = f"{100 * g / roof['gflops']:.0f}" if g and roof["gflops"] else "-"
-            label = r.get("stage") or r.get("name") or r.get("what") or r.get("backend") or ""
+            label = r.get("stage") or r.get("name") or r.get("what") or r.get("backend") or r.get("source") or ""
             if r.get("resolution") and str(r.get("resolution")) not in label:
                 label = f"{label} {r['resolution']}"
             note = r.get("note", "")
             if r.get("ratio") is not None:
                 note = f"ratio {r['ratio']} (CPU s {r.get('ratio_cpu')})"
+            if r.get("iou_mean") is not None:
+                note = f"crop IoU {r['iou_mean']} (min {r['iou_min']}), align {r['align_mean_pct']} %"
             lines.append(f"| {b['benchmark']} | {label} | {fmt(r.get('fps'))} | {fmt(r.get('s_per_frame'))} | "
                          f"{fmt(g)} | {pct} | {fmt(r.get('rss_peak_mb'))} | {str(note)[:70]} |")
     return "\n".join(lines) + "\n"

@@ -202,3 +202,20 @@ def test_run_all_collects_targets_and_updates_readme_markers(tmp_path):
     stamp = (per_script / "long.json").stat().st_mtime_ns
     proc = subprocess.run(cmd[:-3] + ["--reuse"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0 and (per_script / "long.json").stat().st_mtime_ns == stamp
+
+
+def test_geometry_quick(tmp_path):
+    """bench/geometry.py: a row per landmark source; the default path and the 5-point estimate are measured on the
+    astronaut (dlib installed), sources without real weights say why they were not measured."""
+    pytest.importorskip("dlib")
+    doc, stdout = run_bench("geometry.py", tmp_path)
+    check_common(doc, "geometry")
+    rows = {r["source"].split(" (")[0]: r for r in doc["results"]}
+    assert {"default", "dwpose", "fan", "dlib", "5-point estimate"} <= set(rows)
+    for name in ("default", "5-point estimate"):
+        r = rows[name]
+        assert r["faces"] >= 2 and 0 < r["iou_min"] <= r["iou_mean"] <= 1 and r["align_mean_pct"] >= 0
+        assert 0 < r["clip_iou"] <= 1 and r["jitter_px"] >= 0
+    assert rows["default"]["iou_mean"] > rows["5-point estimate"]["iou_mean"]
+    assert positive(rows["default"]["ms_per_face"])
+    assert rows["dwpose"].get("note", "").startswith("not measured")
