@@ -126,9 +126,10 @@ class MuseTalkFaceDetect:
                     "Download missing detector weights from Hugging Face on first use. Off: a missing file stops "
                     "with a message saying which file and where to put it."}),
                 "landmarks": (list(LANDMARK_CHOICES), {"default": "auto", "tooltip":
-                    "Where the 68 face points that frame the crop come from (mtcnn backend). auto: the best one "
-                    "installed: DWPose (the original MuseTalk's model), FAN, then dlib; without any, the crop is "
-                    "estimated from the detector's 5 points (approximate). The summary names the one used."}),
+                    "Where the 68 face points that frame the crop come from (mtcnn backend). auto: the first one "
+                    "available of DWPose (the original MuseTalk's model; downloaded on first use when auto_download "
+                    "is on), FAN, dlib; without any, the crop is estimated from the detector's 5 points "
+                    "(approximate). The summary and the lip-sync report name the one used."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Video frames as an IMAGE batch (give 'images' or 'frames')."}),

@@ -401,10 +401,11 @@ def test_node_declaration():
     with pytest.raises(FramesError, match="images"):
         node().detect()
     assert face_nodes.preview_indices(10) == list(range(10))
-    assert face_nodes.detector_options("mtcnn", 50, 480, 360) == {"min_face_size": 40.0}
-    assert face_nodes.detector_options("mtcnn", 50, 1920, 1080) == {"min_face_size": pytest.approx(26.667, abs=1e-3)}
-    assert face_nodes.detector_options("mtcnn", 0, 480, 360) == {} == face_nodes.detector_options("s3fd+fan68", 50,
-                                                                                                   480, 360)
+    assert face_nodes.detector_options("mtcnn", 50, 480, 360) == {"min_face_size": 40.0, "landmarks": "auto"}
+    assert face_nodes.detector_options("mtcnn", 50, 1920, 1080, "dlib") == {
+        "min_face_size": pytest.approx(26.667, abs=1e-3), "landmarks": "dlib"}
+    assert face_nodes.detector_options("mtcnn", 0, 480, 360) == {"landmarks": "auto"}
+    assert face_nodes.detector_options("s3fd+fan68", 50, 480, 360) == {}  # its landmarks are FAN's
     idx = face_nodes.preview_indices(1000)
     assert len(idx) == 64 and idx[0] == 0 and idx[-1] == 999
 
