@@ -124,22 +124,22 @@ class MuseTalkBatchedLipSync:
     def lipsync(self, faces, audio_features, batch_size=8, length_policy="follow_audio", blend_mode="auto",
                 images=None, frames=None, fps=0.0, backend=None, unique_id=None):
         from ..pipeline.frames import ImageFrames
-        from ..pipeline.lipsync import BackendSpec, ImageSink, WriterSink, make_plan, run_lipsync
-        from ..pipeline.video import VideoFileFrames, VideoWriter, unique_output_path
+        from ..pipeline.lipsync import BackendSpec, ImageSink, make_plan, run_lipsync
+        from ..pipeline.patched_frames import PatchSink
 
         spec = backend if backend is not None else BackendSpec()
         if not fps and frames is None and images is not None:
             fps = float(audio_features.fps)
         seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
         runtime = comfy.make_runtime(unique_id, spec.device, spec.dtype)
-        plan_len = make_plan(len(seq), audio_features.duration, seq.fps, length_policy).num_frames
+        plan = make_plan(len(seq), audio_features.duration, seq.fps, length_policy)
+        plan_len = plan.num_frames
         nbytes = plan_len * seq.width * seq.height * 3 * 4
         to_image = isinstance(seq, ImageFrames) and nbytes <= OUTPUT_IMAGE_LIMIT_BYTES
         if to_image:
             sink = ImageSink(plan_len, seq.height, seq.width)
-        else:  # streamed input or a big output: encode as we go (visually lossless), hand on a streaming handle
-            path = unique_output_path(comfy.temp_dir(), "musetalk_lipsync", ".mp4")
-            sink = WriterSink(VideoWriter(path, seq.fps, seq.width, seq.height, None, crf=12, preset="fast"))
+        else:  # streamed input or a big output: the source frames + the lip-sync patches, composed when read
+            sink = PatchSink(seq, plan.source, comfy.temp_dir())
         report, out_audio = run_lipsync(seq, faces, audio_features, spec, runtime, sink, batch_size=batch_size,
                                         length_policy=length_policy, blend_mode=blend_mode)
         result = sink.close()
@@ -147,7 +147,7 @@ class MuseTalkBatchedLipSync:
             images_out = result
             frames_out = ImageFrames(images_out, seq.fps)
         else:
-            frames_out = VideoFileFrames(result)
+            frames_out = result
             if nbytes <= OUTPUT_IMAGE_LIMIT_BYTES:
                 images_out = frames_out.to_image()
             else:

@@ -292,6 +292,62 @@ def test_all_cutaways_pass_through_without_loading_models(runtime):
     assert "no frame has a face" in report.text()
 
 
+def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_path, monkeypatch):
+    """Streamed input: the lip-sync output handed to Mux Video is the source frames plus the patches (no
+    intermediate encode). The frames Mux Video receives are exactly the frames the lip-sync loop produced, and
+    cutaway frames are bit-identical to what the loader decoded."""
+    from musetalk_enhanced.pipeline import video as V
+    from musetalk_enhanced.pipeline.patched_frames import PatchSink, PatchedFrames
+
+    src_path = mk.write_video(str(tmp_path / "in.mp4"), clip, FPS, crf=20)
+    source = V.VideoFileFrames(src_path)
+    plan = L.make_plan(len(source), feats.duration, FPS, "follow_audio")
+    produced = L.ImageSink(plan.num_frames, 256, 256)
+    sink = PatchSink(source, plan.source, str(tmp_path / "temp"))
+    both = type("Both", (), {"write": lambda self, b: (produced.write(b), sink.write(b)),
+                             "close": lambda self: sink.close(), "abort": lambda self: sink.abort()})()
+    report, _ = L.run_lipsync(source, faces, feats, L.BackendSpec(), runtime, both, batch_size=4,
+                              engine_factory=factory_for(engine))
+    out = both.close()
+    assert isinstance(out, PatchedFrames) and len(out) == plan.num_frames
+    from musetalk_enhanced.pipeline.frames import image_to_uint8
+
+    expect = image_to_uint8(produced.close())
+    received = []
+    monkeypatch.setattr(V.VideoWriter, "write", lambda self, rgb: received.append(np.array(rgb)))
+    monkeypatch.setattr(V.VideoWriter, "close", lambda self: self.path)
+    V.write_video(str(tmp_path / "out.mp4"), out)
+    received = np.concatenate(received)
+    assert np.array_equal(received, expect)
+    for k in report.passed_through:
+        assert np.array_equal(received[k], source.read([plan.source[k]])[0])
+    assert len(out.patches) == len(report.synced[L.MUSETALK]) > 0
+    assert len(os.listdir(tmp_path / "temp")) == 1  # one patch file, face-sized PNGs
+    assert os.path.getsize(os.path.join(tmp_path / "temp", os.listdir(tmp_path / "temp")[0])) < \
+        0.5 * len(out.patches) * 256 * 256 * 3
+
+
+def test_all_cutaway_video_muxes_like_one_direct_encode(runtime, tmp_path):
+    """No face anywhere: the lip-sync node's streamed output, muxed, is one encode of the input."""
+    from musetalk_enhanced.pipeline import video as V
+    from musetalk_enhanced.pipeline.patched_frames import PatchSink
+    from musetalk_enhanced.pipeline.types import FaceSequence, FrameFaces
+
+    clip = np.stack([mk.photo("rocket", (64, 64))] * 4 + [mk.photo("coffee", (64, 64))] * 4)
+    source = V.VideoFileFrames(mk.write_video(str(tmp_path / "in.mp4"), clip, FPS, crf=25))
+    faces = FaceSequence([FrameFaces(i, 0, None, reason="no face") for i in range(8)], 64, 64, FPS)
+    feats = features_for(Audio(mk.tone(300, 8 / FPS, 16000), 16000))
+    plan = L.make_plan(8, feats.duration, FPS, "follow_video")
+    sink = PatchSink(source, plan.source, str(tmp_path))
+    L.run_lipsync(source, faces, feats, L.BackendSpec(), runtime, sink, length_policy="follow_video",
+                  engine_factory=lambda b: (_ for _ in ()).throw(AssertionError("no model for cutaways")))
+    out = sink.close()
+    a = V.write_video(str(tmp_path / "direct.mp4"), source)
+    b = V.write_video(str(tmp_path / "through_lipsync.mp4"), out)
+    da, db = V.VideoFileFrames(a), V.VideoFileFrames(b)
+    assert len(da) == len(db) == 8 and np.array_equal(da.read(range(8)), db.read(range(8)))
+
+
 def test_bad_inputs(clip, faces, feats, runtime):
     with pytest.raises(L.LipSyncError, match="length_policy"):
         L.make_plan(10, 1.0, 25, "longest")
