@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     from .models.registry import MissingWeightsError
     from .pipeline.audio import AudioError, load_audio_file
     from .pipeline.audio_features import compute_audio_features
-    from .pipeline.detectors import create_detector
+    from .pipeline.detectors import create_detector, detector_options
     from .pipeline.faces import FaceOptions, analyze_faces, summarize
     from .pipeline.lipsync import (BackendSpec, LipSyncError, WriterSink, aligned_audio, ensure_weights, make_plan,
                                    run_lipsync)
@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                            latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
         ensure_weights(spec, args.detector, args.blend_mode, log=print)  # one error listing every missing file
         detector = create_detector(args.detector, runtime, auto_download=not args.no_download,
-                                   **({"landmarks": args.landmarks} if args.detector == "mtcnn" else {}))
+                                   **detector_options(args.detector, args.min_face_size, frames.width, frames.height,
+                                                      args.landmarks))
         options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
                               shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,
                               user_box=args.user_box or None, bbox_shift=args.bbox_shift,

@@ -2,24 +2,13 @@
 from __future__ import annotations
 
 from . import comfy
+from ..pipeline.detectors import detector_options
 from ..pipeline.landmarks import LANDMARK_CHOICES
 from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
 BACKENDS = ["mtcnn", "s3fd+fan68"]
 SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
 PREVIEW_MAX_FRAMES = 64
 PREVIEW_MAX_WIDTH = 512
-
-
-def detector_options(backend: str, min_face_size: float, width: int, height: int, landmarks: str = "auto") -> dict:
-    """MTCNN searches faces down to ``min_face_size`` pixels of the image it sees (720p short side at most); faces
-    smaller than the analysis keeps need not be searched, and a coarser pyramid is faster. 0.8 leaves room for the
-    box regression. Never below the detector's own default (20). ``landmarks``: the 68-point source for its boxes."""
-    if backend != "mtcnn":
-        return {}
-    if not min_face_size or min_face_size <= 0:
-        return {"landmarks": landmarks}
-    scale = min(1.0, 720.0 / float(max(1, min(width, height))))
-    return {"min_face_size": max(20.0, 0.8 * float(min_face_size) * scale), "landmarks": landmarks}
 
 
 def preview_indices(num_frames: int, max_frames: int = PREVIEW_MAX_FRAMES):

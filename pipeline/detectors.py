@@ -265,6 +265,20 @@ class S3FDFan68Detector(FaceDetector):
 _BACKEND_CLASSES = {"mtcnn": MTCNNDetector, "s3fd+fan68": S3FDFan68Detector}
 
 
+def detector_options(backend: str, min_face_size: float, width: int, height: int, landmarks: str = "auto") -> dict:
+    """The detector options that follow from the analysis settings (used by the Face Detect node and the CLI alike).
+
+    MTCNN searches faces down to ``min_face_size`` pixels of the image it sees (720p short side at most); faces
+    smaller than the analysis keeps need not be searched, and a coarser pyramid is faster. 0.8 leaves room for the
+    box regression. Never below the detector's own default (20). ``landmarks``: the 68-point source for its boxes."""
+    if backend != "mtcnn":
+        return {}
+    if not min_face_size or min_face_size <= 0:
+        return {"landmarks": landmarks}
+    scale = min(1.0, 720.0 / float(max(1, min(width, height))))
+    return {"min_face_size": max(20.0, 0.8 * float(min_face_size) * scale), "landmarks": landmarks}
+
+
 def create_detector(backend: str = DEFAULT_BACKEND, runtime: Optional[Runtime] = None, auto_download: bool = True,
                     **options) -> FaceDetector:
     """Build (or reuse the cached models of) a detector backend on ``runtime.device``.

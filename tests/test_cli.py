@@ -129,3 +129,23 @@ def test_video_and_out_are_required_without_demo(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--video", "x.mp4"])
     assert "--out required" in capsys.readouterr().err
+
+
+def test_cli_builds_the_detector_like_the_face_detect_node(inputs, models_dir, monkeypatch, tmp_path):
+    """One rule for the detector's options (pipeline.detectors.detector_options): the CLI searches faces at the
+    same sizes as the node, so a clip gets the same face decisions (and speed) in both."""
+    from musetalk_enhanced.nodes import face_nodes
+    from musetalk_enhanced.pipeline import detectors
+
+    d, video, voice = inputs
+    seen = {}
+
+    def capture(backend, runtime=None, auto_download=True, **options):
+        seen.update(options)
+        raise ValueError("stop here")
+    monkeypatch.setattr(detectors, "create_detector", capture)
+    rc = run_cli(["--video", video, "--audio", voice, "--out", str(tmp_path / "o.mp4"), "--landmarks", "dlib"],
+                 monkeypatch, models_dir)   # (run_cli adds --min-face-size 30)
+    assert rc == 2
+    assert seen == face_nodes.detector_options("mtcnn", 30, 256, 256, "dlib") == {"min_face_size": 24.0,
+                                                                                "landmarks": "dlib"}
