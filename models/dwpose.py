@@ -222,12 +222,9 @@ def face_landmarks(net: DWPoseNet, frames: Sequence[np.ndarray], image_index: Se
 def find_weights(extra_dirs: Sequence[str] = ()) -> Optional[str]:
     """An installed DWPose export: the model folder (ONNX first when onnxruntime is importable, then TorchScript),
     then comfyui_controlnet_aux's ckpts folders given in ``extra_dirs``."""
-    keys = [TORCHSCRIPT_KEY]
-    try:
-        import onnxruntime  # noqa: F401
-        keys.insert(0, ONNX_KEY)
-    except ImportError:
-        pass
+    import importlib.util
+
+    keys = ([ONNX_KEY] if importlib.util.find_spec("onnxruntime") else []) + [TORCHSCRIPT_KEY]
     for key in keys:
         path = registry.find(key)
         if path:

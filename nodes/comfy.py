@@ -31,11 +31,6 @@ def _try_import(name: str):
         return None
 
 
-def in_comfy() -> bool:
-    fp = _try_import("folder_paths")
-    return fp is not None and hasattr(fp, "get_input_directory")
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # directories
 def input_dir() -> str:
@@ -195,15 +190,6 @@ class ComfyRuntime(Runtime):
             self._mm.soft_empty_cache()
         else:
             super().empty_cache()
-
-    def free_memory_bytes(self):
-        if self._mm is not None and hasattr(self._mm, "get_free_memory"):
-            try:
-                return int(self._mm.get_free_memory(self.device))
-            except Exception:
-                pass
-        return super().free_memory_bytes()
-
 
 def make_runtime(node_id: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None) -> Runtime:
     """The runtime for a node execution: ComfyUI's when running in the server, standalone otherwise."""

@@ -229,7 +229,7 @@ class MuseTalkMuxVideo:
     def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=19, audio_fit="pad_or_trim_audio", images=None,
             frames=None, audio=None):
         from ..pipeline.audio import from_comfy
-        from ..pipeline.video import VideoWriter, unique_output_path, write_video
+        from ..pipeline.video import unique_output_path, write_video
 
         seq = frames_from_inputs(images, frames, fps, node="Mux Video")
         a = None

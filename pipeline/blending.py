@@ -25,7 +25,6 @@ fades out towards the jaw line and the nose, and needs no network.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 

@@ -7,8 +7,8 @@ float32 IMAGE. :class:`Frames` is the interface every stage consumes:
 * ``frames.iter_batches(batch_size, start=0, stop=None)`` -> :class:`FrameBatch` (``start``, ``rgb``), in order,
   memory bounded by ``batch_size``
 * ``frames.read(indices)`` -> ``uint8 [len(indices), H, W, 3]`` (random access; cheap for ascending indices)
-* ``frames.native_batch(start, stop)`` -> the source's own representation of those frames (a float32 IMAGE slice
-  for tensor-backed frames) so that untouched frames can be passed through bit-identical.
+* ``frames.native_read(indices)`` (tensor-backed frames only) -> the source's own float32 IMAGE frames, so that
+  untouched frames can be passed through bit-identical.
 
 Backends: :class:`ImageFrames` (a ComfyUI IMAGE tensor, float32 0..1), :class:`ArrayFrames` (uint8 numpy), and
 ``pipeline.video.VideoFileFrames`` (PyAV, decoded sequentially in chunks).
@@ -84,10 +84,6 @@ class Frames:
             return block[[i - lo for i in idx]]
         return np.stack([self._read_range(i, i + 1)[0] for i in idx])
 
-    def native_batch(self, start: int, stop: int):
-        """The source's own representation of frames ``[start, stop)`` (default: uint8 RGB)."""
-        return self._read_range(start, stop)
-
     def to_image(self) -> torch.Tensor:
         """Whole sequence as a ComfyUI IMAGE ``float32 [N, H, W, 3]`` (only for short clips: this is in RAM)."""
         out = torch.empty((len(self), self.height, self.width, 3), dtype=torch.float32)
@@ -139,7 +135,7 @@ class ArrayFrames(Frames):
 
 class ImageFrames(Frames):
     """Frames backed by a ComfyUI IMAGE tensor ``float32 [B, H, W, C]`` 0..1 (C = 3, or 4 with alpha dropped,
-    or 1 for grey). ``native_batch`` returns the original float slice so pass-through frames stay bit-identical."""
+    or 1 for grey). ``native_read`` returns the original float frames so pass-through frames stay bit-identical."""
 
     def __init__(self, image: torch.Tensor, fps: float, name: str = "images"):
         if not isinstance(image, torch.Tensor):
@@ -166,9 +162,6 @@ class ImageFrames(Frames):
 
     def _read_range(self, start: int, stop: int) -> np.ndarray:
         return image_to_uint8(self.image[start:stop])
-
-    def native_batch(self, start: int, stop: int) -> torch.Tensor:
-        return self.image[start:stop].to("cpu", torch.float32)
 
     def native_read(self, indices: Sequence[int]) -> torch.Tensor:
         """The original float frames at ``indices`` (a copy), for bit-identical pass-through."""

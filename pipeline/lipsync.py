@@ -648,13 +648,6 @@ def _run_unit(state: _LoopState, fk, fs, src_u8, faces, features, fps, spec, run
         raise
 
 
-def _native(frames: Frames, indices: Sequence[int]):
-    reader = getattr(frames, "native_read", None)
-    if reader is not None:
-        return reader(indices)
-    return frames.read(indices)
-
-
 def _short(exc: BaseException, n: int = 300) -> str:
     text = f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())

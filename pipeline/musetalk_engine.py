@@ -223,11 +223,6 @@ class MuseTalkEngine:
             return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
         return postprocess_decoded(self.decode(self.denoise(latents, audio_windows)))
 
-    def release(self) -> None:
-        self.runtime.release_model(self.unet)
-        self.runtime.release_model(self.vae)
-
-
 # ---- loading ------------------------------------------------------------------------------------------------------
 WEIGHT_KEYS = ("musetalk.unet", "musetalk.unet_config", "sd_vae.config", "sd_vae.weights")
 _ENGINES: Dict[tuple, MuseTalkEngine] = {}

@@ -8,7 +8,6 @@ cancellation and how to put a model on the device. The default implementation he
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -138,16 +137,3 @@ class Runtime:
     def empty_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def free_memory_bytes(self) -> Optional[int]:
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(free)
-        return None
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default

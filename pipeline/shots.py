@@ -107,10 +107,3 @@ def detect_shots(frames, threshold: float = DEFAULT_THRESHOLD, min_shot_len: int
         if runtime is not None:
             runtime.progress("shot detection", batch.stop, total)
     return list(det.shot_starts)
-
-
-def shot_index_of(shot_starts: List[int], index: int) -> int:
-    """Index of the shot containing frame ``index`` given sorted shot starts."""
-    import bisect
-
-    return max(0, bisect.bisect_right(shot_starts, index) - 1)

@@ -119,9 +119,6 @@ class FaceSequence:
             prev_shot = f.shot
         return runs
 
-    def shot_of(self, index: int) -> int:
-        return self.frames[index].shot
-
     def check_matches(self, num_frames: int, width: int, height: int, name: str = "faces") -> None:
         if len(self.frames) != num_frames or (self.width, self.height) != (width, height):
             raise ValueError(

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import BinaryIO, List, Optional, Sequence, Union
+from typing import BinaryIO, List, Optional, Union
 
 import numpy as np
 
