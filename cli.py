@@ -21,7 +21,11 @@ DEMO_VOICE = "musetalk_example_voice.wav"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pipeline.blending import BLEND_CHOICES
+    from .pipeline.detectors import BACKENDS as DETECTORS
     from .pipeline.faces import SPEAKER_POLICIES
+    from .pipeline.lipsync import BackendSpec
+    from .pipeline.runtime import DTYPE_CHOICES
     from .pipeline.landmarks import LANDMARK_CHOICES
     from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
 
@@ -37,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument("--length-policy", default="follow_audio", choices=LENGTH_POLICIES)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--blend-mode", default="auto", choices=["auto", "jaw", "raw", "neck", "feather"])
-    p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "s3fd+fan68"])
+    p.add_argument("--blend-mode", default="auto", choices=BLEND_CHOICES)
+    p.add_argument("--detector", default=DETECTORS[0], choices=DETECTORS)
     p.add_argument("--landmarks", default="auto", choices=LANDMARK_CHOICES,
                    help="68-point landmark source for the mtcnn boxes (auto: DWPose, FAN, then dlib, whichever is "
                         "installed; else the 5-point estimate)")
@@ -54,12 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-rate", type=float, default=0.0, help="resample the video to this fps first (0 = keep)")
     p.add_argument("--compat-int-fps", action="store_true", help="reproduce the original's int(fps) audio timing")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     p.add_argument("--crf", type=int, default=19)
     p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
     p.add_argument("--no-download", action="store_true", help="never download weights; list what is missing")
     p.add_argument("--sample-latents", action="store_true", help="MuseTalk: sample the VAE posterior like the original")
-    p.add_argument("--seed", type=int, default=1247)
+    p.add_argument("--seed", type=int, default=BackendSpec.seed)
     p.add_argument("--steps", type=int, default=20, help="LatentSync DDIM steps")
     p.add_argument("--guidance", type=float, default=1.5, help="LatentSync guidance scale")
     p.add_argument("--deepcache", action="store_true", help="LatentSync: DeepCache (faster)")

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from . import comfy
-from ..pipeline.detectors import detector_options
+from ..pipeline.detectors import BACKENDS, detector_options
 from ..pipeline.landmarks import LANDMARK_CHOICES
 from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
-BACKENDS = ["mtcnn", "s3fd+fan68"]
 SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
 PREVIEW_MAX_FRAMES = 64
 PREVIEW_MAX_WIDTH = 512
@@ -74,7 +73,7 @@ class MuseTalkFaceDetect:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": (BACKENDS, {"default": "mtcnn", "tooltip":
+                "backend": (list(BACKENDS), {"default": "mtcnn", "tooltip":
                     "Face detector. mtcnn: fast, works offline (weights ship with the facenet-pytorch package), "
                     "5 landmarks (the MuseTalk crop is approximated from them). s3fd+fan68: the original MuseTalk-"
                     "style S3FD boxes + 68 landmarks (exact MuseTalk crop rule); downloads its weights."}),

@@ -13,7 +13,8 @@ OUTPUT_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4"
 class MuseTalkUNetSelector:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.lipsync import BACKEND_CHOICES
+        from ..pipeline.lipsync import BACKEND_CHOICES, BackendSpec
+        from ..pipeline.runtime import DTYPE_CHOICES
 
         return {
             "required": {
@@ -22,7 +23,7 @@ class MuseTalkUNetSelector:
                                                                "in models/latentsync, else MuseTalk v1.5. A chosen "
                                                                "LatentSync falls back to MuseTalk (reported) when its "
                                                                "weights are missing, it runs out of memory or fails."}),
-                "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto",
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto",
                                                              "tooltip": "Compute precision: auto = fp16 on a GPU (as the "
                                                                         "originals), bf16 on a CPU with native bf16 "
                                                                         "(AVX512-BF16/AMX: twice as fast), else fp32. "
@@ -39,7 +40,7 @@ class MuseTalkUNetSelector:
                                                                  "(deterministic, what training used). Off = sample "
                                                                  "the posterior like the original inference script "
                                                                  "(slight flicker, seeded)."}),
-                "seed": ("INT", {"default": 1247, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": False,
+                "seed": ("INT", {"default": BackendSpec.seed, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": False,
                                  "tooltip": "Seed for LatentSync's initial noise and posterior sampling."}),
                 "latentsync_steps": ("INT", {"default": 20, "min": 1, "max": 100,
                                              "tooltip": "LatentSync DDIM steps (the original uses 20)."}),
@@ -61,11 +62,12 @@ class MuseTalkUNetSelector:
                    "Nothing loads here: the lip-sync node loads the models once and reports which backend ran.")
 
     def select(self, backend="auto", dtype="auto", device="auto", auto_download=True, deterministic_latents=True,
-               seed=1247, latentsync_steps=20, latentsync_guidance=1.5, deepcache=False):
+               seed=None, latentsync_steps=20, latentsync_guidance=1.5, deepcache=False):
         from ..pipeline.lipsync import BackendSpec
 
         return (BackendSpec(choice=backend, device=device, dtype=dtype, auto_download=bool(auto_download),
-                            posterior="mode" if deterministic_latents else "sample", seed=int(seed),
+                            posterior="mode" if deterministic_latents else "sample",
+                            seed=BackendSpec.seed if seed is None else int(seed),
                             latentsync_steps=int(latentsync_steps), latentsync_guidance=float(latentsync_guidance),
                             deepcache=bool(deepcache)),)
 
@@ -73,6 +75,7 @@ class MuseTalkUNetSelector:
 class MuseTalkBatchedLipSync:
     @classmethod
     def INPUT_TYPES(cls):
+        from ..pipeline.blending import BLEND_CHOICES
         from ..pipeline.lipsync import LENGTH_POLICIES
 
         return {
@@ -89,7 +92,7 @@ class MuseTalkBatchedLipSync:
                                                                      "original); follow_video: as long as the video "
                                                                      "(frames after the audio are synced to "
                                                                      "silence); shortest: the shorter of the two."}),
-                "blend_mode": (["auto", "jaw", "raw", "neck", "feather"], {"default": "auto",
+                "blend_mode": (list(BLEND_CHOICES), {"default": "auto",
                                                                             "tooltip": "How the new mouth is pasted: "
                                                                                        "jaw/raw/neck use the BiSeNet "
                                                                                        "face parser (the original v1.5 "

@@ -30,6 +30,7 @@ import torch
 
 from .audio import Audio
 from .frames import Frames, image_to_uint8
+from .latentsync_engine import DEFAULT_SEED
 from .runtime import Runtime, is_oom
 from .types import FaceSequence, ranges_text
 
@@ -53,7 +54,7 @@ class BackendSpec:
     dtype: str = "auto"
     auto_download: bool = True
     posterior: str = "mode"            # MuseTalk VAE latent: "mode" (deterministic) or "sample" (the original)
-    seed: int = 1247
+    seed: int = DEFAULT_SEED
     latentsync_steps: int = 20
     latentsync_guidance: float = 1.5
     deepcache: bool = False

@@ -47,6 +47,9 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
+
+
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """Compute dtype for the neural stages.
 
