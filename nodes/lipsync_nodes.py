@@ -24,10 +24,10 @@ class MuseTalkUNetSelector:
                                                                "LatentSync falls back to MuseTalk (reported) when its "
                                                                "weights are missing, it runs out of memory or fails."}),
                 "dtype": (list(DTYPE_CHOICES), {"default": "auto",
-                                                             "tooltip": "Compute precision: auto = fp16 on a GPU (as the "
-                                                                        "originals), bf16 on a CPU with native bf16 "
-                                                                        "(AVX512-BF16/AMX: twice as fast), else fp32. "
-                                                                        "fp32 = the original's exact numbers."}),
+                                                "tooltip": "Compute precision: auto = fp16 on a GPU (as the "
+                                                           "originals), bf16 on a CPU with native bf16 "
+                                                           "(AVX512-BF16/AMX: twice as fast), else fp32. "
+                                                           "fp32 = the original's exact numbers."}),
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
                                                             "tooltip": "auto = ComfyUI's device (the GPU when there "
                                                                        "is one)."}),
@@ -40,7 +40,8 @@ class MuseTalkUNetSelector:
                                                                  "(deterministic, what training used). Off = sample "
                                                                  "the posterior like the original inference script "
                                                                  "(slight flicker, seeded)."}),
-                "seed": ("INT", {"default": BackendSpec.seed, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": False,
+                "seed": ("INT", {"default": BackendSpec.seed, "min": 0, "max": 2 ** 31 - 1,
+                                 "control_after_generate": False,
                                  "tooltip": "Seed for LatentSync's initial noise and posterior sampling."}),
                 "latentsync_steps": ("INT", {"default": 20, "min": 1, "max": 100,
                                              "tooltip": "LatentSync DDIM steps (the original uses 20)."}),
