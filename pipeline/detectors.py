@@ -158,13 +158,17 @@ class MTCNNDetector(FaceDetector):
                  landmarks: str = "auto"):
         super().__init__(runtime, batch_size)
         from ..models import mtcnn
-        from .landmarks import ESTIMATE, open_landmark_source
+        from .landmarks import ALIGN_106, ESTIMATE, open_alignment_source, open_landmark_source
 
-        # 68 real points in each MTCNN box when a landmark source is here (pipeline/landmarks.py), else the 5 points
+        # 68 real points in each MTCNN box when a landmark source is here (pipeline/landmarks.py), else the 5 points;
+        # LatentSync's alignment points from InsightFace's 106 when the user has that model
         self.landmarks, self.landmark_notes = _cached(
             ("landmarks", landmarks, str(runtime.device), bool(auto_download)),
             lambda: open_landmark_source(landmarks, runtime, auto_download, log=_log))
-        self.landmark_kind = self.landmarks.name if self.landmarks is not None else ESTIMATE
+        self.align, why = _cached(("align106", str(runtime.device)), lambda: open_alignment_source(runtime))
+        self.landmark_notes = list(self.landmark_notes) + ([why] if why else [])
+        self.landmark_kind = (self.landmarks.name if self.landmarks is not None else ESTIMATE) + (
+            f"; LatentSync alignment: {ALIGN_106}" if self.align is not None else "")
 
         if len(tuple(thresholds)) != 3:
             raise ValueError("mtcnn: thresholds must be three numbers (P-Net, R-Net, O-Net)")
@@ -197,11 +201,11 @@ class MTCNNDetector(FaceDetector):
                                           landmarks=(pts.astype(np.float64) * scale).astype(np.float32),
                                           landmark_kind="mtcnn5"))
             out.append(dets)
-        if self.landmarks is None:
+        if self.landmarks is None and self.align is None:
             return out
         from .landmarks import add_landmarks
 
-        return add_landmarks(self.landmarks, frames.cpu().numpy(), out)
+        return add_landmarks(self.landmarks, frames.cpu().numpy(), out, self.align)
 
 
 # ---- S3FD + FAN 68 -------------------------------------------------------------------------------------------------

@@ -173,7 +173,11 @@ def _interpolate(a: Detection, b: Detection, t: float) -> Detection:
     if a.landmarks is not None and b.landmarks is not None and np.shape(a.landmarks) == np.shape(b.landmarks):
         lm = ((1 - t) * np.asarray(a.landmarks, np.float64) + t * np.asarray(b.landmarks, np.float64)).astype(
             np.float32)
+    align = None
+    if a.align is not None and b.align is not None:
+        align = ((1 - t) * np.asarray(a.align, np.float64) + t * np.asarray(b.align, np.float64)).astype(np.float32)
     return Detection(box=box, score=float(min(a.score, b.score)), landmarks=lm, landmark_kind=a.landmark_kind,
+                     align=align,
                      interpolated=True)
 
 

@@ -21,6 +21,10 @@ dlib-68        dlib's 68-point shape predictor (iBUG 300-W)      the ``dlib`` mo
 With none of them the crop comes from the detector's 5 points through a mean face (pipeline/cropbox.py): the
 "5-point estimate (approximate)". A missing source never stops a run: the next one is used, and the Face Detect
 summary and the lip-sync report name the one that ran.
+
+LatentSync 1.6 aligns faces with InsightFace's 106 points (spec latentsync.md §5.1). When the user has that model
+(``2d106det.onnx``, models/insightface106.py) it gives LatentSync's three alignment points; otherwise they come from
+the 68 points (§5.2).
 """
 from __future__ import annotations
 
@@ -265,23 +269,48 @@ def open_landmark_source(choice: str = "auto", runtime: Optional[Runtime] = None
     return None, reasons
 
 
-def add_landmarks(source: Optional[LandmarkSource], frames: np.ndarray,
-                  per_frame: Sequence[List[Detection]]) -> List[List[Detection]]:
+ALIGN_106 = "insightface-106"
+
+
+def open_alignment_source(runtime: Optional[Runtime] = None):
+    """InsightFace's 106-point model when its file (and onnxruntime + onnx) are here: ``(model or None, reason)``."""
+    from ..models import insightface106
+
+    path = insightface106.find_weights()
+    if path is None:
+        return None, ""
+    if not (_has_module("onnxruntime") and _has_module("onnx")):
+        return None, "insightface-106: 2d106det.onnx found, but onnxruntime and onnx are not installed"
+    try:
+        return insightface106.Landmarks106(path, str((runtime or Runtime()).device)), ""
+    except Exception as exc:  # noqa: BLE001 - a broken file: the 68 points give the alignment
+        return None, f"insightface-106: could not be loaded ({type(exc).__name__}: {exc})"
+
+
+def add_landmarks(source: Optional[LandmarkSource], frames: np.ndarray, per_frame: Sequence[List[Detection]],
+                  align_source=None) -> List[List[Detection]]:
     """Replace the detector's points of the best ``MAX_FACES_PER_FRAME`` faces of each frame with the source's 68
-    points (all faces of a batch in one call). Without a source the detections are returned unchanged."""
-    if source is None:
+    points (all faces of a batch in one call), and give them LatentSync's alignment points from ``align_source``
+    (the 106-point model) when there is one. Without either the detections are returned unchanged."""
+    if source is None and align_source is None:
         return [list(d) for d in per_frame]
     picks = [(i, j) for i, dets in enumerate(per_frame)
              for j in np.argsort([-d.score for d in dets])[:MAX_FACES_PER_FRAME]]
     if not picks:
         return [list(d) for d in per_frame]
+    from ..models.insightface106 import latentsync_points
+
     index = np.array([i for i, _ in picks], np.int64)
     boxes = np.array([per_frame[i][j].box for i, j in picks], np.float64)
     points5 = [per_frame[i][j].landmarks for i, j in picks]
-    points = source.predict(frames, index, boxes, points5)
+    points = source.predict(frames, index, boxes, points5) if source is not None else [None] * len(picks)
+    aligns = [latentsync_points(p) for p in align_source.predict(frames, index, boxes)] \
+        if align_source is not None else [None] * len(picks)
     out = [list(d) for d in per_frame]
-    for (i, j), pts in zip(picks, points):
+    for (i, j), pts, align in zip(picks, points, aligns):
         d = out[i][j]
-        out[i][j] = Detection(box=d.box, score=d.score, landmarks=np.asarray(pts, np.float32),
-                              landmark_kind=source.name, interpolated=d.interpolated)
+        out[i][j] = Detection(box=d.box, score=d.score,
+                              landmarks=d.landmarks if pts is None else np.asarray(pts, np.float32),
+                              landmark_kind=d.landmark_kind if pts is None else source.name,
+                              interpolated=d.interpolated, align=align)
     return out

@@ -22,6 +22,7 @@ class Detection:
     landmarks: Optional[np.ndarray] = None   # float [K, 2] (x, y); K = 5 (MTCNN) or 68 (iBUG order)
     landmark_kind: str = ""                  # "mtcnn5", "ibug68", ...
     interpolated: bool = False               # True: not detected, bridged over a short dropout inside a face track
+    align: Optional[np.ndarray] = None       # LatentSync's 3 alignment points from a 106-point model, when one ran
 
     @property
     def width(self) -> float:

@@ -212,3 +212,76 @@ def test_s3fd_matches_face_alignment():
     for (p, loc), pr, lr in zip(mine, probs_ref, ref[1::2]):
         assert p.shape == pr.shape and torch.allclose(p, pr, atol=1e-5)
         assert torch.allclose(loc, lr, atol=1e-4)
+
+
+# ---- InsightFace 106 points for LatentSync's alignment (spec latentsync §5.1) -------------------------------------
+def synthetic_2d106(path, coords, first_nodes=("Sub_0", "Mul_1")):
+    """An ONNX file with 2d106det's signature ([1,3,192,192] -> [1,212]) whose output is ``coords`` (106 (x, y) in
+    [-1, 1]) whatever the input; its first nodes carry the given names (insightface's normalisation rule)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = np.asarray(coords, np.float32).reshape(1, 212)
+    inits = [numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+             numpy_helper.from_array(np.ones((1,), np.float32), "one"),
+             numpy_helper.from_array(np.zeros((3, 212), np.float32), "w"), numpy_helper.from_array(bias, "b")]
+    nodes = [helper.make_node("Sub", ["data", "zero"], ["s"], name=first_nodes[0]),
+             helper.make_node("Mul", ["s", "one"], ["m"], name=first_nodes[1]),
+             helper.make_node("GlobalAveragePool", ["m"], ["g"], name="pool"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "b"], ["fc1"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 212])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_2d106_pre_and_post_processing(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from musetalk_enhanced.models import insightface106 as I
+
+    coords = np.tile([-0.5, 0.25], 106)
+    path = synthetic_2d106(str(tmp_path / "a.onnx"), coords)
+    assert I.normalisation(path) == (0.0, 1.0)
+    assert I.normalisation(synthetic_2d106(str(tmp_path / "b.onnx"), coords, ("conv0", "relu0"))) == (127.5, 128.0)
+    net = I.Landmarks106(path)
+    frame = np.zeros((400, 400, 3), np.uint8)
+    pts = net.predict([frame], [0], [(100, 100, 200, 240)])
+    s = 192 / (140 * 1.5)   # 192 / (1.5 * the box's larger side), about the box centre (150, 170)
+    assert pts.shape == (1, 106, 2)
+    assert np.allclose(pts[0], [(48 - 96) / s + 150, (120 - 96) / s + 170], atol=1e-3)
+    ls = I.latentsync_points(pts[0])
+    assert np.array_equal(ls, np.round([pts[0][0]] * 3))
+
+
+def test_2d106_gives_latentsync_alignment_in_the_default_path(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import skimage.data
+
+    from musetalk_enhanced.models import insightface106 as I, registry
+    from musetalk_enhanced.pipeline import detectors
+    from musetalk_enhanced.pipeline.cropbox import face_crop_geometry
+
+    models = tmp_path / "models"
+    synthetic_2d106(str(models / "latentsync" / "auxiliary" / "models" / "buffalo_l" / "2d106det.onnx"),
+                    np.zeros(212))
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", str(models))
+    registry.set_folder_resolver(None)
+    detectors.clear_cache()
+    try:
+        det = detectors.create_detector("mtcnn", Runtime(device="cpu"), auto_download=False,
+                                        landmarks="5-point estimate")
+        assert det.landmark_kind == "5-point estimate (approximate); LatentSync alignment: insightface-106"
+        d = det.detect(skimage.data.astronaut()[None])[0][0]
+        x1, y1, x2, y2 = d.box
+        centre = np.round([(x1 + x2) / 2, (y1 + y2) / 2])   # all 106 synthetic points at the crop centre
+        assert np.allclose(d.align, [centre] * 3, atol=1.0)
+        _, align = face_crop_geometry(d, 512, 512)
+        assert np.array_equal(align, d.align) and d.landmarks.shape == (5, 2)
+    finally:
+        detectors.clear_cache()
+    assert I.find_weights() is not None
