@@ -189,14 +189,16 @@ registry.register(registry.WeightFile(
     groups=("landmarks",)))
 
 
-def controlnet_aux_ckpts() -> List[str]:
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def controlnet_aux_ckpts(pack_dir: str = PACK_DIR) -> List[str]:
     """comfyui_controlnet_aux's model folders next to this pack (custom_nodes/*controlnet_aux*/ckpts)."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    parent = os.path.dirname(here)
+    custom_nodes = os.path.dirname(os.path.abspath(pack_dir))
     out = []
-    if os.path.isdir(parent):
-        for d in sorted(os.listdir(parent)):
-            ck = os.path.join(parent, d, "ckpts")
+    if os.path.isdir(custom_nodes):
+        for d in sorted(os.listdir(custom_nodes)):
+            ck = os.path.join(custom_nodes, d, "ckpts")
             if "controlnet_aux" in d.lower() and os.path.isdir(ck):
                 out.append(ck)
     return out

@@ -115,6 +115,9 @@ def test_dwpose_found_in_comfyui_controlnet_aux(tmp_path, monkeypatch):
     from test_dwpose import synthetic_export
 
     ck = tmp_path / "comfyui_controlnet_aux" / "ckpts"
+    (tmp_path / "ComfyUI-MuseTalk-Enhanced").mkdir()
+    ck.mkdir(parents=True)
+    assert lmk.controlnet_aux_ckpts(str(tmp_path / "ComfyUI-MuseTalk-Enhanced")) == [str(ck)]
     path = ck / dwpose.CONTROLNET_AUX_FILES[dwpose.TORCHSCRIPT_KEY]
     path.parent.mkdir(parents=True)
     synthetic_export(str(path))
