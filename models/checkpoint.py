@@ -100,3 +100,13 @@ def random_state_dict(template: Mapping[str, torch.Tensor], seed: int = 0,
             t = torch.zeros(shape)
         out[key] = t.to(dtype)
     return out
+
+
+def onnx_session(path: str, device: str = "cpu"):
+    """An onnxruntime session for an ``.onnx`` weight file on ``device`` (CUDA when asked for and available, else the
+    CPU). onnxruntime is optional: only ONNX weight files need it."""
+    import onnxruntime as ort
+
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") \
+        else ["CPUExecutionProvider"]
+    return ort.InferenceSession(path, providers=[p for p in wanted if p in ort.get_available_providers()])

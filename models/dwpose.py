@@ -138,12 +138,9 @@ class DWPoseNet:
     def __init__(self, path: str, device: str = "cpu"):
         self.path = path
         if path.endswith(".onnx"):
-            import onnxruntime as ort  # optional: only the ONNX file needs it
+            from .checkpoint import onnx_session
 
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") \
-                else ["CPUExecutionProvider"]
-            providers = [p for p in providers if p in ort.get_available_providers()]
-            self.session = ort.InferenceSession(path, providers=providers)
+            self.session = onnx_session(path, device)
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
             self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None

@@ -58,12 +58,9 @@ def crop_matrix(box) -> np.ndarray:
 
 class Landmarks106:
     def __init__(self, path: str, device: str = "cpu"):
-        import onnxruntime as ort
+        from .checkpoint import onnx_session
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") \
-            else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(path, providers=[p for p in providers
-                                                             if p in ort.get_available_providers()])
+        self.session = onnx_session(path, device)
         self.input_name = self.session.get_inputs()[0].name
         out = self.session.get_outputs()
         if len(out) != 1 or out[0].shape[-1] != 2 * NUM_POINTS:
