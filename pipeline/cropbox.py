@@ -12,18 +12,16 @@ MuseTalk v1.5 (spec musetalk.md §1.3, ``get_landmark_and_bbox``) crops ``frame[
 
 :func:`musetalk_crop_box` reproduces this bit for bit (fixture ``bbox.*``).
 
-**Five points (MTCNN), the last resort** when no 68-point model is installed (pipeline/landmarks.py). A similarity
-transform (least squares over the 5 points: scale, rotation, translation) maps a canonical face onto the detected
-points, and the very same rule is applied to the 68 points of a mean face carried along (:func:`estimate_68`). The
-canonical frame has the midpoint of MTCNN's two eye points at the origin, the eyes on the x axis one unit apart, y
-down. The mean face and the canonical detector points were fitted to real 68-point landmarks (dlib's predictor on
-the photos of bench/geometry.py: astronaut, insightface's group photo and portrait, each rotated +-12 degrees, scaled
-2x and panned; 40 faces) with ``python bench/geometry.py --fit``, and made left/right symmetric. The crop box takes
-the face's left, right and bottom extremes from the detector's box instead (:data:`_BOX_EDGES`: they vary less
-there than a mean face placed by 5 points) and the nose-bridge point 29 from the mean face. Measured on those photos
-(README "Face geometry"): crop IoU 0.87 on average against the rule on the real points, which is why any 68-point
-model is preferred. Pitch, yaw and jaw opening are not modelled; the 10 px ``extra_margin`` gives the jaw room, as
-it does for 68 points.
+**Five points (MTCNN), the last resort** when no 68-point model is installed (pipeline/landmarks.py). The face is
+carried into its eye frame by the similarity transform (scale, rotation, translation; least squares) that best fits
+its 5 points onto an average face's (:data:`_FIT5`: eye midpoint at the origin, eyes one unit apart, y down). There a
+linear shape regression (``five_point_face.json``) predicts the 68 iBUG points from the nose, the mouth corners and
+the detector box's centre and size (the box tells where the chin and the cheeks are better than 5 points do); the
+prediction is carried back into the image and the very same rule is applied to it (:func:`estimate_68`,
+:func:`crop_box_from_5`). The regression was fitted by ``tools/fit_five_point.py`` on dlib's 68 points of 15 people's
+real photos, mirrored, rotated and scaled; its crop IoU against the rule on the real points is 0.89 held out (leave
+one person out), which is why any 68-point model is preferred (README "Face geometry"). Pitch, yaw and jaw opening
+are only what the 5 points and the box show; the 10 px ``extra_margin`` gives the jaw room, as it does for 68 points.
 
 **LatentSync alignment points** (spec latentsync.md §5.1/§5.2): left brow centre, right brow centre, nose centre.
 From 68 points they are the means of ``lm68[17:22]``, ``lm68[22:27]``, ``lm68[27:36]`` (float, unrounded); from 5 points
@@ -34,6 +32,8 @@ track run (never across a cut), rounded to int. Off reproduces the per-frame box
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,28 +41,14 @@ import numpy as np
 COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), spec musetalk §1.3 step 1
 IntBox = Tuple[int, int, int, int]
 
-# -- the 5-point estimate's canonical face (see module docstring; refit with bench/geometry.py --fit) --------------
-# MTCNN's points: image-left eye, image-right eye, nose tip, image-left and image-right mouth corner
+# -- the 5-point estimate (see module docstring; refit with tools/fit_five_point.py) -------------------------------
+# the eye frame: MTCNN's points (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner)
+# of an average face; a similarity transform fitted onto these carries a detected face into the frame
 _FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.652], [-0.457, 1.067], [0.457, 1.067]], np.float64)
-# MTCNN's box bounds the face more steadily than a mean face placed by 5 points: the leftmost and rightmost of the
-# 68 points and the chin lie at these offsets from its left, right and bottom edges (fractions of its width, width,
-# height; fitted with bench/geometry.py --fit)
-_BOX_EDGES = (0.026, 0.042, 0.028)
-# the 68 iBUG points of the mean face in the same frame
-_MEAN68 = np.array([
-    [-1.105, 0.029], [-1.098, 0.313], [-1.064, 0.603], [-0.996, 0.89], [-0.87, 1.152], [-0.697, 1.387],
-    [-0.495, 1.6], [-0.271, 1.782], [0.0, 1.83], [0.271, 1.782], [0.495, 1.6], [0.697, 1.387], [0.87, 1.152],
-    [0.996, 0.89], [1.064, 0.603], [1.098, 0.313], [1.105, 0.029],
-    [-0.842, -0.199], [-0.705, -0.297], [-0.529, -0.308], [-0.348, -0.274], [-0.175, -0.193],
-    [0.175, -0.193], [0.348, -0.274], [0.529, -0.308], [0.705, -0.297], [0.842, -0.199],
-    [0.0, 0.026], [0.0, 0.228], [0.0, 0.435], [0.0, 0.641], [-0.222, 0.736], [-0.115, 0.789], [0.0, 0.826],
-    [0.115, 0.789], [0.222, 0.736],
-    [-0.633, 0.041], [-0.519, -0.003], [-0.39, -0.003], [-0.274, 0.065], [-0.399, 0.09], [-0.531, 0.088],
-    [0.274, 0.065], [0.39, -0.003], [0.519, -0.003], [0.633, 0.041], [0.531, 0.088], [0.399, 0.09],
-    [-0.438, 1.031], [-0.28, 0.989], [-0.12, 0.979], [0.0, 1.012], [0.12, 0.979], [0.28, 0.989], [0.438, 1.031],
-    [0.289, 1.209], [0.132, 1.293], [0.0, 1.31], [-0.132, 1.293], [-0.289, 1.209],
-    [-0.373, 1.051], [-0.121, 1.062], [0.0, 1.076], [0.121, 1.062], [0.373, 1.051], [0.121, 1.141], [0.0, 1.158],
-    [-0.121, 1.141]], np.float64)
+FIVE_POINT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "five_point_face.json")
+FIVE_POINT_FEATURES = ("nose x", "nose y", "left mouth x", "left mouth y", "right mouth x", "right mouth y",
+                       "box centre x", "box centre y", "box width", "box height")
+_model_cache: dict = {}
 
 
 def _int_box_from_detector(box) -> IntBox:
@@ -129,28 +115,60 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def estimate_68(points5: np.ndarray) -> np.ndarray:
-    """68 iBUG points ``float [68, 2]`` estimated from 5 MTCNN points (eyes, nose tip, mouth corners in image order):
-    the mean face mapped through the similarity that best fits the canonical points onto them."""
+def five_point_model(path: str = FIVE_POINT_MODEL) -> dict:
+    """The fitted shape regression (numpy arrays), read once from ``five_point_face.json``."""
+    if path not in _model_cache:
+        with open(path) as f:
+            doc = json.load(f)
+        _model_cache[path] = {k: np.asarray(doc[k], np.float64) for k in ("feature_mean", "shape_mean", "basis")}
+    return _model_cache[path]
+
+
+def _eye_frame(points5) -> np.ndarray:
+    """2x3 similarity taking image pixels into the eye frame (least squares over the 5 points)."""
     p = np.asarray(points5, np.float64)
     if p.shape != (5, 2):
         raise ValueError(f"expected 5 landmarks [5, 2] (eyes, nose, mouth corners), got {tuple(p.shape)}")
-    return _apply(fit_similarity(_FIT5, p), _MEAN68)
+    return fit_similarity(p, _FIT5)
+
+
+def to_eye_frame(points5, points) -> np.ndarray:
+    """``points`` (image pixels) in the eye frame of the face whose 5 points are ``points5``."""
+    return _apply(_eye_frame(points5), np.asarray(points, np.float64))
+
+
+def five_point_features(points5, detector_box) -> np.ndarray:
+    """:data:`FIVE_POINT_FEATURES`: nose and mouth corners, and the detector box's centre and size, in the eye frame
+    (the box is axis-aligned in the image; its size is scaled into the frame, not rotated)."""
+    m = _eye_frame(points5)
+    p = _apply(m, np.asarray(points5, np.float64))
+    x1, y1, x2, y2 = (float(v) for v in detector_box[:4])
+    centre = _apply(m, np.array([[(x1 + x2) / 2, (y1 + y2) / 2]]))[0]
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    return np.concatenate([p[2:].ravel(), centre, [(x2 - x1) * scale, (y2 - y1) * scale]])
+
+
+def estimate_68(points5: np.ndarray, detector_box=None, model: Optional[dict] = None) -> np.ndarray:
+    """68 iBUG points ``float [68, 2]`` estimated from 5 MTCNN points (eyes, nose tip, mouth corners in image order)
+    and the detector's box: the shape regression of :func:`five_point_model` evaluated in the face's eye frame and
+    carried back into the image. Without a box, the box features take their mean (the average face's box)."""
+    model = model or five_point_model()
+    if detector_box is None:
+        feats = model["feature_mean"]
+    else:
+        feats = five_point_features(points5, detector_box)
+    shape = model["shape_mean"].ravel() + (feats - model["feature_mean"]) @ model["basis"]
+    m = _eye_frame(points5)
+    inverse = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+    return _apply(inverse, shape.reshape(68, 2))
 
 
 def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0):
-    """Approximate MuseTalk v1.5 crop box from 5 landmarks and the detector's box: the 68-point rule applied to the
-    face's extremes taken from the box (:data:`_BOX_EDGES`) and the nose-bridge point 29 of :func:`estimate_68`,
-    with the same fallback to the detector box and the same placeholder."""
+    """Approximate MuseTalk v1.5 crop box from 5 landmarks and the detector's box: the 68-point rule applied to
+    :func:`estimate_68`, with the same fallback to the detector box and the same placeholder."""
     if detector_box is None:
         return COORD_PLACEHOLDER
-    x1, y1, x2, y2 = (float(v) for v in detector_box[:4])
-    w, h = x2 - x1, y2 - y1
-    yc = estimate_68(points5)[29, 1]
-    cx = (x1 + x2) / 2
-    extremes = np.array([[x1 + _BOX_EDGES[0] * w, yc], [x2 + _BOX_EDGES[1] * w, yc],
-                         [cx, y2 + _BOX_EDGES[2] * h], [cx, yc]])
-    return _valid_or_fallback(_landmark_rule(extremes, 3, bbox_shift), detector_box)
+    return musetalk_crop_box(estimate_68(points5, detector_box), detector_box, bbox_shift)
 
 
 def apply_extra_margin(box, extra_margin: int, height: int) -> IntBox:
@@ -165,9 +183,9 @@ def align_points_68(landmarks68: np.ndarray) -> np.ndarray:
     return np.stack([lm[17:22].mean(0), lm[22:27].mean(0), lm[27:36].mean(0)]).astype(np.float32)
 
 
-def align_points_5(points5: np.ndarray) -> np.ndarray:
-    """LatentSync's 3 alignment points estimated from 5 MTCNN points (those of :func:`estimate_68`)."""
-    return align_points_68(estimate_68(points5))
+def align_points_5(points5: np.ndarray, detector_box=None) -> np.ndarray:
+    """LatentSync's 3 alignment points estimated from 5 MTCNN points and the box (those of :func:`estimate_68`)."""
+    return align_points_68(estimate_68(points5, detector_box))
 
 
 def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,
@@ -184,7 +202,7 @@ def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,
         align = align_points_68(lm)
     elif n == 5:
         box = crop_box_from_5(lm, detection.box, bbox_shift)
-        align = align_points_5(lm)
+        align = align_points_5(lm, detection.box)
     else:
         box = _int_box_from_detector(detection.box)
         align = None

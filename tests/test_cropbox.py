@@ -89,10 +89,13 @@ def test_face_crop_geometry_68_is_the_original_plus_margin():
 
 
 def _detector_box(lm):
-    """An MTCNN-like box for 68 points: cheek to cheek, from above the brows to the chin."""
+    """An MTCNN-like box for 68 points, placed as MTCNN places it on real photos (mean over the faces of
+    tools/fit_five_point.py): cheek to cheek, its top a third of the brow-to-chin height above the brows, its bottom
+    just above the chin."""
     x1, x2 = lm[:, 0].min(), lm[:, 0].max()
-    y1, y2 = lm[17:27, 1].min() - 0.1 * (lm[:, 1].max() - lm[17:27, 1].min()), lm[:, 1].max()
-    return (x1, y1, x2, y2)
+    top, chin = lm[17:27, 1].min(), lm[:, 1].max()
+    h, w = chin - top, x2 - x1
+    return (x1, top - 0.34 * h, x2 - 0.02 * w, chin - 0.03 * h)
 
 
 def test_five_point_box_approximates_the_68_point_box():
@@ -114,26 +117,49 @@ def test_five_point_box_follows_the_face():
     five = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 124.0], [102.0, 144.0], [138.0, 144.0]])
     det = np.array([76.0, 76.0, 164.0, 174.0])
     box = cb.crop_box_from_5(five, det)
-    # left, right and bottom from the detector box (_BOX_EDGES), the centre row from the mean face's point 29
-    w, h = det[2] - det[0], det[3] - det[1]
-    e = cb._BOX_EDGES
-    assert box[0] == int(det[0] + e[0] * w) and box[2] == int(det[2] + e[1] * w) and box[3] == int(det[3] + e[2] * h)
-    yc = int(cb.estimate_68(five)[29, 1])
-    assert box[1] == 2 * yc - box[3] and yc == pytest.approx(100 + 0.435 * 40, abs=1)
+    # the exact rule on the estimated points
+    assert box == cb.musetalk_crop_box(cb.estimate_68(five, det), det)
+    x1, y1, x2, y2 = box
+    assert x1 < 102 and x2 > 138 and y2 > 160 and y1 < 100   # cheek to cheek, the chin below the mouth
     moved = cb.crop_box_from_5(five + [30, 17], det + [30, 17, 30, 17])
     assert np.abs(np.subtract(moved, box) - [30, 17, 30, 17]).max() <= 1
     double = cb.crop_box_from_5(five * 2, det * 2)
     assert np.abs(np.subtract(double, np.multiply(box, 2))).max() <= 3
     shifted = cb.crop_box_from_5(five, det, bbox_shift=5)
     assert shifted[1] - box[1] == 10 and shifted[3] == box[3]
+    # the box informs the estimate: a taller detector box (a longer chin) moves the chin down
+    taller = cb.estimate_68(five, det + [0, 0, 0, 20])
+    assert taller[8, 1] > cb.estimate_68(five, det)[8, 1] + 5
     # a face cut by the left frame edge falls back to the (clipped) detector box; no box -> placeholder
     assert cb.crop_box_from_5(five - [100, 0], (-20.5, 60.2, 45.0, 170.0)) == (0, 60, 45, 170)
     assert cb.crop_box_from_5(five, None) == cb.COORD_PLACEHOLDER
-    # the 68 estimated points follow a rolled face: rotating the points by 20 degrees rotates the estimate
+    # the 68 estimated points follow a rolled face: rotating the points by 20 degrees rotates the estimate (without a
+    # box; an axis-aligned box does not rotate with the face)
     a = np.radians(20)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     c = five.mean(0)
     assert np.allclose(cb.estimate_68((five - c) @ rot.T + c), (cb.estimate_68(five) - c) @ rot.T + c, atol=1e-6)
+    with pytest.raises(ValueError, match="5 landmarks"):
+        cb.estimate_68(five[:4], det)
+
+
+def test_five_point_model_file():
+    """The fitted regression matches the features the code computes and states its held-out score."""
+    import json
+
+    with open(cb.FIVE_POINT_MODEL) as f:
+        doc = json.load(f)
+    assert doc["features"] == list(cb.FIVE_POINT_FEATURES)
+    model = cb.five_point_model()
+    n = len(cb.FIVE_POINT_FEATURES)
+    assert model["feature_mean"].shape == (n,) and model["basis"].shape == (n, 136)
+    assert model["shape_mean"].shape == (68, 2)
+    assert doc["fitted_on"]["people"] >= 15 and 0.85 <= doc["crop_iou_held_out"]["mean"] <= 1.0
+    # the mean shape is a face in the eye frame: eyes around (+-0.5, 0), the chin below the mouth
+    shape = model["shape_mean"]
+    assert np.allclose(shape[36:42].mean(0), [-0.5, 0.0], atol=0.12) and np.allclose(shape[42:48].mean(0), [0.5, 0],
+                                                                                    atol=0.12)
+    assert shape[8, 1] > shape[57, 1] > shape[33, 1] > 0
 
 
 def test_smooth_boxes():
