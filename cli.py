@@ -21,12 +21,12 @@ DEMO_VOICE = "musetalk_example_voice.wav"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline.blending import BLEND_CHOICES
-    from .pipeline.detectors import BACKENDS as DETECTORS
-    from .pipeline.faces import SPEAKER_POLICIES
+    from .pipeline.backends.blending import BLEND_CHOICES
+    from .pipeline.faces.detectors import BACKENDS as DETECTORS
+    from .pipeline.faces.tracks import SPEAKER_POLICIES
     from .pipeline.lipsync import BackendSpec
     from .pipeline.runtime import DTYPE_CHOICES
-    from .pipeline.landmarks import LANDMARK_CHOICES
+    from .pipeline.faces.landmarks import LANDMARK_CHOICES
     from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
 
     p = argparse.ArgumentParser(prog="musetalk_enhanced",
@@ -76,7 +76,7 @@ def resolve_demo(args, parser) -> None:
     """--demo fills in the example clip, its voice and a fresh output name; otherwise --video and --out are
     required."""
     if args.demo:
-        from .pipeline.video import unique_output_path
+        from .pipeline.media.video import unique_output_path
 
         args.video = args.video or os.path.join(EXAMPLES, DEMO_VIDEO)
         args.audio = args.audio or (os.path.join(EXAMPLES, DEMO_VOICE) if args.video.endswith(DEMO_VIDEO) else None)
@@ -99,14 +99,14 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .models.registry import MissingWeightsError
-    from .pipeline.audio import AudioError, load_audio_file
+    from .pipeline.media.audio import AudioError, load_audio_file
     from .pipeline.audio_features import compute_audio_features
-    from .pipeline.detectors import create_detector, detector_options
-    from .pipeline.faces import FaceOptions, analyze_faces, summarize
+    from .pipeline.faces.detectors import create_detector, detector_options
+    from .pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
     from .pipeline.lipsync import (BackendSpec, LipSyncError, WriterSink, aligned_audio, ensure_weights, make_plan,
                                    run_lipsync)
     from .pipeline.runtime import Cancelled, Runtime, pick_device, pick_dtype
-    from .pipeline.video import VideoError, VideoFileFrames, VideoWriter
+    from .pipeline.media.video import VideoError, VideoFileFrames, VideoWriter
 
     out = os.path.abspath(args.out)
     if os.path.exists(out):

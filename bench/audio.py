@@ -40,7 +40,7 @@ def make_audio(seconds: float, rate: int = 44100):
     """A 44.1 kHz stereo speech-like signal (harmonic voice with a moving pitch, syllable envelope, a little noise)."""
     import numpy as np
 
-    from musetalk_enhanced.pipeline.audio import Audio
+    from musetalk_enhanced.pipeline.media.audio import Audio
 
     t = np.arange(int(seconds * rate)) / rate
     f0 = 120 + 30 * np.sin(2 * np.pi * 0.3 * t)

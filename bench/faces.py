@@ -52,7 +52,7 @@ def make_frames(width: int, height: int, n: int, fps: float = 25.0):
     import numpy as np
     import skimage.data
 
-    from musetalk_enhanced.pipeline.frames import ArrayFrames
+    from musetalk_enhanced.pipeline.media.frames import ArrayFrames
 
     img = skimage.data.astronaut()
     zoom = max(width, height) / 512.0 * 1.1
@@ -101,8 +101,8 @@ def s3fd_fan_weights(tmp: str) -> str:
 
 def bench_one(backend: str, res: str, size, n: int, device, batch_size: int, warmup: bool, tmp: str) -> dict:
     from musetalk_enhanced.nodes.face_nodes import detector_options
-    from musetalk_enhanced.pipeline.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces import analyze_faces
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
     from musetalk_enhanced.pipeline.runtime import Runtime
 
     width, height = size

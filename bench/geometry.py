@@ -104,7 +104,7 @@ def reference_faces(rgb: np.ndarray):
         import dlib
     except ImportError:
         return None
-    from musetalk_enhanced.pipeline.landmarks import dlib_predictor_path
+    from musetalk_enhanced.pipeline.faces.landmarks import dlib_predictor_path
 
     path = dlib_predictor_path()
     if path is None:
@@ -137,7 +137,7 @@ def inter_ocular(lm68: np.ndarray) -> float:
 
 
 def box_metrics(box, ref_box):
-    from musetalk_enhanced.pipeline.faces import box_iou
+    from musetalk_enhanced.pipeline.faces.tracks import box_iou
 
     a, b = np.asarray(box, np.float64), np.asarray(ref_box, np.float64)
     side = max(b[2] - b[0], b[3] - b[1])
@@ -160,7 +160,7 @@ def match(dets, ref68):
 
 def detect_5(images):
     """MTCNN with its 5 points only (the default detector, as Face Detect builds it for these sizes)."""
-    from musetalk_enhanced.pipeline.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
     from musetalk_enhanced.pipeline.runtime import Runtime
 
     det = create_detector("mtcnn", Runtime(device="cpu"), auto_download=False, landmarks="5-point estimate",
@@ -171,7 +171,7 @@ def detect_5(images):
 def crop_and_align(source, img, det):
     """MuseTalk crop box (no extra margin) and LatentSync points for one detection, through ``source`` (None: the
     5-point estimate). Returns (box, align points, seconds spent in the landmark model)."""
-    from musetalk_enhanced.pipeline import cropbox
+    from musetalk_enhanced.pipeline.faces import cropbox
 
     if source is None:
         return (cropbox.crop_box_from_5(det.landmarks, det.box), cropbox.align_points_5(det.landmarks), 0.0)
@@ -183,7 +183,7 @@ def crop_and_align(source, img, det):
 
 def measure(source, samples_, detections):
     """Metrics of one source over the samples (``detections``: MTCNN's per sample)."""
-    from musetalk_enhanced.pipeline import cropbox
+    from musetalk_enhanced.pipeline.faces import cropbox
 
     ious, edges, aligns, secs = [], [], [], []
     missed = 0
@@ -214,7 +214,7 @@ def clip_metrics(source, n: int = 24):
     the astronaut, reference carried by the known per-frame transforms."""
     import cv2
 
-    from musetalk_enhanced.pipeline import cropbox
+    from musetalk_enhanced.pipeline.faces import cropbox
 
     rgb = photos(True)[0][1]
     ref = reference_faces(rgb)[0]
@@ -246,7 +246,7 @@ def clip_metrics(source, n: int = 24):
 def sources():
     """``[(label, source or None)]``: the default path, every installed 68-point source, the 5-point estimate."""
     from musetalk_enhanced.models import registry
-    from musetalk_enhanced.pipeline import landmarks as lmk
+    from musetalk_enhanced.pipeline.faces import landmarks as lmk
     from musetalk_enhanced.pipeline.runtime import Runtime
 
     out = []
@@ -265,7 +265,7 @@ def five_point_note() -> str:
     """The 5-point model's own held-out score (its fit includes these photos; tools/fit_five_point.py)."""
     import json
 
-    from musetalk_enhanced.pipeline.cropbox import FIVE_POINT_MODEL
+    from musetalk_enhanced.pipeline.faces.cropbox import FIVE_POINT_MODEL
 
     with open(FIVE_POINT_MODEL) as f:
         doc = json.load(f)

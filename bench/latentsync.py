@@ -68,8 +68,8 @@ def main(argv=None) -> int:
 
     from musetalk_enhanced.models import latentsync_unet3d as U
     from musetalk_enhanced.models.vae import build_vae
-    from musetalk_enhanced.pipeline.latentsync_align import FaceAligner
-    from musetalk_enhanced.pipeline.latentsync_engine import LatentSyncEngine
+    from musetalk_enhanced.pipeline.backends.latentsync_align import FaceAligner
+    from musetalk_enhanced.pipeline.backends.latentsync_engine import LatentSyncEngine
     from musetalk_enhanced.pipeline.runtime import Runtime
 
     device, dtype = common.pick_device_dtype(args.device, args.dtype)

@@ -61,7 +61,7 @@ excluded from both sides. The original's steps are reproduced by :func:`original
    NumPy ``[8, 256, 256, 3]`` array, ``*255``, round, uint8, RGB->BGR; all generated faces are kept in a list.
 4. paste (§1.9): per frame: a deep copy of the source frame, ``cv2.resize`` of the face to the box (INTER_LINEAR), then
    ``get_image`` in jaw mode — the whole frame converted to a PIL RGB image, the expanded square cut out, BiSeNet
-   (batch 1, 512x512) parsed, jaw mask rules (``pipeline.blending.parsing_mask``, bit-exact with the original's),
+   (batch 1, 512x512) parsed, jaw mask rules (``pipeline.backends.blending.parsing_mask``, bit-exact with the original's),
    BICUBIC resize back, box and lower-half cuts, Gaussian blur (ratio 0.05), face pasted into the square, the square
    alpha-pasted onto the frame, the frame converted back to a BGR array — and ``cv2.imwrite`` of a PNG per frame.
 5. output (§1.10): ``ffmpeg -f image2 -i %08d.png -vcodec libx264 -crf 18`` then a second ffmpeg pass that muxes the
@@ -153,7 +153,7 @@ def photo_frames(name: str, width: int, height: int, n: int, start: int = 0):
 
 
 def write_clip(path: str, frames, fps: float = FPS, audio=None, crf: int = 19, preset: str = "medium") -> str:
-    from musetalk_enhanced.pipeline.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoWriter
 
     with VideoWriter(path, fps, frames.shape[2], frames.shape[1], audio, crf=crf, preset=preset) as w:
         for a in range(0, len(frames), 16):
@@ -165,7 +165,7 @@ def speech_audio(seconds: float, workdir: str):
     """Speech (espeak-ng when installed, else a harmonic voice-like signal), looped/trimmed to ``seconds``."""
     import numpy as np
 
-    from musetalk_enhanced.pipeline.audio import Audio, load_audio_file
+    from musetalk_enhanced.pipeline.media.audio import Audio, load_audio_file
 
     audio = None
     if shutil.which("espeak-ng"):
@@ -229,8 +229,8 @@ class Models:
 def load_full_models(runtime, with_parser: bool) -> Models:
     from musetalk_enhanced.models import registry
     from musetalk_enhanced.pipeline.audio_features import load_whisper
-    from musetalk_enhanced.pipeline.blending import load_face_parser
-    from musetalk_enhanced.pipeline.musetalk_engine import load_musetalk, weight_paths
+    from musetalk_enhanced.pipeline.backends.blending import load_face_parser
+    from musetalk_enhanced.pipeline.backends.musetalk_engine import load_musetalk, weight_paths
 
     m = Models()
     m.load_rows = []
@@ -255,8 +255,8 @@ def build_small_models(runtime, with_parser: bool) -> Models:
     from musetalk_enhanced.models.musetalk_unet import build_unet
     from musetalk_enhanced.models.vae import build_vae
     from musetalk_enhanced.models.whisper import WhisperStates, build_encoder
-    from musetalk_enhanced.pipeline.blending import FaceParser
-    from musetalk_enhanced.pipeline.musetalk_engine import MuseTalkEngine
+    from musetalk_enhanced.pipeline.backends.blending import FaceParser
+    from musetalk_enhanced.pipeline.backends.musetalk_engine import MuseTalkEngine
 
     m = Models()
     m.load_rows = []
@@ -332,12 +332,12 @@ def bench_stages(args, runtime, models: Models, clip, workdir: str, stages, emit
     import torch
 
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
-    from musetalk_enhanced.pipeline.blending import apply_patch, blend_face, prepare_blend_mask
-    from musetalk_enhanced.pipeline.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces import analyze_faces
-    from musetalk_enhanced.pipeline.frames import ArrayFrames
-    from musetalk_enhanced.pipeline.musetalk_engine import crop_faces, postprocess_decoded
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.backends.blending import apply_patch, blend_face, prepare_blend_mask
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
+    from musetalk_enhanced.pipeline.media.frames import ArrayFrames
+    from musetalk_enhanced.pipeline.backends.musetalk_engine import crop_faces, postprocess_decoded
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     dev = runtime.device
     bs = args.batch_size
@@ -524,7 +524,7 @@ def make_runner_factory(models: Models, mode: str):
 def ours_lipsync(video_path: str, faces, feats, models: Models, runtime, out_path: str, batch: int, mode: str):
     """``run_lipsync`` from an mp4 to an mp4 (streamed); returns (report, seconds)."""
     from musetalk_enhanced.pipeline import lipsync as L
-    from musetalk_enhanced.pipeline.video import VideoFileFrames, VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
 
     frames = VideoFileFrames(video_path)
     plan = L.make_plan(len(frames), feats.duration, frames.fps, "follow_video")
@@ -541,8 +541,8 @@ def ours_lipsync(video_path: str, faces, feats, models: Models, runtime, out_pat
 
 def bench_e2e(args, runtime, models: Models, ctx: dict, workdir: str, emit) -> None:
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
-    from musetalk_enhanced.pipeline.faces import analyze_faces
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
     import numpy as np
 
     name, (w, h) = parse_resolution(args.resolution)
@@ -583,7 +583,7 @@ def _orig_get_image_jaw(image_bgr, face_bgr, box, parser, upper_boundary_ratio=0
     import numpy as np
     from PIL import Image
 
-    from musetalk_enhanced.pipeline.blending import parsing_mask
+    from musetalk_enhanced.pipeline.backends.blending import parsing_mask
 
     body = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))     # whole frame to PIL RGB
     face = Image.fromarray(np.ascontiguousarray(face_bgr[:, :, ::-1]))
@@ -633,7 +633,7 @@ def original_offline(video_path: str, boxes, windows, models: Models, runtime, a
     import numpy as np
     import torch
 
-    from musetalk_enhanced.pipeline.video import VideoFileFrames, VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
 
     dev = runtime.device
     eng = models.engine
@@ -735,8 +735,8 @@ def bench_compare(args, runtime, models: Models, ctx: dict, workdir: str, emit) 
     import numpy as np
 
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
-    from musetalk_enhanced.pipeline.faces import analyze_faces
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     if models.parser is None:
         emit({"stage": "compare", "skipped": "no BiSeNet weights (the original needs the face parser)"})

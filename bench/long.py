@@ -68,7 +68,7 @@ def write_long_clip(path: str, width: int, height: int, shots, audio) -> None:
     import numpy as np
 
     import lipsync as LB
-    from musetalk_enhanced.pipeline.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoWriter
 
     with VideoWriter(path, FPS, width, height, audio, crf=23, preset="ultrafast") as w:
         for start, n, photo in shots:
@@ -132,13 +132,13 @@ def main(argv=None) -> int:
     torch = common.setup_torch(args.threads)
     common.import_pack()
     import lipsync as LB
-    from musetalk_enhanced.pipeline.audio import load_audio_file
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
-    from musetalk_enhanced.pipeline.blending import resolve_blend_mode
-    from musetalk_enhanced.pipeline.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces import analyze_faces
+    from musetalk_enhanced.pipeline.backends.blending import resolve_blend_mode
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
     from musetalk_enhanced.pipeline.runtime import Runtime
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     machine = common.machine_info()
     device, dtype = common.pick_device_dtype(args.device, args.dtype)

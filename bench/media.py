@@ -5,7 +5,7 @@ clip through decode -> encode.
     python bench/media.py --quick         # CI smoke run (seconds): 12 frames each; 300-frame 720p stream
     python bench/media.py --long-frames 15000 --long-resolution 1080p --json out.json    # the real 10 minutes
 
-What is measured (all through the pack's own classes, pipeline/video.py):
+What is measured (all through the pack's own classes, pipeline/media/video.py):
 
 * ``encode``: ``VideoWriter`` (libx264 yuv420p, crf 19 by default) with preset ``medium`` (the pack's default) and
   ``fast``, fed ``--batch`` frames per ``write`` from RAM. Frames/s covers opening, every ``write`` and ``close``
@@ -110,7 +110,7 @@ class Footage:
 
 # ---- measurements ----------------------------------------------------------------------------------------------------
 def bench_encode(frames, fps: float, res: str, preset: str, crf: int, batch: int, path: str) -> dict:
-    from musetalk_enhanced.pipeline.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoWriter
 
     n, h, w = frames.shape[:3]
     with common.PeakMemory() as mem, common.Stopwatch() as sw:
@@ -129,7 +129,7 @@ def bench_encode(frames, fps: float, res: str, preset: str, crf: int, batch: int
 
 
 def bench_decode(path: str, res: str, batch: int) -> dict:
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     with common.PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def bench_decode(path: str, res: str, batch: int) -> dict:
 
 def make_long_source(path: str, footage: Footage, n: int, fps: float, batch: int = 25) -> dict:
     """Write the long input clip (ultrafast, crf 23) from generated frames; returns its timing row."""
-    from musetalk_enhanced.pipeline.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoWriter
 
     t0 = time.perf_counter()
     with VideoWriter(path, fps, footage.width, footage.height, crf=23, preset="ultrafast") as writer:
@@ -183,7 +183,7 @@ def growth_per_1000(points, skip_frames: int = 0, skip_fraction: float = 0.2):
 
 
 def bench_stream(src: str, dst: str, res: str, batch: int, crf: int, preset: str) -> dict:
-    from musetalk_enhanced.pipeline.video import VideoFileFrames, VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
 
     gc.collect()
     frames = VideoFileFrames(src)

@@ -78,7 +78,7 @@ class MuseTalkWhisperFeatures:
 
     def encode(self, audio, fps=25.0, layout=FOLLOW_BACKEND, compat_int_fps=False, auto_download=True, backend=None,
                unique_id=None):
-        from ..pipeline.audio import from_comfy
+        from ..pipeline.media.audio import from_comfy
         from ..pipeline.audio_features import compute_audio_features
 
         if layout not in LAYOUT_CHOICES:

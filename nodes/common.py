@@ -19,8 +19,8 @@ def log_warning(message: str) -> None:
 
 
 def frames_from_inputs(images=None, frames=None, fps: float = 0.0, node: str = "this node"):
-    """A :class:`~..pipeline.frames.Frames` from either input: the streaming handle wins, IMAGE needs an fps."""
-    from ..pipeline.frames import Frames, FramesError, ImageFrames
+    """A :class:`~..pipeline.media.frames.Frames` from either input: the streaming handle wins, IMAGE needs an fps."""
+    from ..pipeline.media.frames import Frames, FramesError, ImageFrames
 
     if frames is not None:
         if not isinstance(frames, Frames):

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from . import comfy
-from ..pipeline.detectors import BACKENDS, detector_options
-from ..pipeline.landmarks import LANDMARK_CHOICES
+from ..pipeline.faces.detectors import BACKENDS, detector_options
+from ..pipeline.faces.landmarks import LANDMARK_CHOICES
 from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
 SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
 PREVIEW_MAX_FRAMES = 64
@@ -143,8 +143,8 @@ class MuseTalkFaceDetect:
         import numpy as np
         import torch
 
-        from ..pipeline.detectors import create_detector
-        from ..pipeline.faces import FaceOptions, analyze_faces, summarize
+        from ..pipeline.faces.detectors import create_detector
+        from ..pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
 
         src = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Face Detect")
         options = FaceOptions(

@@ -76,7 +76,7 @@ class MuseTalkUNetSelector:
 class MuseTalkBatchedLipSync:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.blending import BLEND_CHOICES
+        from ..pipeline.backends.blending import BLEND_CHOICES
         from ..pipeline.lipsync import LENGTH_POLICIES
 
         return {
@@ -127,7 +127,7 @@ class MuseTalkBatchedLipSync:
 
     def lipsync(self, faces, audio_features, batch_size=8, length_policy="follow_audio", blend_mode="auto",
                 images=None, frames=None, fps=0.0, backend=None, unique_id=None):
-        from ..pipeline.frames import ImageFrames
+        from ..pipeline.media.frames import ImageFrames
         from ..pipeline.lipsync import BackendSpec, ImageSink, make_plan, run_lipsync
         from ..pipeline.patched_frames import PatchSink
 
@@ -158,7 +158,7 @@ class MuseTalkBatchedLipSync:
                 log_warning("the lip-synced video is too long for an IMAGE batch; the 'images' output holds the "
                             "first frame only. Use the 'frames' output (e.g. into Mux Video).")
                 images_out = frames_out.read([0])
-                from ..pipeline.frames import uint8_to_image
+                from ..pipeline.media.frames import uint8_to_image
                 images_out = uint8_to_image(images_out)
         audio_out = out_audio.to_comfy() if out_audio is not None else None
         text = report.text()

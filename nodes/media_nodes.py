@@ -90,8 +90,8 @@ class MuseTalkLoadVideo:
 
     def load(self, video="", force_rate=0.0, frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
              images_output="auto", video_input=None):
-        from ..pipeline.audio import AudioError, load_audio_file
-        from ..pipeline.video import VideoError, VideoFileFrames
+        from ..pipeline.media.audio import AudioError, load_audio_file
+        from ..pipeline.media.video import VideoError, VideoFileFrames
 
         if images_output not in IMAGE_OUTPUTS:
             raise ValueError(f"images_output: unknown value {images_output!r}; use one of {', '.join(IMAGE_OUTPUTS)}.")
@@ -132,7 +132,7 @@ class MuseTalkLoadVideo:
                             f"{nbytes / (1 << 30):.1f} GB as IMAGE; the IMAGE output holds only the first frame. "
                             "Connect the 'frames' output to stream the whole video, or set images_output to "
                             "all_frames.")
-            from ..pipeline.frames import uint8_to_image
+            from ..pipeline.media.frames import uint8_to_image
 
             images = uint8_to_image(frames.read([0]))
         return (images, audio, float(frames.fps), int(n), frames)
@@ -179,7 +179,7 @@ class MuseTalkLoadAudio:
         return _file_stamp(audio)
 
     def load(self, audio, start_time=0.0, duration=0.0):
-        from ..pipeline.audio import load_audio_file
+        from ..pipeline.media.audio import load_audio_file
 
         if start_time < 0 or duration < 0:
             raise ValueError("start_time and duration must be >= 0 (duration 0 = to the end).")
@@ -191,7 +191,7 @@ class MuseTalkLoadAudio:
 class MuseTalkMuxVideo:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.video import AUDIO_FIT
+        from ..pipeline.media.video import AUDIO_FIT
 
         return {
             "required": {
@@ -228,8 +228,8 @@ class MuseTalkMuxVideo:
 
     def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=19, audio_fit="pad_or_trim_audio", images=None,
             frames=None, audio=None):
-        from ..pipeline.audio import from_comfy
-        from ..pipeline.video import unique_output_path, write_video
+        from ..pipeline.media.audio import from_comfy
+        from ..pipeline.media.video import unique_output_path, write_video
 
         seq = frames_from_inputs(images, frames, fps, node="Mux Video")
         a = None

@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .audio import Audio, to_mono
+from .media.audio import Audio, to_mono
 from .runtime import Runtime, is_oom
 
 SAMPLE_RATE = 16000
@@ -420,7 +420,7 @@ def compute_audio_features(audio: Audio, fps: float, layout: str = "musetalk", e
     if layout not in LAYOUTS:
         raise AudioFeaturesError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     if not isinstance(audio, Audio):
-        raise AudioFeaturesError(f"audio: expected pipeline.audio.Audio, got {type(audio).__name__}.")
+        raise AudioFeaturesError(f"audio: expected pipeline.media.audio.Audio, got {type(audio).__name__}.")
     effective_fps(fps, layout, compat)  # validates
     runtime = runtime or Runtime()
     if audio.num_samples == 0:

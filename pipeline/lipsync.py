@@ -28,9 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .audio import Audio
-from .frames import Frames, image_to_uint8
-from .latentsync_engine import DEFAULT_SEED
+from .media.audio import Audio
+from .media.frames import Frames, image_to_uint8
+from .backends.latentsync_engine import DEFAULT_SEED
 from .runtime import Runtime, is_oom
 from .types import FaceSequence, ranges_text
 
@@ -88,7 +88,7 @@ def missing_weights(spec: "BackendSpec", detector: str = "mtcnn", blend_mode: st
     lists everything). LatentSync files are not required: without them the run falls back to MuseTalk."""
     from ..models import registry
     from .audio_features import _present_whisper_files, whisper_weight_keys
-    from .musetalk_engine import WEIGHT_KEYS
+    from .backends.musetalk_engine import WEIGHT_KEYS
 
     need: List[str] = []
     whisper = _present_whisper_files()
@@ -327,8 +327,8 @@ class MuseTalkRunner:
 
     def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
                 windows: torch.Tensor) -> List[object]:
-        from .blending import prepare_blend_mask, blend_face
-        from .musetalk_engine import crop_faces
+        from .backends.blending import prepare_blend_mask, blend_face
+        from .backends.musetalk_engine import crop_faces
 
         need = sorted({s for s in srcs if s not in self.latents})
         if need:
@@ -658,15 +658,15 @@ def _short(exc: BaseException, n: int = 300) -> str:
 def _default_factory(spec: BackendSpec, runtime: Runtime, blend_mode: str):
     def make(backend: str):
         if backend == MUSETALK:
-            from .blending import load_face_parser, resolve_blend_mode
-            from .musetalk_engine import load_musetalk
+            from .backends.blending import load_face_parser, resolve_blend_mode
+            from .backends.musetalk_engine import load_musetalk
 
             engine = load_musetalk(runtime, spec.auto_download, posterior=spec.posterior)
             mode = resolve_blend_mode(blend_mode)
             parser = load_face_parser(runtime, spec.auto_download) if mode != "feather" else None
             return MuseTalkRunner(engine, mode, parser)
         if backend.startswith("latentsync"):
-            from .latentsync_engine import load_latentsync_cached
+            from .backends.latentsync_engine import load_latentsync_cached
 
             engine = load_latentsync_cached(backend.split("-")[-1], runtime, spec.auto_download,
                                             steps=spec.latentsync_steps, guidance=spec.latentsync_guidance,

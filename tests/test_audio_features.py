@@ -16,7 +16,7 @@ from musetalk_enhanced.models import registry
 from musetalk_enhanced.models import whisper as W
 from musetalk_enhanced.models.positional_encoding import PositionalEncoding
 from musetalk_enhanced.pipeline import audio_features as AF
-from musetalk_enhanced.pipeline.audio import Audio, load_audio_file, resample
+from musetalk_enhanced.pipeline.media.audio import Audio, load_audio_file, resample
 from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
 
 torch.set_num_threads(2)

@@ -7,7 +7,7 @@ import torch
 from conftest import shared_path
 
 from musetalk_enhanced.models import bisenet, registry
-from musetalk_enhanced.pipeline import blending as B
+from musetalk_enhanced.pipeline.backends import blending as B
 
 torch.set_num_threads(2)
 

@@ -37,7 +37,7 @@ def inputs(tmp_path_factory):
 def run_cli(args, monkeypatch, models_dir):
     from musetalk_enhanced import cli
     from musetalk_enhanced.models import registry
-    from musetalk_enhanced.pipeline import musetalk_engine
+    from musetalk_enhanced.pipeline.backends import musetalk_engine
 
     registry.set_folder_resolver(None)
     musetalk_engine.clear_cache()
@@ -46,8 +46,8 @@ def run_cli(args, monkeypatch, models_dir):
 
 
 def test_cli_end_to_end(inputs, models_dir, monkeypatch, tmp_path):
-    from musetalk_enhanced.pipeline.audio import load_audio_file
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     d, video, voice = inputs
     out = str(tmp_path / "out.mp4")
@@ -98,8 +98,8 @@ def test_cli_bad_video(monkeypatch, tmp_path, capsys):
 def test_demo_dubs_the_example_clip(models_dir, monkeypatch, tmp_path, capsys):
     """README's first command ends with ``python . --demo``: the example clip the pack ships, dubbed with its example
     voice, written to output/demo/ under the current folder (a new name each run) and named at the end."""
-    from musetalk_enhanced.pipeline.audio import load_audio_file
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
     monkeypatch.chdir(tmp_path)
     outs = []
@@ -132,10 +132,10 @@ def test_video_and_out_are_required_without_demo(capsys):
 
 
 def test_cli_builds_the_detector_like_the_face_detect_node(inputs, models_dir, monkeypatch, tmp_path):
-    """One rule for the detector's options (pipeline.detectors.detector_options): the CLI searches faces at the
+    """One rule for the detector's options (pipeline.faces.detectors.detector_options): the CLI searches faces at the
     same sizes as the node, so a clip gets the same face decisions (and speed) in both."""
     from musetalk_enhanced.nodes import face_nodes
-    from musetalk_enhanced.pipeline import detectors
+    from musetalk_enhanced.pipeline.faces import detectors
 
     d, video, voice = inputs
     seen = {}

@@ -101,7 +101,7 @@ def test_example_runs_from_the_page(slug, tmp_path):
                               COMFY_REAL_ISOLATE=1, COMFY_REAL_SET=ch.real_set([slug]),
                               COMFY_REAL_TIMEOUT=os.environ.get("COMFY_REAL_TIMEOUT", "2400"))
     assert rc == 0 and "1 passed, 0 failed" in out, out[-8000:]
-    from musetalk_enhanced.pipeline.video import probe_video
+    from musetalk_enhanced.pipeline.media.video import probe_video
 
     videos = glob.glob(os.path.join(run_dir, "output", "**", "*.mp4"), recursive=True)
     infos = {v: probe_video(v) for v in videos}

@@ -18,7 +18,7 @@ def smoke_clip(tmp_path):
 
 
 def check_smoke_outputs(run_dir, n_workflows):
-    from musetalk_enhanced.pipeline.video import probe_video
+    from musetalk_enhanced.pipeline.media.video import probe_video
 
     outputs = glob.glob(os.path.join(run_dir, "output", "smoke", "*.mp4"))
     assert len(outputs) >= n_workflows

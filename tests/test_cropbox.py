@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from musetalk_enhanced.pipeline import cropbox as cb
+from musetalk_enhanced.pipeline.faces import cropbox as cb
 from musetalk_enhanced.pipeline.types import Detection
 
 

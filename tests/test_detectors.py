@@ -13,8 +13,8 @@ from conftest import shared_path
 skdata = pytest.importorskip("skimage.data")
 
 from musetalk_enhanced.models import landmarks68, mtcnn, registry, s3fd  # noqa: E402
-from musetalk_enhanced.pipeline import detectors  # noqa: E402
-from musetalk_enhanced.pipeline.detectors import create_detector  # noqa: E402
+from musetalk_enhanced.pipeline.faces import detectors  # noqa: E402
+from musetalk_enhanced.pipeline.faces.detectors import create_detector  # noqa: E402
 from musetalk_enhanced.pipeline.runtime import Runtime  # noqa: E402
 
 # Where the astronaut's face is in skimage's 512x512 astronaut() (checked by drawing the detection on the image):

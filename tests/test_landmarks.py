@@ -1,4 +1,4 @@
-"""Real landmarks in the default face path (pipeline/landmarks.py), measured on real photos (bench/geometry.py), and
+"""Real landmarks in the default face path (pipeline/faces/landmarks.py), measured on real photos (bench/geometry.py), and
 the FAN / S3FD networks against the face_alignment package's own definitions.
 
 Photos: scikit-image's astronaut, insightface's sample group photo and portrait (files of the insightface package,
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from musetalk_enhanced.pipeline import landmarks as lmk
+from musetalk_enhanced.pipeline.faces import landmarks as lmk
 from musetalk_enhanced.pipeline.runtime import Runtime
 
 HAS_DLIB = importlib.util.find_spec("dlib") is not None and lmk.dlib_predictor_path() is not None
@@ -133,9 +133,9 @@ def test_dwpose_found_in_comfyui_controlnet_aux(tmp_path, monkeypatch):
 def test_summary_and_report_name_the_landmarks():
     import skimage.data
 
-    from musetalk_enhanced.pipeline.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces import analyze_faces, summarize
-    from musetalk_enhanced.pipeline.frames import ArrayFrames
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces, summarize
+    from musetalk_enhanced.pipeline.media.frames import ArrayFrames
 
     rgb = skimage.data.astronaut()
     clip = np.stack([rgb] * 4)
@@ -266,8 +266,8 @@ def test_2d106_gives_latentsync_alignment_in_the_default_path(tmp_path, monkeypa
     import skimage.data
 
     from musetalk_enhanced.models import insightface106 as I, registry
-    from musetalk_enhanced.pipeline import detectors
-    from musetalk_enhanced.pipeline.cropbox import face_crop_geometry
+    from musetalk_enhanced.pipeline.faces import detectors
+    from musetalk_enhanced.pipeline.faces.cropbox import face_crop_geometry
 
     models = tmp_path / "models"
     synthetic_2d106(str(models / "latentsync" / "auxiliary" / "models" / "buffalo_l" / "2d106det.onnx"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import shared_path
-from musetalk_enhanced.pipeline import latentsync_align as A
+from musetalk_enhanced.pipeline.backends import latentsync_align as A
 
 
 @pytest.fixture(scope="module")

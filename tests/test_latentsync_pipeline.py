@@ -8,8 +8,8 @@ import torch
 
 from conftest import shared_path
 from musetalk_enhanced.models import latentsync_unet3d as L
-from musetalk_enhanced.pipeline import latentsync_engine as E
-from musetalk_enhanced.pipeline.latentsync_align import faces_to_uint8
+from musetalk_enhanced.pipeline.backends import latentsync_engine as E
+from musetalk_enhanced.pipeline.backends.latentsync_align import faces_to_uint8
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

@@ -9,9 +9,9 @@ import torch
 import mediakit as mk
 from musetalk_enhanced.models import registry
 from musetalk_enhanced.pipeline import lipsync as L
-from musetalk_enhanced.pipeline.audio import Audio, load_audio_file
-from musetalk_enhanced.pipeline.blending import expanded_crop_box
-from musetalk_enhanced.pipeline.frames import ArrayFrames, ImageFrames, uint8_to_image
+from musetalk_enhanced.pipeline.media.audio import Audio, load_audio_file
+from musetalk_enhanced.pipeline.backends.blending import expanded_crop_box
+from musetalk_enhanced.pipeline.media.frames import ArrayFrames, ImageFrames, uint8_to_image
 from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
 
 UNET_SMALL = {"act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [16, 32, 32, 32],
@@ -40,7 +40,7 @@ def runtime():
 def engine(runtime):
     from musetalk_enhanced.models.musetalk_unet import build_unet
     from musetalk_enhanced.models.vae import build_vae
-    from musetalk_enhanced.pipeline.musetalk_engine import MuseTalkEngine
+    from musetalk_enhanced.pipeline.backends.musetalk_engine import MuseTalkEngine
 
     torch.manual_seed(0)
     return MuseTalkEngine(build_unet(UNET_SMALL), build_vae(VAE_SMALL), None, runtime, posterior="mode")
@@ -53,8 +53,8 @@ def clip():
 
 @pytest.fixture(scope="module")
 def faces(clip, runtime):
-    from musetalk_enhanced.pipeline.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces import analyze_faces
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
 
     return analyze_faces(ArrayFrames(clip, FPS), create_detector("mtcnn", runtime), runtime, min_face_size=30)
 
@@ -245,7 +245,7 @@ def test_out_of_memory_halves_the_batch(clip, faces, feats, engine, runtime):
 
 
 def test_cancel_mid_run_leaves_no_partial_file(clip, faces, feats, engine, tmp_path):
-    from musetalk_enhanced.pipeline.video import VideoWriter, unique_output_path
+    from musetalk_enhanced.pipeline.media.video import VideoWriter, unique_output_path
 
     calls = {"n": 0}
 
@@ -296,7 +296,7 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
     """Streamed input: the lip-sync output handed to Mux Video is the source frames plus the patches (no
     intermediate encode). The frames Mux Video receives are exactly the frames the lip-sync loop produced, and
     cutaway frames are bit-identical to what the loader decoded."""
-    from musetalk_enhanced.pipeline import video as V
+    from musetalk_enhanced.pipeline.media import video as V
     from musetalk_enhanced.pipeline.patched_frames import PatchSink, PatchedFrames
 
     src_path = mk.write_video(str(tmp_path / "in.mp4"), clip, FPS, crf=20)
@@ -310,7 +310,7 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
                               engine_factory=factory_for(engine))
     out = both.close()
     assert isinstance(out, PatchedFrames) and len(out) == plan.num_frames
-    from musetalk_enhanced.pipeline.frames import image_to_uint8
+    from musetalk_enhanced.pipeline.media.frames import image_to_uint8
 
     expect = image_to_uint8(produced.close())
     received = []
@@ -329,7 +329,7 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
 
 def test_all_cutaway_video_muxes_like_one_direct_encode(runtime, tmp_path):
     """No face anywhere: the lip-sync node's streamed output, muxed, is one encode of the input."""
-    from musetalk_enhanced.pipeline import video as V
+    from musetalk_enhanced.pipeline.media import video as V
     from musetalk_enhanced.pipeline.patched_frames import PatchSink
     from musetalk_enhanced.pipeline.types import FaceSequence, FrameFaces
 
@@ -363,7 +363,7 @@ def ls_engine():
     from diffusers import AutoencoderKL
 
     from musetalk_enhanced.models.latentsync_unet3d import UNet3DConditionModel
-    from musetalk_enhanced.pipeline.latentsync_engine import LatentSyncEngine
+    from musetalk_enhanced.pipeline.backends.latentsync_engine import LatentSyncEngine
 
     torch.manual_seed(0)
     unet = UNet3DConditionModel({"block_out_channels": [32, 32, 32, 32]}).eval()

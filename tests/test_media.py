@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mediakit as mk
-from musetalk_enhanced.pipeline import audio as A
-from musetalk_enhanced.pipeline.frames import ArrayFrames, FramesError, ImageFrames
-from musetalk_enhanced.pipeline.video import (VideoError, VideoFileFrames, VideoWriter, probe_video, select_frames,
+from musetalk_enhanced.pipeline.media import audio as A
+from musetalk_enhanced.pipeline.media.frames import ArrayFrames, FramesError, ImageFrames
+from musetalk_enhanced.pipeline.media.video import (VideoError, VideoFileFrames, VideoWriter, probe_video, select_frames,
                                               unique_output_path, write_video)
 
 
@@ -132,7 +132,7 @@ def test_streaming_memory_does_not_grow_with_length(tmp_path):
         return p
 
     code = ("import sys, resource; sys.path.insert(0, {tests!r}); import conftest\n"
-            "from musetalk_enhanced.pipeline.video import VideoFileFrames\n"
+            "from musetalk_enhanced.pipeline.media.video import VideoFileFrames\n"
             "v = VideoFileFrames(sys.argv[1])\n"
             "n = sum(len(b) for b in v.iter_batches(16))\n"
             "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")

@@ -10,7 +10,7 @@ import torch
 from conftest import shared_path
 
 from musetalk_enhanced.models import musetalk_unet, registry, vae
-from musetalk_enhanced.pipeline import musetalk_engine as me
+from musetalk_enhanced.pipeline.backends import musetalk_engine as me
 from musetalk_enhanced.pipeline.runtime import Runtime, pick_dtype
 
 torch.set_num_threads(2)

@@ -172,7 +172,7 @@ def test_write_test_weights_unet_layout_and_load(tmp_path):
 
 
 def test_missing_weights_error_lists_every_file(tmp_path, monkeypatch):
-    from musetalk_enhanced.pipeline import musetalk_engine
+    from musetalk_enhanced.pipeline.backends import musetalk_engine
 
     monkeypatch.setattr(registry, "_resolver", lambda folder: [str(tmp_path / folder)])
     with pytest.raises(registry.MissingWeightsError) as ei:
@@ -182,7 +182,7 @@ def test_missing_weights_error_lists_every_file(tmp_path, monkeypatch):
                 "sd-vae/diffusion_pytorch_model.safetensors"):
         assert os.path.join(str(tmp_path / "musetalk"), rel) in msg
     assert len(ei.value.missing) == 4
-    from musetalk_enhanced.pipeline import blending
+    from musetalk_enhanced.pipeline.backends import blending
 
     with pytest.raises(registry.MissingWeightsError, match="79999_iter.pth"):
         blending.load_face_parser(auto_download=False)

@@ -177,7 +177,7 @@ def test_load_video_then_mux_round_trip(dirs):
     path = out["result"][1]
     assert path.startswith(str(dirs / "output")) and os.path.basename(path) == "run_00001.mp4"
     assert out["ui"]["images"][0] == {"filename": "run_00001.mp4", "subfolder": "tests", "type": "output"}
-    from musetalk_enhanced.pipeline.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
     back = VideoFileFrames(path)
     assert len(back) == 30 and back.fps == 25.0
     # IMAGE path too, with a second run never clobbering the first

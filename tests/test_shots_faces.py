@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk_enhanced.pipeline.faces import (FaceOptions, REASON_LOW_SCORE, REASON_NO_FACE, REASON_NOT_SPEAKER,
+from musetalk_enhanced.pipeline.faces.tracks import (FaceOptions, REASON_LOW_SCORE, REASON_NO_FACE, REASON_NOT_SPEAKER,
                                               REASON_ASPECT, REASON_TOO_SMALL, REASON_UNCONFIRMED, analyze_faces,
                                               parse_user_box, summarize)
-from musetalk_enhanced.pipeline.frames import ArrayFrames, ImageFrames
+from musetalk_enhanced.pipeline.media.frames import ArrayFrames, ImageFrames
 from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
-from musetalk_enhanced.pipeline.shots import ShotDetector, detect_shots
+from musetalk_enhanced.pipeline.faces.shots import ShotDetector, detect_shots
 from musetalk_enhanced.pipeline.types import Detection
 
 W, H = 480, 360
@@ -63,9 +63,9 @@ def _runtime(**kw):
 @pytest.fixture(scope="module")
 def mtcnn():
     try:
-        from musetalk_enhanced.pipeline.detectors import create_detector
+        from musetalk_enhanced.pipeline.faces.detectors import create_detector
     except ImportError as exc:
-        pytest.skip(f"pipeline.detectors is not available: {exc}")
+        pytest.skip(f"pipeline.faces.detectors is not available: {exc}")
     from musetalk_enhanced.models.registry import MissingWeightsError
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -331,7 +331,7 @@ def test_box_smoothing_inside_a_track():
     rx = np.array([f.face.crop_box[0] for f in raw.frames])
     sx = np.array([f.face.crop_box[0] for f in smooth.frames])
     assert np.ptp(rx) >= 5 and np.ptp(sx[2:-2]) <= 2
-    from musetalk_enhanced.pipeline.cropbox import face_crop_geometry
+    from musetalk_enhanced.pipeline.faces.cropbox import face_crop_geometry
 
     for f in raw.frames:                                        # off = the per-frame geometry exactly
         assert f.face.crop_box == face_crop_geometry(f.face.detection, W, H, 0, 10)[0]
@@ -396,7 +396,7 @@ def test_node_declaration():
     assert set(spec["optional"]) == {"images", "frames"} and spec["optional"]["frames"][0] == "MUSETALK_FRAMES"
     assert node.RETURN_TYPES == ("MUSETALK_FACES", "IMAGE", "STRING") and node.CATEGORY == "MuseTalk/faces"
     assert face_nodes.NODE_DISPLAY_NAME_MAPPINGS["MuseTalkFaceDetect"] == "Face Detect with Cutaways"
-    from musetalk_enhanced.pipeline.frames import FramesError
+    from musetalk_enhanced.pipeline.media.frames import FramesError
 
     with pytest.raises(FramesError, match="images"):
         node().detect()

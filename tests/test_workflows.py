@@ -415,7 +415,7 @@ def test_example_media_small_and_present():
     sizes = {os.path.basename(p): os.path.getsize(p) for p in files}
     assert max(sizes.values()) < MAX_MEDIA_BYTES, sizes
     assert sum(sizes.values()) < MAX_MEDIA_TOTAL, sizes
-    from musetalk_enhanced.pipeline.video import probe_video
+    from musetalk_enhanced.pipeline.media.video import probe_video
 
     for p in files:
         if p.endswith(".mp4"):

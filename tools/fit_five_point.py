@@ -4,7 +4,7 @@
     python tools/fit_five_point.py            # fit, print the held-out crop IoU, write the model file
     python tools/fit_five_point.py --check    # fit and report only (nothing written)
 
-The model (read by pipeline/cropbox.py) is a linear shape regression: MTCNN's 5 points and its box, expressed in the
+The model (read by pipeline/faces/cropbox.py) is a linear shape regression: MTCNN's 5 points and its box, expressed in the
 face's eye frame (a similarity transform: eye midpoint at the origin, eyes one unit apart, y down), predict the 68
 iBUG points in that frame; the estimate is carried back into the image by the inverse transform, and the MuseTalk crop
 rule (spec musetalk.md §1.3) is applied to it like to real points. Ridge regression on standardised features.
@@ -126,7 +126,7 @@ def collect(g) -> list:
 
 # ---- the model -------------------------------------------------------------------------------------------------
 def fit(faces, ridge: float = RIDGE) -> dict:
-    from musetalk_enhanced.pipeline import cropbox
+    from musetalk_enhanced.pipeline.faces import cropbox
 
     x = np.array([cropbox.five_point_features(p5, box) for _, p5, box, _ in faces])
     y = np.array([cropbox.to_eye_frame(p5, ref).ravel() for _, p5, _, ref in faces])
@@ -137,8 +137,8 @@ def fit(faces, ridge: float = RIDGE) -> dict:
 
 
 def crop_ious(model: dict, faces) -> np.ndarray:
-    from musetalk_enhanced.pipeline import cropbox
-    from musetalk_enhanced.pipeline.faces import box_iou
+    from musetalk_enhanced.pipeline.faces import cropbox
+    from musetalk_enhanced.pipeline.faces.tracks import box_iou
 
     out = []
     for _, p5, box, ref in faces:
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
           f"{loo.mean():.3f} min {loo.min():.3f}; fitted on all: mean {inside.mean():.3f} min {inside.min():.3f}")
     if args.check:
         return 0
-    from musetalk_enhanced.pipeline import cropbox
+    from musetalk_enhanced.pipeline.faces import cropbox
 
     doc = {"version": 1, "what": "linear shape regression: 5 points + box in the eye frame -> 68 iBUG points "
                                  "(tools/fit_five_point.py)",

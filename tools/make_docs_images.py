@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import conftest  # noqa: E402,F401  (imports the pack as musetalk_enhanced)
 import mediakit as mk  # noqa: E402
 
-from musetalk_enhanced.pipeline.blending import prepare_blend_mask  # noqa: E402
-from musetalk_enhanced.pipeline.detectors import create_detector  # noqa: E402
-from musetalk_enhanced.pipeline.faces import analyze_faces  # noqa: E402
-from musetalk_enhanced.pipeline.frames import ArrayFrames  # noqa: E402
+from musetalk_enhanced.pipeline.backends.blending import prepare_blend_mask  # noqa: E402
+from musetalk_enhanced.pipeline.faces.detectors import create_detector  # noqa: E402
+from musetalk_enhanced.pipeline.faces.tracks import analyze_faces  # noqa: E402
+from musetalk_enhanced.pipeline.media.frames import ArrayFrames  # noqa: E402
 from musetalk_enhanced.pipeline.runtime import Runtime  # noqa: E402
 
 

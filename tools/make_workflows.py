@@ -115,7 +115,7 @@ MIN_HEIGHTS = {"PreviewImage": 340, "PreviewAny": 200}
 
 
 def video_aspect(name):
-    from musetalk_enhanced.pipeline.video import probe_video
+    from musetalk_enhanced.pipeline.media.video import probe_video
 
     info = probe_video(os.path.join(MEDIA, name))
     return info.height / info.width

@@ -30,8 +30,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..models import registry
-from .runtime import Runtime
+from ...models import registry
+from ..runtime import Runtime
 
 FACE_SIZE = 256          # the generator's face resolution (§1.4)
 LATENT_SIZE = 32         # FACE_SIZE / 8
@@ -116,7 +116,7 @@ class quiet_diffusers:
 
 
 def _local_positional_encoding():
-    from ..models.positional_encoding import PositionalEncoding
+    from ...models.positional_encoding import PositionalEncoding
 
     return PositionalEncoding(d_model=AUDIO_WIDTH, max_len=5000)
 
@@ -246,8 +246,8 @@ def load_musetalk(runtime: Optional[Runtime] = None, auto_download: bool = True,
 
     Engines are cached per (files, device, dtype) unless ``cache=False``; :func:`clear_cache` drops them.
     """
-    from ..models.musetalk_unet import load_unet
-    from ..models.vae import load_vae
+    from ...models.musetalk_unet import load_unet
+    from ...models.vae import load_vae
 
     runtime = runtime or Runtime()
     paths = weight_paths(auto_download)

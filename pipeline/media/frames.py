@@ -11,7 +11,7 @@ float32 IMAGE. :class:`Frames` is the interface every stage consumes:
   untouched frames can be passed through bit-identical.
 
 Backends: :class:`ImageFrames` (a ComfyUI IMAGE tensor, float32 0..1), :class:`ArrayFrames` (uint8 numpy), and
-``pipeline.video.VideoFileFrames`` (PyAV, decoded sequentially in chunks).
+``pipeline.media.video.VideoFileFrames`` (PyAV, decoded sequentially in chunks).
 """
 from __future__ import annotations
 

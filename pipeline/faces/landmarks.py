@@ -19,7 +19,7 @@ dlib-68        dlib's 68-point shape predictor (iBUG 300-W)      the ``dlib`` mo
 =============  ===============================================  ==========================================
 
 With none of them the crop comes from the detector's 5 points and box through a fitted shape model
-(pipeline/cropbox.py): the "5-point estimate (approximate)". A missing source never stops a run: the next one is
+(pipeline/faces/cropbox.py): the "5-point estimate (approximate)". A missing source never stops a run: the next one is
 used, and the Face Detect summary and the lip-sync report name the one that ran.
 
 LatentSync 1.6 aligns faces with InsightFace's 106 points (spec latentsync.md §5.1). When the user has that model
@@ -34,9 +34,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..models import registry
-from .runtime import Runtime
-from .types import Detection
+from ...models import registry
+from ..runtime import Runtime
+from ..types import Detection
 
 LANDMARK_CHOICES = ("auto", "dwpose", "fan", "dlib", "5-point estimate")
 ESTIMATE = "5-point estimate (approximate)"
@@ -58,13 +58,13 @@ class DWPoseSource(LandmarkSource):
     name = "dwpose-68"
 
     def __init__(self, path: str, runtime: Runtime):
-        from ..models import dwpose
+        from ...models import dwpose
 
         self.net = dwpose.DWPoseNet(path, str(runtime.device))
         self.path = path
 
     def predict(self, frames, image_index, boxes, points5=None):
-        from ..models import dwpose
+        from ...models import dwpose
 
         return dwpose.face_landmarks(self.net, frames, image_index, boxes)[0]
 
@@ -73,7 +73,7 @@ class FanSource(LandmarkSource):
     name = "fan-68"
 
     def __init__(self, path: str, runtime: Runtime):
-        from ..models import landmarks68
+        from ...models import landmarks68
 
         device = torch.device(runtime.device)
         self.dtype = torch.float32 if device.type == "cpu" else torch.float16
@@ -81,7 +81,7 @@ class FanSource(LandmarkSource):
         self.path = path
 
     def predict(self, frames, image_index, boxes, points5=None):
-        from ..models import landmarks68
+        from ...models import landmarks68
 
         device = next(self.fan.parameters()).device
         images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
@@ -106,7 +106,7 @@ class DlibSource(LandmarkSource):
         self.path = path
 
     def _native_box(self, crop: np.ndarray, guess) -> Tuple[float, float, float, float]:
-        from .faces import box_iou
+        from .tracks import box_iou
 
         best, best_iou = guess, 0.4
         for r in self.hog(crop, 0):
@@ -205,7 +205,7 @@ def controlnet_aux_ckpts(pack_dir: str = PACK_DIR) -> List[str]:
 
 
 def _dwpose(runtime: Runtime, auto_download: bool) -> Tuple[Optional[LandmarkSource], str]:
-    from ..models import dwpose
+    from ...models import dwpose
 
     path = dwpose.find_weights(controlnet_aux_ckpts())
     if path is None and auto_download and registry.downloads_allowed(True):
@@ -220,7 +220,7 @@ def _dwpose(runtime: Runtime, auto_download: bool) -> Tuple[Optional[LandmarkSou
 
 
 def _fan(runtime: Runtime, auto_download: bool) -> Tuple[Optional[LandmarkSource], str]:
-    from ..models import landmarks68
+    from ...models import landmarks68
 
     path = registry.find(landmarks68.REGISTRY_KEY)
     if path is None:
@@ -276,7 +276,7 @@ ALIGN_106 = "insightface-106"
 
 def open_alignment_source(runtime: Optional[Runtime] = None):
     """InsightFace's 106-point model when its file (and onnxruntime + onnx) are here: ``(model or None, reason)``."""
-    from ..models import insightface106
+    from ...models import insightface106
 
     path = insightface106.find_weights()
     if path is None:
@@ -300,7 +300,7 @@ def add_landmarks(source: Optional[LandmarkSource], frames: np.ndarray, per_fram
              for j in np.argsort([-d.score for d in dets])[:MAX_FACES_PER_FRAME]]
     if not picks:
         return [list(d) for d in per_frame]
-    from ..models.insightface106 import latentsync_points
+    from ...models.insightface106 import latentsync_points
 
     index = np.array([i for i, _ in picks], np.int64)
     boxes = np.array([per_frame[i][j].box for i, j in picks], np.float64)

@@ -155,7 +155,7 @@ class FaceParser:
     def __init__(self, net, runtime=None, left_cheek_width: int = 90, right_cheek_width: int = 90):
         import torch
 
-        from .runtime import Runtime
+        from ..runtime import Runtime
 
         self.runtime = runtime or Runtime()
         dtype = self.runtime.dtype if self.runtime.device.type != "cpu" else torch.float32
@@ -183,8 +183,8 @@ class FaceParser:
 def load_face_parser(runtime=None, auto_download: bool = True, left_cheek_width: int = 90,
                      right_cheek_width: int = 90) -> FaceParser:
     """BiSeNet from ``face-parse-bisent/79999_iter.pth`` (registry key ``face_parse.bisenet``)."""
-    from ..models import registry
-    from ..models.bisenet import load_bisenet
+    from ...models import registry
+    from ...models.bisenet import load_bisenet
 
     path = registry.ensure(["face_parse.bisenet"], auto_download=auto_download)["face_parse.bisenet"]
     return FaceParser(load_bisenet(path), runtime, left_cheek_width, right_cheek_width)
@@ -196,7 +196,7 @@ def resolve_blend_mode(requested: str = "auto") -> str:
         if requested not in MODES:
             raise ValueError(f"blend mode must be auto or one of {', '.join(MODES)}; got {requested!r}")
         return requested
-    from ..models import registry
+    from ...models import registry
 
     return "jaw" if registry.find("face_parse.bisenet") else "feather"
 

@@ -1,7 +1,7 @@
 """Face analysis of a frame sequence: shots, face tracks, cutaway decisions, the speaker's face and its crop geometry.
 
 :func:`analyze_faces` makes one streaming pass over the frames (memory bounded by the batch size): a face detector
-backend (``pipeline.detectors``) and the shot-cut detector (``pipeline.shots``) see each frame once. Per frame:
+backend (``pipeline.faces.detectors``) and the shot-cut detector (``pipeline.faces.shots``) see each frame once. Per frame:
 
 1. **Filter** the detections (LatentSync's rules, spec latentsync.md §5.1, in source-resolution pixels):
    score ``>= min_score``; width ``>= min_face_size`` and height ``>= 1.6 * min_face_size`` (the 50 x 80 px of the
@@ -31,7 +31,7 @@ backend (``pipeline.detectors``) and the shot-cut detector (``pipeline.shots``) 
      frames where none of them is present are cutaways.
 
    Ranking per shot, not per frame, keeps the choice stable when two faces have similar sizes.
-6. **Crop geometry** of the chosen face (``pipeline.cropbox``): the MuseTalk v1.5 crop box (``bbox_shift``,
+6. **Crop geometry** of the chosen face (``pipeline.faces.cropbox``): the MuseTalk v1.5 crop box (``bbox_shift``,
    ``extra_margin``) and LatentSync's three alignment points; crop boxes are smoothed over each run of frames of the
    same track (``smooth_boxes``; off = the original's per-frame boxes).
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from .cropbox import face_crop_geometry, smooth_boxes
 from .shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
-from .types import Detection, Face, FaceSequence, FaceTrack, FrameFaces, ranges_text
+from ..types import Detection, Face, FaceSequence, FaceTrack, FrameFaces, ranges_text
 
 SPEAKER_POLICIES = ("largest", "most_central", "track_index", "user_box")
 DEFAULT_MIN_SCORE = {"mtcnn": 0.9}
@@ -382,7 +382,7 @@ def analyze_faces(frames, detector, runtime=None, *, options: Optional[FaceOptio
                   frame_hook: Optional[Callable] = None, **overrides) -> FaceSequence:
     """Detect, track and choose the face to lip-sync in every frame of ``frames`` (a :class:`~.frames.Frames`).
 
-    ``detector``: a ``pipeline.detectors.FaceDetector`` (``detect(rgb uint8 [n,H,W,3]) -> per-frame detection
+    ``detector``: a ``pipeline.faces.detectors.FaceDetector`` (``detect(rgb uint8 [n,H,W,3]) -> per-frame detection
     lists``). ``options``: :class:`FaceOptions`; keyword overrides (e.g. ``speaker="most_central"``) replace single
     fields. Streams ``options.batch_size`` frames at a time; reports progress as stage ``"face detection"`` through
     ``runtime.progress`` (also the cancel point). ``frame_hook(batch)``, when given, sees every

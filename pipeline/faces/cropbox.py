@@ -12,7 +12,7 @@ MuseTalk v1.5 (spec musetalk.md §1.3, ``get_landmark_and_bbox``) crops ``frame[
 
 :func:`musetalk_crop_box` reproduces this bit for bit (fixture ``bbox.*``).
 
-**Five points (MTCNN), the last resort** when no 68-point model is installed (pipeline/landmarks.py). The face is
+**Five points (MTCNN), the last resort** when no 68-point model is installed (pipeline/faces/landmarks.py). The face is
 carried into its eye frame by the similarity transform (scale, rotation, translation; least squares) that best fits
 its 5 points onto an average face's (:data:`_FIT5`: eye midpoint at the origin, eyes one unit apart, y down). There a
 linear shape regression (``five_point_face.json``) predicts the 68 iBUG points from the nose, the mouth corners and

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import latentsync_unet3d as unet_mod
-from .runtime import Runtime, is_oom  # noqa: F401  (is_oom: callers catch OOM from sync_chunk with it)
+from ...models import latentsync_unet3d as unet_mod
+from ..runtime import Runtime, is_oom  # noqa: F401  (is_oom: callers catch OOM from sync_chunk with it)
 
 # configs/scheduler_config.json of the original (spec §8)
 SCHEDULER_CONFIG: Dict = {
@@ -323,8 +323,8 @@ def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_downlo
     ``runtime.dtype``. ``vae`` may be passed in to share an already loaded sd-vae-ft-mse; ``unet_config`` overrides
     the architecture (tests).
     """
-    from ..models.checkpoint import read_state_dict
-    from ..models.registry import ensure
+    from ...models.checkpoint import read_state_dict
+    from ...models.registry import ensure
 
     runtime = runtime or Runtime()
     v = unet_mod.normalize_version(version)
@@ -341,7 +341,7 @@ def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_downlo
     del sd
     unet = runtime.prepare_model(unet)
     if vae is None:
-        from ..models.vae import load_vae
+        from ...models.vae import load_vae
 
         vae = load_vae(paths["sd_vae.weights"], paths["sd_vae.config"])  # old/new key names, .safetensors/.bin
         vae.register_to_config(scaling_factor=VAE_SCALING_FACTOR, shift_factor=VAE_SHIFT_FACTOR)
@@ -357,7 +357,7 @@ def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto
                            **engine_kwargs) -> LatentSyncEngine:
     """:func:`load_latentsync`, reusing the last engine when the files, device, dtype and settings are the same
     (one LatentSync engine in memory at a time). The shared initial noise is re-drawn from the seed each time."""
-    from ..models.registry import find
+    from ...models.registry import find
 
     runtime = runtime or Runtime()
     v = unet_mod.normalize_version(version)
@@ -378,7 +378,7 @@ def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto
 def ping_pong_indices(n_frames: int, length: int) -> List[int]:
     """Frame order of the original ``loop_video`` when the audio is longer than the video (spec §4):
     0..n-1, n-1..0, 0..n-1, ... cut to ``length`` — the same cycle as MuseTalk's (``lipsync.ping_pong``)."""
-    from .lipsync import ping_pong
+    from ..lipsync import ping_pong
 
     return [ping_pong(k, n_frames) for k in range(length)]
 

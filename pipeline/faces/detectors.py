@@ -13,7 +13,7 @@ Backends:
   (default 720) are detected on an area-downscaled copy and the boxes/landmarks mapped back, so the cost and the
   smallest face found (``min_face_size``, 20 px at that resolution, i.e. 30 px in 1080p) do not depend on the
   video resolution. Each box then gets 68 real landmarks from the best landmark source installed (``landmarks``
-  option, pipeline/landmarks.py: DWPose, FAN, dlib; ``landmark_kind`` names it); without one the 5 points stay
+  option, pipeline/faces/landmarks.py: DWPose, FAN, dlib; ``landmark_kind`` names it); without one the 5 points stay
   and the crop is estimated from them.
 * ``"s3fd+fan68"``: the original MuseTalk-style detector (spec musetalk.md §1.3): S3FD boxes (score > 0.05, NMS 0.3,
   keep > 0.5, full resolution by default) and 68 iBUG landmarks from FAN (2DFAN4) on each box
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import registry
-from .runtime import Runtime, is_oom
-from .types import Detection
+from ...models import registry
+from ..runtime import Runtime, is_oom
+from ..types import Detection
 
 _log = logging.getLogger(__name__).info
 
@@ -136,7 +136,7 @@ def _downscale(images: torch.Tensor, short_side: Optional[int]) -> Tuple[torch.T
 def mtcnn_weight_paths(auto_download: bool = True) -> Dict[str, str]:
     """``{"pnet"|"rnet"|"onet": path}``: the model folder (``musetalk/mtcnn/``) first, then the facenet-pytorch
     wheel, then a download through the registry (which raises MissingWeightsError naming each file when it cannot)."""
-    from ..models import mtcnn
+    from ...models import mtcnn
 
     keys = mtcnn.REGISTRY_KEYS
     found = {name: registry.find(key) for name, key in keys.items()}
@@ -157,10 +157,10 @@ class MTCNNDetector(FaceDetector):
                  detect_short_side: Optional[int] = 720, batch_size: int = 8, dtype: Optional[torch.dtype] = None,
                  landmarks: str = "auto"):
         super().__init__(runtime, batch_size)
-        from ..models import mtcnn
+        from ...models import mtcnn
         from .landmarks import ALIGN_106, ESTIMATE, open_alignment_source, open_landmark_source
 
-        # 68 real points in each MTCNN box when a landmark source is here (pipeline/landmarks.py), else the 5 points;
+        # 68 real points in each MTCNN box when a landmark source is here (pipeline/faces/landmarks.py), else the 5 points;
         # LatentSync's alignment points from InsightFace's 106 when the user has that model
         self.landmarks, self.landmark_notes = _cached(
             ("landmarks", landmarks, str(runtime.device), bool(auto_download)),
@@ -218,7 +218,7 @@ class S3FDFan68Detector(FaceDetector):
                  batch_size: int = 4, landmark_batch: int = 16, max_faces: Optional[int] = 32,
                  dtype: Optional[torch.dtype] = None):
         super().__init__(runtime, batch_size)
-        from ..models import landmarks68, s3fd
+        from ...models import landmarks68, s3fd
 
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
         self.keep_threshold = float(keep_threshold)
@@ -238,7 +238,7 @@ class S3FDFan68Detector(FaceDetector):
         self.fan = runtime.prepare_model(fan, self.dtype)
 
     def _detect_batch(self, frames: torch.Tensor) -> List[List[Detection]]:
-        from ..models import landmarks68, s3fd
+        from ...models import landmarks68, s3fd
 
         n, height, width = frames.shape[:3]
         device = next(self.s3fd.parameters()).device
