@@ -23,11 +23,11 @@ DEMO_VOICE = "musetalk_example_voice.wav"
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline.backends.blending import BLEND_CHOICES
     from .pipeline.faces.detectors import BACKENDS as DETECTORS
-    from .pipeline.faces.tracks import SPEAKER_POLICIES
-    from .pipeline.lipsync import BackendSpec
-    from .pipeline.runtime import DTYPE_CHOICES
+    from .pipeline.faces.options import SPEAKER_POLICIES
+    from .pipeline.backends.selection import BACKEND_CHOICES, BackendSpec
     from .pipeline.faces.landmarks import LANDMARK_CHOICES
-    from .pipeline.lipsync import BACKEND_CHOICES, LENGTH_POLICIES
+    from .pipeline.lipsync.plan import LENGTH_POLICIES
+    from .pipeline.runtime import DTYPE_CHOICES
 
     p = argparse.ArgumentParser(prog="musetalk_enhanced",
                                 description="Re-sync the lips of the person in a video to a new voice track. Frames "
@@ -76,7 +76,7 @@ def resolve_demo(args, parser) -> None:
     """--demo fills in the example clip, its voice and a fresh output name; otherwise --video and --out are
     required."""
     if args.demo:
-        from .pipeline.media.video import unique_output_path
+        from .pipeline.media.writer import unique_output_path
 
         args.video = args.video or os.path.join(EXAMPLES, DEMO_VIDEO)
         args.audio = args.audio or (os.path.join(EXAMPLES, DEMO_VOICE) if args.video.endswith(DEMO_VIDEO) else None)
@@ -99,14 +99,10 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from .models.registry import MissingWeightsError
-    from .pipeline.media.audio import AudioError, load_audio_file
-    from .pipeline.audio_features import compute_audio_features
-    from .pipeline.faces.detectors import create_detector, detector_options
-    from .pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
-    from .pipeline.lipsync import (BackendSpec, LipSyncError, WriterSink, aligned_audio, ensure_weights, make_plan,
-                                   run_lipsync)
-    from .pipeline.runtime import Cancelled, Runtime, pick_device, pick_dtype
-    from .pipeline.media.video import VideoError, VideoFileFrames, VideoWriter
+    from .pipeline.lipsync import LipSyncError
+    from .pipeline.media.audio import AudioError
+    from .pipeline.media.video import VideoError
+    from .pipeline.runtime import Cancelled
 
     out = os.path.abspath(args.out)
     if os.path.exists(out):
@@ -117,36 +113,7 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     try:
-        device = pick_device(args.device)
-        runtime = Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
-        frames = VideoFileFrames(args.video, force_rate=args.force_rate, name="--video")
-        audio = load_audio_file(args.audio or args.video, name="--audio" if args.audio else "--video's audio")
-        print(f"video: {frames.describe()}; audio: {audio.duration:.2f} s, {audio.sample_rate} Hz, "
-              f"{audio.channels} ch; device {runtime.device}, {str(runtime.dtype).replace('torch.', '')}")
-        spec = BackendSpec(choice=args.backend, device=args.device, dtype=args.dtype,
-                           auto_download=not args.no_download,
-                           posterior="sample" if args.sample_latents else "mode", seed=args.seed,
-                           latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
-        ensure_weights(spec, args.detector, args.blend_mode, log=print)  # one error listing every missing file
-        detector = create_detector(args.detector, runtime, auto_download=not args.no_download,
-                                   **detector_options(args.detector, args.min_face_size, frames.width, frames.height,
-                                                      args.landmarks))
-        options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
-                              shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,
-                              user_box=args.user_box or None, bbox_shift=args.bbox_shift,
-                              extra_margin=args.extra_margin, smooth_boxes=not args.no_smooth_boxes)
-        options.validate()
-        faces = analyze_faces(frames, detector, runtime, options=options)
-        print(summarize(faces))
-        features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
-                                          compat=args.compat_int_fps, auto_download=not args.no_download)
-        plan = make_plan(len(frames), features.duration, frames.fps, args.length_policy)
-        writer = VideoWriter(out, frames.fps, frames.width, frames.height,
-                             aligned_audio(audio, plan.num_frames, frames.fps), crf=args.crf)
-        report, _ = run_lipsync(frames, faces, features, spec, runtime, WriterSink(writer),
-                                batch_size=args.batch_size, length_policy=args.length_policy,
-                                blend_mode=args.blend_mode)
-        writer.close()
+        report = dub(args, out)
     except (MissingWeightsError, VideoError, AudioError, LipSyncError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -156,9 +123,64 @@ def main(argv=None) -> int:
     print(report.text())
     print(f"wrote {out} ({report.num_frames} frames, {time.time() - t0:.1f} s)")
     if args.report_json:
-        with open(args.report_json, "w") as f:
-            json.dump({"output": out, "frames": report.num_frames, "synced": {k: len(v) for k, v in
-                                                                              report.synced.items()},
-                       "passed_through": report.passed_through, "fallbacks": report.fallbacks,
-                       "notes": report.notes, "seconds": report.seconds}, f, indent=1)
+        write_report_json(args.report_json, out, report)
     return 0
+
+
+def dub(args, out: str):
+    """Open the inputs, check the weights, analyse the faces, compute the voice features and lip-sync into ``out``
+    (one encode); returns the report."""
+    from .pipeline.audio_features import compute_audio_features
+    from .pipeline.backends.selection import BackendSpec, ensure_weights
+    from .pipeline.lipsync import LipSyncRun
+    from .pipeline.lipsync.sinks import WriterSink
+    from .pipeline.media.audio import load_audio_file
+    from .pipeline.media.video import VideoFileFrames
+    from .pipeline.media.writer import VideoWriter
+    from .pipeline.runtime import Runtime, pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    runtime = Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
+    frames = VideoFileFrames(args.video, force_rate=args.force_rate, name="--video")
+    audio = load_audio_file(args.audio or args.video, name="--audio" if args.audio else "--video's audio")
+    print(f"video: {frames.describe()}; audio: {audio.duration:.2f} s, {audio.sample_rate} Hz, "
+          f"{audio.channels} ch; device {runtime.device}, {str(runtime.dtype).replace('torch.', '')}")
+    spec = BackendSpec(choice=args.backend, device=args.device, dtype=args.dtype, auto_download=not args.no_download,
+                       posterior="sample" if args.sample_latents else "mode", seed=args.seed,
+                       latentsync_steps=args.steps, latentsync_guidance=args.guidance, deepcache=args.deepcache)
+    ensure_weights(spec, args.detector, args.blend_mode, log=print)  # one error listing every missing file
+    faces = analyse_faces(args, frames, runtime)
+    features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
+                                      compat=args.compat_int_fps, auto_download=not args.no_download)
+    run = LipSyncRun(frames, faces, features, spec, length_policy=args.length_policy, batch_size=args.batch_size,
+                     blend_mode=args.blend_mode)
+    writer = VideoWriter(out, frames.fps, frames.width, frames.height, run.audio, crf=args.crf)
+    report = run.into(WriterSink(writer), runtime)
+    writer.close()
+    return report
+
+
+def analyse_faces(args, frames, runtime):
+    """Face Detect with the node's options (pipeline.faces.detectors.detector_options), printing its summary."""
+    from .pipeline.faces.detectors import create_detector, detector_options
+    from .pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
+
+    detector = create_detector(args.detector, runtime, auto_download=not args.no_download,
+                               **detector_options(args.detector, args.min_face_size, frames.width, frames.height,
+                                                  args.landmarks))
+    options = FaceOptions(min_score=args.min_score or None, min_face_size=args.min_face_size,
+                          shot_threshold=args.shot_threshold, speaker=args.speaker, track_index=args.track_index,
+                          user_box=args.user_box or None, bbox_shift=args.bbox_shift,
+                          extra_margin=args.extra_margin, smooth_boxes=not args.no_smooth_boxes)
+    options.validate()
+    faces = analyze_faces(frames, detector, runtime, options=options)
+    print(summarize(faces))
+    return faces
+
+
+def write_report_json(path: str, out: str, report) -> None:
+    with open(path, "w") as f:
+        json.dump({"output": out, "frames": report.num_frames,
+                   "synced": {k: len(v) for k, v in report.synced.items()},
+                   "passed_through": report.passed_through, "fallbacks": report.fallbacks,
+                   "notes": report.notes, "seconds": report.seconds}, f, indent=1)

@@ -28,10 +28,12 @@ def random_whisper_tiny():
     import torch
 
     from musetalk_enhanced.models import whisper as W
+    from test_weights import whisper as tw_whisper
 
     enc = W.build_encoder()
     shapes = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
-    sd = W.random_whisper_state_dict({"encoder." + k: v for k, v in shapes.items()}, seed=0, dtype=torch.float32)
+    sd = tw_whisper.random_whisper_state_dict({"encoder." + k: v for k, v in shapes.items()}, seed=0,
+                                              dtype=torch.float32)
     enc.load_state_dict({k[len("encoder."):]: v for k, v in sd.items()})
     return W.WhisperStates(enc, "random whisper-tiny")
 

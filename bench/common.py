@@ -1,7 +1,8 @@
 """Shared helpers of the benchmark scripts (bench/media.py, bench/lipsync.py).
 
 * :func:`import_pack` imports the pack as the package ``musetalk_enhanced`` (relative imports inside), the way
-  tests/conftest.py and ComfyUI do.
+  tests/conftest.py and ComfyUI do. Importing this module puts ``tools/`` on ``sys.path`` (``make_test_weights`` and
+  the random test-weight writers: ``from test_weights import s3fd as tw_s3fd``).
 * :func:`bench_parser` gives every script the same options: ``--quick`` (a smoke run of seconds, for CI),
   ``--json PATH``, ``--device``, ``--dtype``, ``--threads``.
 * :func:`pick_device_dtype` (CPU here, CUDA when present), :func:`sync` and :func:`timed` (optional warm-up call,
@@ -31,6 +32,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "musetalk_enhanced"
 MB = 1024.0 * 1024.0
+TOOLS = os.path.join(ROOT, "tools")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
 
 
 # ---- the pack ------------------------------------------------------------------------------------------------------

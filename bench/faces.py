@@ -14,9 +14,9 @@ s3fd+fan68 at 360p only (``--resolutions`` given explicitly overrides this).
 
 Weights: MTCNN uses its real weights (the facenet-pytorch wheel, the model folder, or a download). When the S3FD /
 FAN weights are not installed, random weights with the released layout are written to a temporary folder
-(``write_test_weights``): the networks cost the same, but random S3FD weights yield thousands of boxes, so the
-benchmark then keeps the best box of each frame (one face per frame, as in a talking-head video) before FAN runs; rows
-record ``"weights": "random"``.
+(``write_test_weights`` of tools/test_weights): the networks cost the same, but random S3FD weights yield thousands of
+boxes, so the benchmark then keeps the best box of each frame (one face per frame, as in a talking-head video) before
+FAN runs; rows record ``"weights": "random"``.
 
 Prints one JSON line per measurement, then a markdown table; ``--json PATH`` writes everything (with the machine
 description) to a file.
@@ -85,14 +85,15 @@ _S3FD_FAN_WEIGHTS = []
 def s3fd_fan_weights(tmp: str) -> str:
     """"real" when both files are installed, else write random ones under ``tmp`` and point the registry there."""
     from musetalk_enhanced.models import landmarks68, registry, s3fd
+    from test_weights import landmarks68 as tw_fan, s3fd as tw_s3fd
 
     if _S3FD_FAN_WEIGHTS:
         return _S3FD_FAN_WEIGHTS[0]
     if registry.find(s3fd.REGISTRY_KEY) and registry.find(landmarks68.REGISTRY_KEY):
         _S3FD_FAN_WEIGHTS.append("real")
     else:
-        s3fd.write_test_weights(tmp)
-        landmarks68.write_test_weights(tmp)
+        tw_s3fd.write_test_weights(tmp)
+        tw_fan.write_test_weights(tmp)
         os.environ[registry.ENV_MODELS_DIR] = tmp
         _keep_best_box_per_frame()
         _S3FD_FAN_WEIGHTS.append("random")

@@ -153,7 +153,7 @@ def photo_frames(name: str, width: int, height: int, n: int, start: int = 0):
 
 
 def write_clip(path: str, frames, fps: float = FPS, audio=None, crf: int = 19, preset: str = "medium") -> str:
-    from musetalk_enhanced.pipeline.media.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     with VideoWriter(path, fps, frames.shape[2], frames.shape[1], audio, crf=crf, preset=preset) as w:
         for a in range(0, len(frames), 16):
@@ -188,21 +188,12 @@ def speech_audio(seconds: float, workdir: str):
 
 
 # ---- models --------------------------------------------------------------------------------------------------------
-def _load_module_file(name: str, path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def ensure_test_weights(weights_dir: str, with_parser: bool = True) -> dict:
     """Write the random full-size weights that are missing (UNet, VAE, whisper-tiny, BiSeNet) and point the registry
     at ``weights_dir``. Returns ``{module: seconds}`` for what was written."""
+    import make_test_weights as mtw  # tools/ is on sys.path (common)
     from musetalk_enhanced.models import registry
 
-    mtw = _load_module_file("_bench_make_test_weights", os.path.join(common.ROOT, "tools", "make_test_weights.py"))
     wanted = ["musetalk_unet", "vae", "whisper"] + (["bisenet"] if with_parser else [])
     os.makedirs(weights_dir, exist_ok=True)
     written = {}
@@ -213,7 +204,7 @@ def ensure_test_weights(weights_dir: str, with_parser: bool = True) -> dict:
         done, _ = mtw.write_one(name, writer, weights_dir)
         if done:
             written[name] = round(time.perf_counter() - t0, 1)
-            print(f"# wrote random test weights for models/{name}.py in {written[name]} s", flush=True)
+            print(f"# wrote random test weights for {name} in {written[name]} s", flush=True)
     os.environ[registry.ENV_MODELS_DIR] = os.path.abspath(weights_dir)
     return written
 
@@ -332,7 +323,7 @@ def bench_stages(args, runtime, models: Models, clip, workdir: str, stages, emit
     import torch
 
     from musetalk_enhanced.pipeline.audio_features import compute_audio_features
-    from musetalk_enhanced.pipeline.backends.blending import apply_patch, blend_face, prepare_blend_mask
+    from musetalk_enhanced.pipeline.backends.blending import blend_face, prepare_blend_mask
     from musetalk_enhanced.pipeline.faces.detectors import create_detector
     from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
     from musetalk_enhanced.pipeline.media.frames import ArrayFrames
@@ -456,7 +447,7 @@ def bench_stages(args, runtime, models: Models, clip, workdir: str, stages, emit
                 t0 = time.perf_counter()
                 bm = prepare_blend_mask(decoded[i], boxes[i], mode, models.parser)
                 t1 = time.perf_counter()
-                apply_patch(decoded[i], blend_face(decoded[i], gen[i % n], boxes[i], bm))
+                blend_face(decoded[i], gen[i % n], boxes[i], bm).apply(decoded[i])
                 t2 = time.perf_counter()
                 t_mask += t1 - t0
                 t_comp += t2 - t1
@@ -512,29 +503,29 @@ def bench_vram(args, models: Models, emit) -> None:
 
 # ---- end to end ----------------------------------------------------------------------------------------------------
 def make_runner_factory(models: Models, mode: str):
-    from musetalk_enhanced.pipeline import lipsync as L
+    from musetalk_enhanced.pipeline.backends.musetalk import NAME, MuseTalkBackend
+    from musetalk_enhanced.pipeline.types import LipSyncError
 
     def make(backend):
-        if backend != L.MUSETALK:
-            raise L.LipSyncError(f"{backend}: not benchmarked")
-        return L.MuseTalkRunner(models.engine, mode, models.parser)
+        if backend != NAME:
+            raise LipSyncError(f"{backend}: not benchmarked")
+        return MuseTalkBackend(models.engine, mode, models.parser)
     return make
 
 
 def ours_lipsync(video_path: str, faces, feats, models: Models, runtime, out_path: str, batch: int, mode: str):
     """``run_lipsync`` from an mp4 to an mp4 (streamed); returns (report, seconds)."""
-    from musetalk_enhanced.pipeline import lipsync as L
-    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
-
+    from musetalk_enhanced.pipeline.backends.selection import MUSETALK, BackendSpec
+    from musetalk_enhanced.pipeline.lipsync import LipSyncRun
+    from musetalk_enhanced.pipeline.lipsync.sinks import WriterSink
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
     frames = VideoFileFrames(video_path)
-    plan = L.make_plan(len(frames), feats.duration, frames.fps, "follow_video")
-    audio = L.aligned_audio(feats.audio, plan.num_frames, frames.fps)
-    writer = VideoWriter(out_path, frames.fps, frames.width, frames.height, audio, crf=19, preset="medium")
-    sink = L.WriterSink(writer)
-    spec = L.BackendSpec(choice=L.MUSETALK, auto_download=False)
-    report, _ = L.run_lipsync(frames, faces, feats, spec, runtime, sink, batch_size=batch,
-                              length_policy="follow_video", blend_mode=mode,
-                              engine_factory=make_runner_factory(models, mode))
+    run = LipSyncRun(frames, faces, feats, BackendSpec(choice=MUSETALK, auto_download=False),
+                     length_policy="follow_video", batch_size=batch, blend_mode=mode)
+    sink = WriterSink(VideoWriter(out_path, frames.fps, frames.width, frames.height, run.audio, crf=19,
+                                  preset="medium"))
+    report = run.into(sink, runtime, engine_factory=make_runner_factory(models, mode))
     sink.close()
     return report
 
@@ -633,7 +624,9 @@ def original_offline(video_path: str, boxes, windows, models: Models, runtime, a
     import numpy as np
     import torch
 
-    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     dev = runtime.device
     eng = models.engine

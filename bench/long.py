@@ -68,7 +68,7 @@ def write_long_clip(path: str, width: int, height: int, shots, audio) -> None:
     import numpy as np
 
     import lipsync as LB
-    from musetalk_enhanced.pipeline.media.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     with VideoWriter(path, FPS, width, height, audio, crf=23, preset="ultrafast") as w:
         for start, n, photo in shots:

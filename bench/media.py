@@ -110,7 +110,7 @@ class Footage:
 
 # ---- measurements ----------------------------------------------------------------------------------------------------
 def bench_encode(frames, fps: float, res: str, preset: str, crf: int, batch: int, path: str) -> dict:
-    from musetalk_enhanced.pipeline.media.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     n, h, w = frames.shape[:3]
     with common.PeakMemory() as mem, common.Stopwatch() as sw:
@@ -150,7 +150,7 @@ def bench_decode(path: str, res: str, batch: int) -> dict:
 
 def make_long_source(path: str, footage: Footage, n: int, fps: float, batch: int = 25) -> dict:
     """Write the long input clip (ultrafast, crf 23) from generated frames; returns its timing row."""
-    from musetalk_enhanced.pipeline.media.video import VideoWriter
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     t0 = time.perf_counter()
     with VideoWriter(path, fps, footage.width, footage.height, crf=23, preset="ultrafast") as writer:
@@ -183,7 +183,8 @@ def growth_per_1000(points, skip_frames: int = 0, skip_fraction: float = 0.2):
 
 
 def bench_stream(src: str, dst: str, res: str, batch: int, crf: int, preset: str) -> dict:
-    from musetalk_enhanced.pipeline.media.video import VideoFileFrames, VideoWriter
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter
 
     gc.collect()
     frames = VideoFileFrames(src)

@@ -18,15 +18,13 @@ Class labels: 0 bg, 1 skin, 2/3 brows, 4/5 eyes, 6 glasses, 7/8 ears, 9 earring,
 """
 from __future__ import annotations
 
-import os
-from typing import List, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_strict, random_state_dict, read_state_dict
-from .registry import TEST_WEIGHTS_MARKER
+from .checkpoint import CheckpointError, load_strict, read_state_dict
 
 NUM_CLASSES = 19
 NUM_PARAMETERS = 13_300_416
@@ -194,20 +192,3 @@ def load_bisenet(weights: Union[str, Mapping[str, torch.Tensor]], dtype: Optiona
         raise CheckpointError(f"BiSeNet: tensors not initialised by the file: {leftover[:5]}")
     model = model.float() if dtype is None else model.to(dtype=dtype)
     return model.eval().requires_grad_(False)
-
-
-def test_weight_files(models_root: str) -> List[str]:
-    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
-    return [os.path.join(models_root, "musetalk", WEIGHTS_RELPATH)]
-
-
-def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
-    """Random weights as ``<root>/musetalk/face-parse-bisent/79999_iter.pth`` (+ the test-weights marker)."""
-    folder = os.path.join(models_root, "musetalk", os.path.dirname(WEIGHTS_RELPATH))
-    os.makedirs(folder, exist_ok=True)
-    sd = random_state_dict(build_bisenet(device="meta").state_dict(), seed=seed, dtype=torch.float16)
-    paths = [os.path.join(folder, os.path.basename(WEIGHTS_RELPATH)), os.path.join(folder, TEST_WEIGHTS_MARKER)]
-    torch.save(sd, paths[0])
-    with open(paths[1], "w", encoding="utf-8") as fh:
-        fh.write(f"Random BiSeNet test weights (seed {seed}); NOT the released model.\n")
-    return paths

@@ -72,36 +72,6 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     return module
 
 
-def random_state_dict(template: Mapping[str, torch.Tensor], seed: int = 0,
-                      dtype: torch.dtype = torch.float16) -> dict:
-    """Random "sane" weights with exactly the keys/shapes of ``template`` (a state dict, typically from a model built
-    on the ``meta`` device), for the random full-size test weights (tools/make_test_weights.py).
-
-    Matrices and kernels get N(0, 1/fan_in) (variance-preserving, so activations stay O(1) and finite in fp16);
-    1-D ``weight``/``running_var`` get ones, other 1-D tensors (biases, ``running_mean``) zeros; integer buffers
-    (``num_batches_tracked``) zeros of their own dtype. One generator walks the keys in order: same seed, same file.
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    out = {}
-    for key, ref in template.items():
-        shape = tuple(ref.shape)
-        if not ref.dtype.is_floating_point:
-            out[key] = torch.zeros(shape, dtype=ref.dtype)
-            continue
-        leaf = key.rsplit(".", 1)[-1]
-        if len(shape) >= 2:
-            fan_in = 1
-            for n in shape[1:]:
-                fan_in *= int(n)
-            t = torch.randn(shape, generator=gen) * (1.0 / max(1, fan_in) ** 0.5)
-        elif leaf in ("weight", "running_var", "gamma"):
-            t = torch.ones(shape)
-        else:
-            t = torch.zeros(shape)
-        out[key] = t.to(dtype)
-    return out
-
-
 def onnx_session(path: str, device: str = "cpu"):
     """An onnxruntime session for an ``.onnx`` weight file on ``device`` (CUDA when asked for and available, else the
     CPU). onnxruntime is optional: only ONNX weight files need it."""

@@ -391,24 +391,3 @@ def load_mtcnn(paths: Dict[str, str], device="cpu", dtype: torch.dtype = torch.f
         load_strict(net, read_state_dict(paths[name]), f"MTCNN {name}", paths[name])
         net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return MTCNN(nets["pnet"], nets["rnet"], nets["onet"], config)
-
-
-def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
-    """Write ``<root>/musetalk/mtcnn/{pnet,rnet,onet}.pt``: the real files when the facenet-pytorch wheel is
-    installed (they are tiny), otherwise random weights with the released keys and shapes."""
-    import shutil
-
-    out_dir = os.path.join(models_root, "musetalk", "mtcnn")
-    os.makedirs(out_dir, exist_ok=True)
-    real = wheel_weight_paths()
-    gen = torch.Generator().manual_seed(seed)
-    written = []
-    for name, net in build_networks().items():
-        dest = os.path.join(out_dir, f"{name}.pt")
-        if real:
-            shutil.copyfile(real[name], dest)
-        else:
-            sd = {k: (torch.randn(v.shape, generator=gen) * 0.1) for k, v in net.state_dict().items()}
-            torch.save(sd, dest)
-        written.append(dest)
-    return written

@@ -12,13 +12,11 @@ exist once in memory while loading.
 from __future__ import annotations
 
 import json
-import os
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_strict, random_state_dict, read_state_dict
-from .registry import TEST_WEIGHTS_MARKER
+from .checkpoint import CheckpointError, load_strict, read_state_dict
 
 # The released musetalkV15/musetalk.json (spec musetalk.md §0.1; values consistent across every public copy).
 MUSETALK_V15_CONFIG: Dict[str, object] = {
@@ -98,34 +96,3 @@ def load_unet(weights: Union[str, Mapping[str, torch.Tensor]],
     if dtype is not None:
         model = torch.nn.Module.to(model, dtype=dtype)  # (diffusers warns needlessly on .to(dtype))
     return model.eval().requires_grad_(False)
-
-
-def test_weight_files(models_root: str) -> List[str]:
-    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
-    return [os.path.join(models_root, "musetalk", UNET_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH)]
-
-
-def write_test_weights(models_root: str, seed: int = 0, config: Optional[Mapping[str, object]] = None) -> List[str]:
-    """Write random weights in the released layout: ``<root>/musetalk/musetalkV15/{unet.pth, musetalk.json}``.
-
-    Full size by default (686 keys, fp16 values, ~1.7 GB); ``config`` builds a smaller variant (tests). A
-    ``RANDOM_TEST_WEIGHTS.txt`` marker is written next to them (models.registry.is_test_weights).
-    """
-    cfg = dict(config if config is not None else MUSETALK_V15_CONFIG)
-    folder = os.path.join(models_root, "musetalk", os.path.dirname(UNET_RELPATH))
-    os.makedirs(folder, exist_ok=True)
-    template = build_unet(cfg, device="meta").state_dict()
-    sd = random_state_dict(template, seed=seed, dtype=torch.float16)
-    # The last conv predicts a latent: a smaller init keeps random outputs in the VAE's usual latent range.
-    for k in ("conv_out.weight",):
-        if k in sd:
-            sd[k] = (sd[k].float() * 0.2).half()
-    paths = [os.path.join(models_root, "musetalk", UNET_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH),
-             os.path.join(folder, TEST_WEIGHTS_MARKER)]
-    torch.save(sd, paths[0])
-    del sd
-    with open(paths[1], "w", encoding="utf-8") as fh:
-        json.dump(cfg, fh, indent=2)
-    with open(paths[2], "w", encoding="utf-8") as fh:
-        fh.write(f"Random MuseTalk UNet test weights (seed {seed}); NOT the released model. They produce noise.\n")
-    return paths

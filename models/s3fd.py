@@ -23,7 +23,6 @@ the original kept because the released weights were used that way), full image, 
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -176,23 +175,3 @@ def load_s3fd(path: str, device="cpu", dtype: torch.dtype = torch.float32) -> S3
     model = S3FD()
     load_strict(model, read_state_dict(path), "S3FD face detector", path)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def write_test_weights(models_root: str, seed: int = 0) -> List[str]:
-    """Random fp16 weights with the released keys/shapes at ``<root>/musetalk/s3fd/s3fd-619a316812.pth``."""
-    dest = os.path.join(models_root, "musetalk", "s3fd", "s3fd-619a316812.pth")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        model = S3FD()
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("_norm.weight"):
-            sd[k] = torch.full(v.shape, 8.0, dtype=torch.float16)
-        elif k.endswith(".bias"):
-            sd[k] = torch.zeros(v.shape, dtype=torch.float16)
-        else:
-            fan_in = int(np.prod(v.shape[1:]))
-            sd[k] = (torch.randn(v.shape, generator=gen) * (2.0 / fan_in) ** 0.5).half()
-    torch.save(sd, dest)
-    return [dest]

@@ -14,14 +14,12 @@ attention weights into the ``[C, C]`` matrices of today's linear layers (spec §
 from __future__ import annotations
 
 import json
-import os
 import re
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_strict, random_state_dict, read_state_dict
-from .registry import TEST_WEIGHTS_MARKER
+from .checkpoint import CheckpointError, load_strict, read_state_dict
 
 SCALING_FACTOR = 0.18215
 
@@ -47,7 +45,8 @@ CONFIG_RELPATH = "sd-vae/config.json"
 WEIGHTS_RELPATH = "sd-vae/diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN_RELPATH = "sd-vae/diffusion_pytorch_model.bin"
 
-_OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# diffusers<=0.13 names of the mid-block attention layers -> today's
+OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _OLD_KEY = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")
 
 
@@ -60,7 +59,7 @@ def convert_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, tor
     for key, value in state_dict.items():
         m = _OLD_KEY.match(key)
         if m:
-            key = f"{m.group(1)}.{_OLD_ATTENTION[m.group(2)]}.{m.group(3)}"
+            key = f"{m.group(1)}.{OLD_ATTENTION_NAMES[m.group(2)]}.{m.group(3)}"
         if (".attentions." in key and key.endswith(".weight") and value.ndim == 4
                 and value.shape[2] == 1 and value.shape[3] == 1
                 and any(f".{n}.weight" in key for n in ("to_q", "to_k", "to_v", "to_out.0"))):
@@ -121,41 +120,3 @@ def load_vae(weights: Union[str, Mapping[str, torch.Tensor]],
 def scaling_factor(vae) -> float:
     """``vae.config.scaling_factor`` (0.18215 for sd-vae-ft-mse, spec §1.4)."""
     return float(getattr(getattr(vae, "config", None), "scaling_factor", None) or SCALING_FACTOR)
-
-
-def test_weight_files(models_root: str) -> List[str]:
-    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
-    folder = os.path.join(models_root, "musetalk")
-    return [os.path.join(folder, WEIGHTS_RELPATH), os.path.join(folder, CONFIG_RELPATH)]
-
-
-def write_test_weights(models_root: str, seed: int = 0, config: Optional[Mapping[str, object]] = None,
-                       legacy_names: bool = False) -> List[str]:
-    """Random weights in the released layout: ``<root>/musetalk/sd-vae/{config.json,
-    diffusion_pytorch_model.safetensors}`` (fp16 values, full size unless ``config`` is given) plus the
-    ``RANDOM_TEST_WEIGHTS.txt`` marker. ``legacy_names`` writes the old ``query/key/value/proj_attn`` names."""
-    from safetensors.torch import save_file
-
-    cfg = dict(config if config is not None else SD_VAE_FT_MSE_CONFIG)
-    folder = os.path.join(models_root, "musetalk", os.path.dirname(WEIGHTS_RELPATH))
-    os.makedirs(folder, exist_ok=True)
-    template = build_vae(cfg, device="meta").state_dict()
-    sd = random_state_dict(template, seed=seed, dtype=torch.float16)
-    if legacy_names:
-        back = {v: k for k, v in _OLD_ATTENTION.items()}
-        renamed = {}
-        for k, v in sd.items():
-            for new, old in back.items():
-                if f".attentions." in k and f".{new}." in k:
-                    k = k.replace(f".{new}.", f".{old}.")
-                    break
-            renamed[k] = v
-        sd = renamed
-    paths = [os.path.join(folder, os.path.basename(WEIGHTS_RELPATH)), os.path.join(folder, "config.json"),
-             os.path.join(folder, TEST_WEIGHTS_MARKER)]
-    save_file({k: v.contiguous() for k, v in sd.items()}, paths[0], metadata={"format": "pt"})
-    with open(paths[1], "w", encoding="utf-8") as fh:
-        json.dump(cfg, fh, indent=2)
-    with open(paths[2], "w", encoding="utf-8") as fh:
-        fh.write(f"Random sd-vae test weights (seed {seed}); NOT the released model.\n")
-    return paths

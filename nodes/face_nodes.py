@@ -4,61 +4,8 @@ from __future__ import annotations
 from . import comfy
 from ..pipeline.faces.detectors import BACKENDS, detector_options
 from ..pipeline.faces.landmarks import LANDMARK_CHOICES
+from ..pipeline.faces.options import SPEAKER_POLICIES
 from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
-SPEAKERS = ["largest", "most_central", "track_index", "user_box"]
-PREVIEW_MAX_FRAMES = 64
-PREVIEW_MAX_WIDTH = 512
-
-
-def preview_indices(num_frames: int, max_frames: int = PREVIEW_MAX_FRAMES):
-    """All frames of a short clip, else ``max_frames`` indices spread evenly (first and last included)."""
-    import numpy as np
-
-    if num_frames <= max_frames:
-        return list(range(num_frames))
-    return sorted(set(int(round(x)) for x in np.linspace(0, num_frames - 1, max_frames)))
-
-
-def draw_preview(rgb, frame_faces, scale: float):
-    """One preview frame: detections (grey: filtered out, yellow: other tracks), the chosen face (green) and its
-    crop box (cyan); cutaways get a red border and "CUTAWAY" with the reason."""
-    import cv2
-    import numpy as np
-
-    img = np.ascontiguousarray(rgb).copy()
-    h, w = img.shape[:2]
-    th = max(1, int(round(min(h, w) / 180)))
-
-    def rect(box, color, t=th):
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in box[:4])
-        cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), color, t)
-
-    chosen = frame_faces.face.detection if frame_faces.face is not None else None
-    for det, tid in zip(frame_faces.detections, frame_faces.track_ids):
-        if det is chosen:
-            continue
-        rect(det.box, (255, 220, 0) if tid >= 0 else (150, 150, 150))
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    fs = max(0.35, min(h, w) / 500.0)
-    if frame_faces.face is not None:
-        face = frame_faces.face
-        rect(face.detection.box, (0, 220, 0))
-        rect(face.crop_box, (0, 200, 255))
-        if face.detection.landmarks is not None:
-            for x, y in np.asarray(face.detection.landmarks)[:, :2]:
-                cv2.circle(img, (int(round(x * scale)), int(round(y * scale))), max(1, th), (0, 255, 0), -1)
-        label = f"#{frame_faces.index} shot {frame_faces.shot} track {face.track_id}"
-    else:
-        b = max(3, int(round(min(h, w) / 40)))
-        img[:b], img[-b:], img[:, :b], img[:, -b:] = (220, 0, 0), (220, 0, 0), (220, 0, 0), (220, 0, 0)
-        cv2.putText(img, "CUTAWAY", (b + 4, h - b - 8 - int(28 * fs)), font, fs * 1.4, (255, 0, 0),
-                    max(1, th + 1), cv2.LINE_AA)
-        cv2.putText(img, frame_faces.reason or "", (b + 4, h - b - 6), font, fs, (255, 60, 60), max(1, th),
-                    cv2.LINE_AA)
-        label = f"#{frame_faces.index} shot {frame_faces.shot}"
-    cv2.putText(img, label, (6, 6 + int(22 * fs)), font, fs, (0, 0, 0), th + 2, cv2.LINE_AA)
-    cv2.putText(img, label, (6, 6 + int(22 * fs)), font, fs, (255, 255, 255), th, cv2.LINE_AA)
-    return img
 
 
 class MuseTalkFaceDetect:
@@ -93,7 +40,7 @@ class MuseTalkFaceDetect:
                 "bridge_gap": ("INT", {"default": 2, "min": 0, "max": 50, "step": 1, "tooltip":
                     "Fill detector dropouts of up to this many frames inside a face track by interpolating the "
                     "box (same shot only). 0 = off: every missed frame is a cutaway."}),
-                "speaker": (SPEAKERS, {"default": "largest", "tooltip":
+                "speaker": (list(SPEAKER_POLICIES), {"default": "largest", "tooltip":
                     "Which face to lip-sync when several are visible. largest / most_central: ranked per shot, the "
                     "next face is used where the first is absent. track_index: the n-th face of each shot by first "
                     "appearance (left to right when simultaneous). user_box: the face inside 'user_box'."}),
@@ -139,12 +86,10 @@ class MuseTalkFaceDetect:
                debounce_frames=3, bridge_gap=2, speaker="largest", track_index=0, user_box="", bbox_shift=0,
                extra_margin=10, smooth_boxes=True, auto_download=True, landmarks="auto", images=None, frames=None,
                unique_id=None):
-        import cv2
-        import numpy as np
-        import torch
-
         from ..pipeline.faces.detectors import create_detector
+        from ..pipeline.faces.preview import PreviewCollector
         from ..pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
+        from ..pipeline.media.frames import uint8_to_image
 
         src = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Face Detect")
         options = FaceOptions(
@@ -156,27 +101,9 @@ class MuseTalkFaceDetect:
         runtime = comfy.make_runtime(unique_id)
         detector = create_detector(backend, runtime, auto_download=bool(auto_download),
                                    **detector_options(backend, min_face_size, src.width, src.height, landmarks))
-
-        wanted = preview_indices(len(src))
-        wanted_set = set(wanted)
-        scale = min(1.0, PREVIEW_MAX_WIDTH / float(src.width))
-        size = (max(1, int(round(src.width * scale))), max(1, int(round(src.height * scale))))
-        kept = {}
-
-        def keep_preview(batch):
-            for k in range(len(batch)):
-                i = batch.start + k
-                if i in wanted_set:
-                    kept[i] = cv2.resize(batch.rgb[k], size, interpolation=cv2.INTER_AREA) if scale < 1.0 \
-                        else batch.rgb[k].copy()
-
-        faces = analyze_faces(src, detector, runtime, options=options, frame_hook=keep_preview)
-        if wanted:
-            preview = np.stack([draw_preview(kept[i], faces.frames[i], scale) for i in wanted])
-        else:  # no frames at all: a black placeholder keeps the IMAGE output valid
-            preview = np.zeros((1, size[1], size[0], 3), np.uint8)
-        preview_t = torch.from_numpy(preview).to(torch.float32).div_(255.0)
-        return (faces, preview_t, summarize(faces))
+        preview = PreviewCollector(len(src), src.width, src.height)
+        faces = analyze_faces(src, detector, runtime, options=options, frame_hook=preview.keep)
+        return (faces, uint8_to_image(preview.draw(faces)), summarize(faces))
 
 
 NODE_CLASS_MAPPINGS = {"MuseTalkFaceDetect": MuseTalkFaceDetect}

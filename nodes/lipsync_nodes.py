@@ -13,7 +13,7 @@ OUTPUT_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4"
 class MuseTalkUNetSelector:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.lipsync import BACKEND_CHOICES, BackendSpec
+        from ..pipeline.backends.selection import BACKEND_CHOICES, BackendSpec
         from ..pipeline.runtime import DTYPE_CHOICES
 
         return {
@@ -64,7 +64,7 @@ class MuseTalkUNetSelector:
 
     def select(self, backend="auto", dtype="auto", device="auto", auto_download=True, deterministic_latents=True,
                seed=None, latentsync_steps=20, latentsync_guidance=1.5, deepcache=False):
-        from ..pipeline.lipsync import BackendSpec
+        from ..pipeline.backends.selection import BackendSpec
 
         return (BackendSpec(choice=backend, device=device, dtype=dtype, auto_download=bool(auto_download),
                             posterior="mode" if deterministic_latents else "sample",
@@ -77,7 +77,7 @@ class MuseTalkBatchedLipSync:
     @classmethod
     def INPUT_TYPES(cls):
         from ..pipeline.backends.blending import BLEND_CHOICES
-        from ..pipeline.lipsync import LENGTH_POLICIES
+        from ..pipeline.lipsync.plan import LENGTH_POLICIES
 
         return {
             "required": {
@@ -127,43 +127,49 @@ class MuseTalkBatchedLipSync:
 
     def lipsync(self, faces, audio_features, batch_size=8, length_policy="follow_audio", blend_mode="auto",
                 images=None, frames=None, fps=0.0, backend=None, unique_id=None):
-        from ..pipeline.media.frames import ImageFrames
-        from ..pipeline.lipsync import BackendSpec, ImageSink, make_plan, run_lipsync
-        from ..pipeline.patched_frames import PatchSink
+        from ..pipeline.lipsync import LipSyncRun
 
-        spec = backend if backend is not None else BackendSpec()
         if not fps and frames is None and images is not None:
             fps = float(audio_features.fps)
         seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
-        runtime = comfy.make_runtime(unique_id, spec.device, spec.dtype)
-        plan = make_plan(len(seq), audio_features.duration, seq.fps, length_policy)
-        plan_len = plan.num_frames
-        nbytes = plan_len * seq.width * seq.height * 3 * 4
-        to_image = isinstance(seq, ImageFrames) and nbytes <= OUTPUT_IMAGE_LIMIT_BYTES
-        if to_image:
-            sink = ImageSink(plan_len, seq.height, seq.width)
-        else:  # streamed input or a big output: the source frames + the lip-sync patches, composed when read
-            sink = PatchSink(seq, plan.source, comfy.temp_dir())
-        report, out_audio = run_lipsync(seq, faces, audio_features, spec, runtime, sink, batch_size=batch_size,
-                                        length_policy=length_policy, blend_mode=blend_mode)
-        result = sink.close()
-        if to_image:
-            images_out = result
-            frames_out = ImageFrames(images_out, seq.fps)
-        else:
-            frames_out = result
-            if nbytes <= OUTPUT_IMAGE_LIMIT_BYTES:
-                images_out = frames_out.to_image()
-            else:
-                log_warning("the lip-synced video is too long for an IMAGE batch; the 'images' output holds the "
-                            "first frame only. Use the 'frames' output (e.g. into Mux Video).")
-                images_out = frames_out.read([0])
-                from ..pipeline.media.frames import uint8_to_image
-                images_out = uint8_to_image(images_out)
-        audio_out = out_audio.to_comfy() if out_audio is not None else None
+        run = LipSyncRun(seq, faces, audio_features, backend, length_policy, batch_size, blend_mode)
+        runtime = comfy.make_runtime(unique_id, run.spec.device, run.spec.dtype)
+        sink, to_image = output_sink(seq, run.plan)
+        report = run.into(sink, runtime)
+        images_out, frames_out = node_outputs(sink.close(), seq, to_image)
         text = report.text()
         runtime.log(text)
+        audio_out = run.audio.to_comfy() if run.audio is not None else None
         return {"ui": {"text": [text]}, "result": (images_out, frames_out, audio_out, float(seq.fps), text)}
+
+
+def output_sink(seq, plan):
+    """An IMAGE batch when the input was one and the output fits OUTPUT_IMAGE_LIMIT_BYTES; otherwise the source
+    frames + the lip-sync patches, composed when read (no lossy intermediate). Returns (sink, is an IMAGE sink)."""
+    from ..pipeline.lipsync.patched_frames import PatchSink
+    from ..pipeline.lipsync.sinks import ImageSink
+    from ..pipeline.media.frames import ImageFrames
+
+    if isinstance(seq, ImageFrames) and _image_bytes(seq, plan.num_frames) <= OUTPUT_IMAGE_LIMIT_BYTES:
+        return ImageSink(plan.num_frames, seq.height, seq.width), True
+    return PatchSink(seq, plan.source, comfy.temp_dir()), False
+
+
+def node_outputs(result, seq, to_image: bool):
+    """``(IMAGE, MUSETALK_FRAMES)`` from the sink's result; an IMAGE too big for memory holds the first frame."""
+    from ..pipeline.media.frames import ImageFrames, uint8_to_image
+
+    if to_image:
+        return result, ImageFrames(result, seq.fps)
+    if _image_bytes(seq, len(result)) <= OUTPUT_IMAGE_LIMIT_BYTES:
+        return result.to_image(), result
+    log_warning("the lip-synced video is too long for an IMAGE batch; the 'images' output holds the first frame "
+                "only. Use the 'frames' output (e.g. into Mux Video).")
+    return uint8_to_image(result.read([0])), result
+
+
+def _image_bytes(seq, num_frames: int) -> int:
+    return num_frames * seq.width * seq.height * 3 * 4
 
 
 NODE_CLASS_MAPPINGS = {

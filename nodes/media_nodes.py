@@ -191,7 +191,7 @@ class MuseTalkLoadAudio:
 class MuseTalkMuxVideo:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.media.video import AUDIO_FIT
+        from ..pipeline.media.writer import AUDIO_FIT
 
         return {
             "required": {
@@ -229,7 +229,7 @@ class MuseTalkMuxVideo:
     def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=19, audio_fit="pad_or_trim_audio", images=None,
             frames=None, audio=None):
         from ..pipeline.media.audio import from_comfy
-        from ..pipeline.media.video import unique_output_path, write_video
+        from ..pipeline.media.writer import unique_output_path, write_video
 
         seq = frames_from_inputs(images, frames, fps, node="Mux Video")
         a = None

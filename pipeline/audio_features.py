@@ -35,17 +35,18 @@ Memory: the waveform is encoded 30 s window by window (several windows per encod
 """
 from __future__ import annotations
 
-import copy
 import math
 import threading
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, replace, field
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .media.audio import Audio, to_mono
 from .runtime import Runtime, is_oom
+from .whisper_encoder import LAYOUTS, AudioFeaturesError, EncoderLike, prepare_encoder
+from .whisper_encoder import load_whisper  # noqa: F401  (part of this stage's API: AF.load_whisper)
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -59,12 +60,7 @@ PAD_LEFT = 2                                # video frames of context (audio_pad
 PAD_RIGHT = 2
 WINDOW_ROWS = 2 * (PAD_LEFT + PAD_RIGHT + 1)  # 10 rows = 200 ms
 NUM_STATES = 5
-LAYOUTS = ("musetalk", "latentsync")
 _EPS = 1e-9
-
-
-class AudioFeaturesError(ValueError):
-    """Bad input to the audio feature stage; the message says what to change."""
 
 
 def _floor(x: float) -> int:
@@ -271,111 +267,6 @@ class AudioFeatures:
         return self.windows(range(self.num_frames))
 
 
-# ---- weights --------------------------------------------------------------------------------------------------------
-_ENCODERS: Dict[Tuple[str, float], object] = {}
-_ENCODERS_LOCK = threading.Lock()
-_DEVICE_COPIES: Dict[tuple, Tuple[torch.nn.Module, torch.nn.Module]] = {}  # key -> (source module, device copy)
-
-
-def _present_whisper_files() -> Dict[str, Optional[str]]:
-    """Existing whisper-tiny files: ``{"hf": folder or None, "openai": tiny.pt or None}``."""
-    import os
-
-    from ..models import registry
-
-    found: Dict[str, Optional[str]] = {"hf": None, "openai": None}
-    for d in registry.folder_dirs(registry.REGISTRY["whisper_tiny.config"].folder):
-        folder = os.path.join(d, os.path.dirname(registry.REGISTRY["whisper_tiny.config"].relpath))
-        if os.path.isfile(os.path.join(folder, "config.json")) and any(
-                os.path.isfile(os.path.join(folder, n)) for n in ("model.safetensors", "pytorch_model.bin")):
-            found["hf"] = folder
-            break
-    found["openai"] = registry.find("latentsync.whisper_tiny")
-    return found
-
-
-def whisper_weight_keys(layout: str) -> List[str]:
-    """Registry keys of the whisper-tiny file each layout's original ships with."""
-    return ["whisper_tiny.config", "whisper_tiny.weights"] if layout == "musetalk" else ["latentsync.whisper_tiny"]
-
-
-def load_whisper(layout: str = "musetalk", auto_download: bool = True, runtime: Optional[Runtime] = None):
-    """The whisper-tiny encoder (:class:`..models.whisper.WhisperStates`, CPU float32, cached per file).
-
-    MuseTalk ships the Hugging Face layout and LatentSync OpenAI's ``tiny.pt``; both hold the same network and the
-    same weights, so whichever is already present is used (the layout's own format first) and only when neither is
-    present is the layout's own file downloaded (``auto_download``) or reported missing
-    (:class:`..models.registry.MissingWeightsError`).
-    """
-    import os
-
-    from ..models import registry
-    from ..models.whisper import load_hf_encoder, load_openai_encoder
-
-    if layout not in LAYOUTS:
-        raise AudioFeaturesError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
-    present = _present_whisper_files()
-    order = ["hf", "openai"] if layout == "musetalk" else ["openai", "hf"]
-    path = next((present[k] for k in order if present[k]), None)
-    fmt = next((k for k in order if present[k]), None)
-    if path is None:
-        log = runtime.log if runtime is not None else print
-        got = registry.ensure(whisper_weight_keys(layout), auto_download, log=log)
-        if layout == "musetalk":
-            path, fmt = os.path.dirname(got["whisper_tiny.weights"]), "hf"
-        else:
-            path, fmt = got["latentsync.whisper_tiny"], "openai"
-    key = (os.path.abspath(path), os.path.getmtime(path))
-    with _ENCODERS_LOCK:
-        enc = _ENCODERS.get(key)
-        if enc is None:
-            enc = load_hf_encoder(path) if fmt == "hf" else load_openai_encoder(path)
-            _ENCODERS.clear()  # one whisper at a time is plenty
-            _DEVICE_COPIES.clear()
-            _ENCODERS[key] = enc
-    return enc
-
-
-# ---- encoding -------------------------------------------------------------------------------------------------------
-EncoderLike = Union[torch.nn.Module, Callable[[], torch.nn.Module], None]
-
-
-def _encoder_dtype(runtime: Runtime) -> torch.dtype:
-    """fp16 on an accelerator whenever the runtime computes in half precision (both originals run whisper in fp16 on
-    CUDA, latentsync.md §1), float32 otherwise."""
-    if runtime.device.type != "cpu" and runtime.dtype in (torch.float16, torch.bfloat16):
-        return torch.float16
-    return torch.float32
-
-
-def _module_place(module: torch.nn.Module) -> Tuple[torch.device, torch.dtype]:
-    for p in module.parameters():
-        return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def _prepare_encoder(encoder: EncoderLike, layout: str, auto_download: bool, runtime: Runtime):
-    if encoder is None:
-        encoder = load_whisper(layout, auto_download, runtime)
-    elif not isinstance(encoder, torch.nn.Module) and callable(encoder):
-        encoder = encoder()
-    dtype = _encoder_dtype(runtime)
-    dev, cur = _module_place(encoder)
-    if dev.type == runtime.device.type and (dev.index == runtime.device.index or runtime.device.index is None) \
-            and cur == dtype:
-        return encoder, dtype
-    # Never convert the caller's (cached, float32) module in place: a float16 round trip would lose precision. The
-    # device copy is kept (one at a time) so repeated runs hand the same module to the runtime's memory management.
-    key = (id(encoder), runtime.device.type, runtime.device.index, dtype)
-    with _ENCODERS_LOCK:
-        entry = _DEVICE_COPIES.get(key)
-        if entry is None or entry[0] is not encoder:
-            _DEVICE_COPIES.clear()
-            entry = (encoder, copy.deepcopy(encoder))
-            _DEVICE_COPIES[key] = entry
-    return runtime.prepare_model(entry[1], dtype=dtype), dtype
-
-
 def _default_batch(runtime: Runtime) -> int:
     return 8 if runtime.device.type != "cpu" else 1
 
@@ -443,7 +334,7 @@ def compute_audio_features(audio: Audio, fps: float, layout: str = "musetalk", e
     hidden = torch.zeros((rows, NUM_STATES, 384), dtype=store_dtype)
     used_batch = 0
     if segments:
-        enc, enc_dtype = _prepare_encoder(encoder, layout, auto_download, runtime)
+        enc, enc_dtype = prepare_encoder(encoder, layout, auto_download, runtime)
         source = getattr(enc, "source", "") or type(enc).__name__
         store_dtype = torch.float16 if enc_dtype == torch.float16 else torch.float32
         width = getattr(enc, "d_model", None) or 384
@@ -482,3 +373,23 @@ def compute_audio_features(audio: Audio, fps: float, layout: str = "musetalk", e
                          compat=bool(compat), num_samples_16k=n, encoder_source=source,
                          info={"windows_30s": len(segments), "batch": used_batch,
                                "dtype": str(store_dtype).replace("torch.", "")})
+
+
+def features_in_layout(features: "AudioFeatures", fps: float, layout: str, runtime: Runtime, auto_download: bool,
+                       encoder: EncoderLike = None) -> "AudioFeatures":
+    """``features`` in ``layout`` timed at ``fps``: re-timed when only the frame rate differs, recomputed from the
+    attached source audio when the layout differs (a backend fallback), else as they are."""
+    if features.layout != layout:
+        if features.audio is None:
+            raise AudioFeaturesError(f"audio_features: computed for {features.layout} but the backend needs {layout}, "
+                                     "and the source audio is not attached; set the features node's layout to "
+                                     "'follow backend'.")
+        return compute_audio_features(features.audio, fps, layout, encoder, runtime, features.compat, auto_download)
+    if abs(features.fps - fps) > 1e-6:
+        if layout == "musetalk":
+            n = musetalk_frame_count(features.num_samples_16k, fps, features.compat)
+        else:
+            n = latentsync_frame_count(features.rows, fps)
+        return replace(features, fps=float(fps), num_frames=int(n))
+    return features
+

@@ -4,6 +4,8 @@
 * :class:`Face` — the face chosen for lip-sync in one frame, with the crop geometry each engine needs.
 * :class:`FrameFaces` — per frame: the chosen face or ``None`` (a cutaway) and why.
 * :class:`FaceSequence` — the ``MUSETALK_FACES`` payload: one :class:`FrameFaces` per frame plus shots and tracks.
+* :class:`Patch` — what a backend hands back for one frame: the rectangle of the frame its face changed.
+* :class:`LipSyncError` — a run cannot proceed; the message names the input and the fix.
 """
 from __future__ import annotations
 
@@ -13,6 +15,36 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 Box = Tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels (x2/y2 exclusive)
+
+
+class LipSyncError(RuntimeError):
+    """The run cannot proceed; the message names the input and the fix."""
+
+
+@dataclass
+class Patch:
+    """Replace ``frame[y0:y1, x0:x1]`` by ``pixels`` (uint8 ``[y1-y0, x1-x0, 3]``); nothing else changes. Every
+    backend returns its pasted face as a patch; the lip-sync loop writes it into the output frame."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    pixels: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.y1 <= self.y0 or self.x1 <= self.x0
+
+    def __iter__(self):   # y0, y1, x0, x1, pixels = patch
+        return iter((self.y0, self.y1, self.x0, self.x1, self.pixels))
+
+    def apply(self, frame: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """``frame`` (uint8 ``[H, W, 3]``) with the patch written in (a copy unless ``inplace``)."""
+        out = frame if inplace else frame.copy()
+        if not self.empty:
+            out[self.y0:self.y1, self.x0:self.x1] = self.pixels
+        return out
 
 
 @dataclass

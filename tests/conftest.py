@@ -1,5 +1,7 @@
 """Test setup: import the pack as a package (the way ComfyUI does, relative imports inside) under the name
-``musetalk_enhanced``, and expose paths to ../shared fixtures (tests using them skip when it is absent)."""
+``musetalk_enhanced``, put ``tools/`` on ``sys.path`` (the random test-weight writers: ``from test_weights import
+vae as tw_vae``; ``make_test_weights``), and expose paths to ../shared fixtures (tests using them skip when it is
+absent)."""
 import importlib.util
 import os
 import sys
@@ -25,6 +27,8 @@ def _import_pack():
 
 
 _import_pack()
+if os.path.join(ROOT, "tools") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 
 def shared_path(*parts):

@@ -18,6 +18,7 @@ from musetalk_enhanced.models.positional_encoding import PositionalEncoding
 from musetalk_enhanced.pipeline import audio_features as AF
 from musetalk_enhanced.pipeline.media.audio import Audio, load_audio_file, resample
 from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
+from test_weights import whisper as tw_whisper
 
 torch.set_num_threads(2)
 WHISPER_ATOL = 1e-5  # fixtures/musetalk/README.md "Suggested tolerances"
@@ -62,8 +63,8 @@ def small_whisper():
     if "enc" not in _SMALL:
         cfg = dict(W.WHISPER_TINY_CONFIG, d_model=64, encoder_attention_heads=2, encoder_ffn_dim=256)
         enc = W.build_encoder(cfg)
-        sd = W.random_whisper_state_dict({k: tuple(v.shape) for k, v in enc.state_dict().items()}, seed=1,
-                                         dtype=torch.float32)
+        sd = tw_whisper.random_whisper_state_dict({k: tuple(v.shape) for k, v in enc.state_dict().items()}, seed=1,
+                                                  dtype=torch.float32)
         sd["embed_positions.weight"] = W.sinusoids(1500, 64)
         enc.load_state_dict(sd)
         _SMALL["enc"] = W.WhisperStates(enc, "small random whisper")
@@ -466,10 +467,12 @@ def test_node_declares_and_delegates(tmp_path, monkeypatch):
 def test_half_precision_path_keeps_the_callers_module(monkeypatch):
     """On an accelerator whisper runs in fp16 (as both originals do on CUDA) and the states are stored in fp16; the
     caller's cached float32 module is never converted in place. Forced here on the CPU."""
+    from musetalk_enhanced.pipeline import whisper_encoder
+
     enc = small_whisper()
     audio = Audio(test_signal(16000)[None], 16000)
     ref = AF.compute_audio_features(audio, 25, "musetalk", enc, cpu_runtime())
-    monkeypatch.setattr(AF, "_encoder_dtype", lambda runtime: torch.float16)
+    monkeypatch.setattr(whisper_encoder, "_encoder_dtype", lambda runtime: torch.float16)
     half = AF.compute_audio_features(audio, 25, "musetalk", enc, cpu_runtime())
     assert half.hidden.dtype == torch.float16 and half.info["dtype"] == "float16"
     assert enc.dtype == torch.float32

@@ -6,8 +6,9 @@ import torch
 
 from conftest import shared_path
 
-from musetalk_enhanced.models import bisenet, registry
+from musetalk_enhanced.models import registry
 from musetalk_enhanced.pipeline.backends import blending as B
+from test_weights import bisenet as tw_bisenet
 
 torch.set_num_threads(2)
 
@@ -48,7 +49,7 @@ def test_offline_blend_exact(fx, case):
         cx0, cy0, cx1, cy1 = B.expanded_crop_box(box)
         assert (y0, y1, x0, x1) == (max(0, cy0), min(h, cy1), max(0, cx0), min(w, cx1))
         assert pixels.shape == (y1 - y0, x1 - x0, 3) and pixels.dtype == np.uint8
-        out = B.apply_patch(frame, patch)
+        out = patch.apply(frame)
         assert np.array_equal(out, _rgb(fx[f"blend.{case}.out_{mode}"])), mode
 
 
@@ -60,7 +61,7 @@ def test_realtime_blend_exact(fx, case):
     assert list(bm.crop_box) == fx[f"blend.{case}.rt_crop_box"].tolist()
     assert np.array_equal(bm.mask, fx[f"blend.{case}.rt_mask"])
     patch = B.blend_face(frame, _rgb(fx[f"blend.{case}.res_resized"]), box, bm)
-    assert np.array_equal(B.apply_patch(frame, patch), _rgb(fx[f"blend.{case}.rt_out"]))
+    assert np.array_equal(patch.apply(frame), _rgb(fx[f"blend.{case}.rt_out"]))
 
 
 def test_changes_only_under_the_mask(fx):
@@ -68,7 +69,7 @@ def test_changes_only_under_the_mask(fx):
     box = fx["blend.center.bbox"].tolist()
     face = np.full((256, 256, 3), 7, np.uint8)
     bm = B.prepare_blend_mask(frame, box, "jaw", labels=fx["blend.parsing_labels"])
-    out = B.apply_patch(frame, B.blend_face(frame, face, box, bm))
+    out = B.blend_face(frame, face, box, bm).apply(frame)
     changed = np.any(out != frame, axis=2)
     full_mask = np.zeros(frame.shape[:2], np.uint8)
     x0, y0, x1, y1 = bm.crop_box
@@ -95,7 +96,7 @@ def test_feather_mode_needs_no_weights_and_stays_in_box():
         k = int(0.1 * bm.mask.shape[1] // 2 * 2) + 1
         assert not bm.mask[: max(0, top - k // 2)].any()  # lower part only
         patch = B.paste_face(frame, face, box, mode="feather")
-        out = B.apply_patch(frame, patch)
+        out = patch.apply(frame)
         changed = np.any(out != frame, axis=2)
         assert changed.any()
         ys, xs = np.nonzero(changed)
@@ -113,7 +114,7 @@ def test_modes_and_errors(tmp_path, monkeypatch):
         B.paste_face(frame, frame, (0.0, 0.0, 0.0, 10.0))
     monkeypatch.setattr(registry, "_resolver", lambda folder: [str(tmp_path / folder)])
     assert B.resolve_blend_mode("auto") == "feather"
-    bisenet.write_test_weights(str(tmp_path))
+    tw_bisenet.write_test_weights(str(tmp_path))
     assert B.resolve_blend_mode("auto") == "jaw"
     assert B.resolve_blend_mode("raw") == "raw"
     with pytest.raises(ValueError):
@@ -124,7 +125,7 @@ def test_face_parser_with_network(tmp_path, monkeypatch):
     from musetalk_enhanced.pipeline.runtime import Runtime
 
     monkeypatch.setattr(registry, "_resolver", lambda folder: [str(tmp_path / folder)])
-    bisenet.write_test_weights(str(tmp_path))
+    tw_bisenet.write_test_weights(str(tmp_path))
     parser = B.load_face_parser(Runtime(device="cpu", show_progress=False), auto_download=False)
     rng = np.random.default_rng(2)
     frame = rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)

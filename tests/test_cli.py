@@ -13,12 +13,12 @@ from test_lipsync import UNET_SMALL, VAE_SMALL
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    from musetalk_enhanced.models import musetalk_unet, vae, whisper
+    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
 
     root = str(tmp_path_factory.mktemp("models"))
-    musetalk_unet.write_test_weights(root, config=UNET_SMALL)
-    vae.write_test_weights(root, config=VAE_SMALL)
-    whisper.write_test_weights(root)
+    tw_unet.write_test_weights(root, config=UNET_SMALL)
+    tw_vae.write_test_weights(root, config=VAE_SMALL)
+    tw_whisper.write_test_weights(root)
     return root
 
 
@@ -90,9 +90,10 @@ def test_cli_refuses_to_overwrite_and_reports_missing_weights(inputs, monkeypatc
 
 def test_cli_bad_video(monkeypatch, tmp_path, capsys):
     bad = tmp_path / "bad.mp4"
-    bad.write_bytes(os.urandom(3000))
+    bad.write_bytes(b"this is not a video file\n" * 120)   # fixed bytes: random ones can probe as an audio format
     rc = run_cli(["--video", str(bad), "--out", str(tmp_path / "o.mp4")], monkeypatch, str(tmp_path))
-    assert rc == 2 and "cannot open" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--video" in err and "cannot open" in err, err
 
 
 def test_demo_dubs_the_example_clip(models_dir, monkeypatch, tmp_path, capsys):

@@ -16,6 +16,7 @@ from musetalk_enhanced.models import landmarks68, mtcnn, registry, s3fd  # noqa:
 from musetalk_enhanced.pipeline.faces import detectors  # noqa: E402
 from musetalk_enhanced.pipeline.faces.detectors import create_detector  # noqa: E402
 from musetalk_enhanced.pipeline.runtime import Runtime  # noqa: E402
+from test_weights import landmarks68 as tw_fan, mtcnn as tw_mtcnn, s3fd as tw_s3fd  # noqa: E402
 
 # Where the astronaut's face is in skimage's 512x512 astronaut() (checked by drawing the detection on the image):
 # the face (brows to chin, cheek to cheek) spans about x 178-268, y 58-176.
@@ -117,7 +118,7 @@ def test_1080p_frame_finds_the_face_at_the_right_place(mt):
 def test_mtcnn_weights_from_model_folder_first(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV_MODELS_DIR, str(tmp_path))
     if mtcnn.wheel_weight_paths() is not None:
-        written = mtcnn.write_test_weights(str(tmp_path))      # copies of the real files
+        written = tw_mtcnn.write_test_weights(str(tmp_path))   # copies of the real files
         assert all(os.path.isfile(p) for p in written)
         paths = detectors.mtcnn_weight_paths(auto_download=False)
         assert paths == {n: str(tmp_path / "musetalk" / "mtcnn" / f"{n}.pt") for n in mtcnn.WEIGHT_NAMES}
@@ -221,7 +222,7 @@ def test_fan_key_layout():
 
 
 def test_fan_loads_old_style_files(tmp_path):
-    sd = landmarks68.random_state_dict(num_modules=1)                  # no num_batches_tracked
+    sd = tw_fan.random_state_dict(num_modules=1)                       # no num_batches_tracked
     assert not any(k.endswith("num_batches_tracked") for k in sd)
     path = str(tmp_path / "fan.pth.tar")
     torch.save({"module." + k: v for k, v in sd.items()}, path)        # DataParallel prefix
@@ -264,8 +265,8 @@ def test_s3fd_fan68_missing_weights_names_both_files(tmp_path, monkeypatch):
 
 def test_s3fd_fan68_backend_with_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV_MODELS_DIR, str(tmp_path))
-    s3fd.write_test_weights(str(tmp_path))
-    landmarks68.write_test_weights(str(tmp_path), num_modules=1)       # same key scheme, one stack: fast
+    tw_s3fd.write_test_weights(str(tmp_path))
+    tw_fan.write_test_weights(str(tmp_path), num_modules=1)            # same key scheme, one stack: fast
     det = create_detector("s3fd+fan68", _runtime(), auto_download=False, max_faces=1)
     assert det.name == "s3fd+fan68" and det.landmark_kind == "fan-68"
     rgb = (np.random.RandomState(1).rand(1, 64, 80, 3) * 255).astype(np.uint8)

@@ -148,7 +148,7 @@ def test_summary_and_report_name_the_landmarks():
     est = analyze_faces(ArrayFrames(clip, 25.0), create_detector("mtcnn", rt, auto_download=False,
                                                                   landmarks="5-point estimate"), rt, min_face_size=30)
     assert "landmarks: 5-point estimate (approximate)" in summarize(est)
-    from musetalk_enhanced.pipeline.lipsync import LipSyncReport
+    from musetalk_enhanced.pipeline.lipsync.report import LipSyncReport
     assert "landmarks: dlib-68" in LipSyncReport(requested="auto", landmarks="dlib-68").text()
 
 

@@ -10,6 +10,8 @@ from conftest import shared_path
 from musetalk_enhanced.models import latentsync_unet3d as L
 from musetalk_enhanced.pipeline.backends import latentsync_engine as E
 from musetalk_enhanced.pipeline.backends.latentsync_align import faces_to_uint8
+from test_weights import latentsync_unet3d as tw_unet3d
+from musetalk_enhanced.pipeline.lipsync.plan import ping_pong
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -45,7 +47,7 @@ def fx():
     vae.load_state_dict(vsd)
     mask = E.load_fixed_mask(128, shared_path("fixtures", "latentsync", "mask.png"))
     windows = t["audio.whisper_feature"][t["audio.chunk_feature_indices"]].reshape(52, 50, 384)
-    order = E.ping_pong_indices(16, 52)
+    order = [ping_pong(k, 16) for k in range(52)]   # the original loop_video order (spec latentsync §4)
     return dict(t=t, unet=unet, vae=vae, mask=mask, windows=windows, order=order, cfg=cfg)
 
 
@@ -202,7 +204,7 @@ def test_load_latentsync_from_model_folders(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
     small = {"block_out_channels": [32, 32, 32, 32]}
-    L.write_test_weights(str(tmp_path), versions=("1.5",), config=small)
+    tw_unet3d.write_test_weights(str(tmp_path), versions=("1.5",), config=small)
     vae = AutoencoderKL(block_out_channels=[32, 32, 32, 32], layers_per_block=1,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     vae_dir = tmp_path / "musetalk" / "sd-vae"
@@ -229,7 +231,7 @@ def test_cached_loader_reuses_the_engine(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MUSETALK_MODELS_DIR", str(tmp_path))
     small = {"block_out_channels": [32, 32, 32, 32]}
-    L.write_test_weights(str(tmp_path), versions=("1.5",), config=small)  # also writes a stand-in mask.png
+    tw_unet3d.write_test_weights(str(tmp_path), versions=("1.5",), config=small)  # also writes a stand-in mask.png
     vae = AutoencoderKL(block_out_channels=[32, 32, 32, 32], layers_per_block=1,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     vae_dir = tmp_path / "musetalk" / "sd-vae"

@@ -10,6 +10,7 @@ from conftest import shared_path
 from musetalk_enhanced.models import latentsync_unet3d as L
 from musetalk_enhanced.models.checkpoint import CheckpointError
 from musetalk_enhanced.models.registry import REGISTRY
+from test_weights import latentsync_unet3d as tw_unet3d
 
 SMALL = {"block_out_channels": [32, 64, 64, 64], "sample_size": 16}  # the fixtures' small model
 
@@ -128,7 +129,7 @@ def test_released_wrapping_and_bare_dict_load(tmp_path, wrapped):
 
 
 def test_write_test_weights_layout(tmp_path):
-    paths = L.write_test_weights(str(tmp_path), seed=3, versions=("1.6",), config=SMALL)
+    paths = tw_unet3d.write_test_weights(str(tmp_path), seed=3, versions=("1.6",), config=SMALL)
     assert paths == [os.path.join(str(tmp_path), "latentsync", "1.6", "latentsync_unet.pt"),
                      os.path.join(str(tmp_path), "latentsync", "mask.png")]  # stand-in mask asset
     obj = torch.load(paths[0], weights_only=True)

@@ -8,7 +8,12 @@ import torch
 
 import mediakit as mk
 from musetalk_enhanced.models import registry
-from musetalk_enhanced.pipeline import lipsync as L
+from musetalk_enhanced.pipeline.backends.latentsync import LatentSyncBackend
+from musetalk_enhanced.pipeline.backends.musetalk import MuseTalkBackend
+from musetalk_enhanced.pipeline.backends.selection import MUSETALK, BackendSpec
+from musetalk_enhanced.pipeline.lipsync import LipSyncError, run_lipsync
+from musetalk_enhanced.pipeline.lipsync.plan import make_plan, ping_pong
+from musetalk_enhanced.pipeline.lipsync.sinks import ImageSink, WriterSink
 from musetalk_enhanced.pipeline.media.audio import Audio, load_audio_file
 from musetalk_enhanced.pipeline.backends.blending import expanded_crop_box
 from musetalk_enhanced.pipeline.media.frames import ArrayFrames, ImageFrames, uint8_to_image
@@ -95,9 +100,9 @@ def feats(voice):
 
 def factory_for(engine, record=None):
     def make(backend):
-        if backend != L.MUSETALK:
+        if backend != MUSETALK:
             raise registry.MissingWeightsError([registry.REGISTRY["latentsync16.unet"]], {}, "test")
-        runner = L.MuseTalkRunner(engine, "feather")
+        runner = MuseTalkBackend(engine, "feather")
         if record is not None:
             orig = runner.patches
 
@@ -119,9 +124,9 @@ def test_detected_cutaways_match_the_edit(faces):
 def test_cutaways_bit_identical_faces_change_only_in_region(clip, faces, feats, engine, runtime, policy):
     image = uint8_to_image(clip) + 0.0013  # not on the uint8 grid: pass-through must still be exact
     frames = ImageFrames(image, FPS)
-    plan = L.make_plan(len(frames), feats.duration, FPS, policy)
-    sink = L.ImageSink(plan.num_frames, frames.height, frames.width)
-    report, audio = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=5,
+    plan = make_plan(len(frames), feats.duration, FPS, policy)
+    sink = ImageSink(plan.num_frames, frames.height, frames.width)
+    report, audio = run_lipsync(frames, faces, feats, BackendSpec(), runtime, sink, batch_size=5,
                                   length_policy=policy, engine_factory=factory_for(engine))
     out = sink.close()
     n_audio = int(np.ceil(feats.duration * FPS - 1e-6))
@@ -146,7 +151,7 @@ def test_cutaways_bit_identical_faces_change_only_in_region(clip, faces, feats, 
             assert not diff[:(cy0 + cy1) // 2 - k_blur // 2].any()
             changed_any += int(diff.any())
     assert changed_any > 0
-    assert sorted(report.synced[L.MUSETALK] + report.passed_through) == list(range(expect_n))
+    assert sorted(report.synced[MUSETALK] + report.passed_through) == list(range(expect_n))
 
 
 def test_follow_audio_ping_pongs_and_uses_absolute_audio_time(clip, faces, voice, engine, runtime):
@@ -157,12 +162,12 @@ def test_follow_audio_ping_pongs_and_uses_absolute_audio_time(clip, faces, voice
     record, encoded = [], []
     orig_encode = engine.encode_reference
     engine.encode_reference = lambda crops, *a, **kw: encoded.append(len(crops)) or orig_encode(crops, *a, **kw)
-    plan = L.make_plan(len(frames), feats.duration, FPS, "follow_audio")
+    plan = make_plan(len(frames), feats.duration, FPS, "follow_audio")
     assert plan.num_frames > 28
-    assert [L.ping_pong(k, 28) for k in (0, 27, 28, 29, 55, 56)] == [0, 27, 27, 26, 0, 0]
-    sink = L.ImageSink(plan.num_frames, frames.height, frames.width)
+    assert [ping_pong(k, 28) for k in (0, 27, 28, 29, 55, 56)] == [0, 27, 27, 26, 0, 0]
+    sink = ImageSink(plan.num_frames, frames.height, frames.width)
     try:
-        report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=8,
+        report, _ = run_lipsync(frames, faces, feats, BackendSpec(), runtime, sink, batch_size=8,
                                   engine_factory=factory_for(engine, record))
     finally:
         del engine.encode_reference
@@ -172,13 +177,13 @@ def test_follow_audio_ping_pongs_and_uses_absolute_audio_time(clip, faces, voice
     seen = {}
     for ks, srcs, windows in record:
         for j, k in enumerate(ks):
-            assert srcs[j] == L.ping_pong(k, 28)
+            assert srcs[j] == ping_pong(k, 28)
             torch.testing.assert_close(windows[j], feats.windows([k])[0])   # absolute time k/fps
             seen[k] = srcs[j]
-    cut_ks = [k for k in range(plan.num_frames) if faces.frames[L.ping_pong(k, 28)].face is None]
+    cut_ks = [k for k in range(plan.num_frames) if faces.frames[ping_pong(k, 28)].face is None]
     assert set(cut_ks).isdisjoint(seen)
     for k in cut_ks:
-        assert torch.equal(out[k], uint8_to_image(clip[L.ping_pong(k, 28)]))
+        assert torch.equal(out[k], uint8_to_image(clip[ping_pong(k, 28)]))
     assert "ping-pong" in report.text()
 
 
@@ -187,8 +192,8 @@ def test_fps_29_97_windows_follow_true_time(clip, faces, voice, engine, runtime)
     feats = features_for(voice, fps)
     frames = ArrayFrames(clip, fps)
     record = []
-    plan = L.make_plan(len(frames), feats.duration, fps, "follow_video")
-    L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, L.ImageSink(plan.num_frames, 256, 256),
+    plan = make_plan(len(frames), feats.duration, fps, "follow_video")
+    run_lipsync(frames, faces, feats, BackendSpec(), runtime, ImageSink(plan.num_frames, 256, 256),
                   length_policy="follow_video", engine_factory=factory_for(engine, record))
     centres = feats.window_centre_seconds([ks[-1] for ks, _, _ in record])
     for (ks, _, _), c in zip(record, centres):
@@ -200,9 +205,9 @@ def test_runs_under_comfyui_inference_mode(clip, faces, feats, engine, runtime):
     thread must be allowed to fill."""
     frames = ImageFrames(uint8_to_image(clip), FPS)
     with torch.inference_mode():
-        plan = L.make_plan(28, feats.duration, FPS, "shortest")
-        sink = L.ImageSink(plan.num_frames, 256, 256)
-        L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, length_policy="shortest",
+        plan = make_plan(28, feats.duration, FPS, "shortest")
+        sink = ImageSink(plan.num_frames, 256, 256)
+        run_lipsync(frames, faces, feats, BackendSpec(), runtime, sink, length_policy="shortest",
                       engine_factory=factory_for(engine))
         out = sink.close()
     assert out.shape[0] == plan.num_frames and torch.equal(out[12], frames.image[12])
@@ -210,11 +215,11 @@ def test_runs_under_comfyui_inference_mode(clip, faces, feats, engine, runtime):
 
 def test_fallback_is_reported(clip, faces, feats, engine, runtime):
     frames = ArrayFrames(clip, FPS)
-    plan = L.make_plan(28, feats.duration, FPS, "shortest")
-    report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(choice="latentsync-1.6"), runtime,
-                              L.ImageSink(plan.num_frames, 256, 256), length_policy="shortest",
+    plan = make_plan(28, feats.duration, FPS, "shortest")
+    report, _ = run_lipsync(frames, faces, feats, BackendSpec(choice="latentsync-1.6"), runtime,
+                              ImageSink(plan.num_frames, 256, 256), length_policy="shortest",
                               engine_factory=factory_for(engine))
-    assert report.backends_used == [L.MUSETALK]
+    assert report.backends_used == [MUSETALK]
     assert any("latentsync-1.6 unavailable -> musetalk-v1.5" in f for f in report.fallbacks)
     assert "fallback" in report.text()
 
@@ -224,7 +229,7 @@ def test_out_of_memory_halves_the_batch(clip, faces, feats, engine, runtime):
     state = {"failed": False}
 
     def make(backend):
-        runner = L.MuseTalkRunner(engine, "feather")
+        runner = MuseTalkBackend(engine, "feather")
         orig = runner.patches
 
         def patches(ks, *a):
@@ -235,9 +240,9 @@ def test_out_of_memory_halves_the_batch(clip, faces, feats, engine, runtime):
         runner.patches = patches
         return runner
 
-    plan = L.make_plan(28, feats.duration, FPS, "shortest")
-    sink = L.ImageSink(plan.num_frames, 256, 256)
-    report, _ = L.run_lipsync(frames, faces, feats, L.BackendSpec(), runtime, sink, batch_size=8,
+    plan = make_plan(28, feats.duration, FPS, "shortest")
+    sink = ImageSink(plan.num_frames, 256, 256)
+    report, _ = run_lipsync(frames, faces, feats, BackendSpec(), runtime, sink, batch_size=8,
                               length_policy="shortest", engine_factory=make)
     assert report.batch_sizes == [8, 4]
     assert sink.close().shape[0] == plan.num_frames
@@ -245,7 +250,7 @@ def test_out_of_memory_halves_the_batch(clip, faces, feats, engine, runtime):
 
 
 def test_cancel_mid_run_leaves_no_partial_file(clip, faces, feats, engine, tmp_path):
-    from musetalk_enhanced.pipeline.media.video import VideoWriter, unique_output_path
+    from musetalk_enhanced.pipeline.media.writer import VideoWriter, unique_output_path
 
     calls = {"n": 0}
 
@@ -255,9 +260,9 @@ def test_cancel_mid_run_leaves_no_partial_file(clip, faces, feats, engine, tmp_p
 
     rt = Runtime("cpu", torch.float32, show_progress=False, cancel_flag=cancel)
     path = unique_output_path(str(tmp_path), "cancel")
-    sink = L.WriterSink(VideoWriter(path, FPS, 256, 256, feats.audio))
+    sink = WriterSink(VideoWriter(path, FPS, 256, 256, feats.audio))
     with pytest.raises(Cancelled):
-        L.run_lipsync(ArrayFrames(clip, FPS), faces, feats, L.BackendSpec(), rt, sink, batch_size=4,
+        run_lipsync(ArrayFrames(clip, FPS), faces, feats, BackendSpec(), rt, sink, batch_size=4,
                       engine_factory=factory_for(engine))
     assert os.listdir(tmp_path) == []
 
@@ -267,8 +272,8 @@ def test_missing_weights_error_lists_every_file(clip, faces, feats, runtime, tmp
     registry.set_folder_resolver(None)
     frames = ArrayFrames(clip, FPS)
     with pytest.raises(registry.MissingWeightsError) as err:
-        L.run_lipsync(frames, faces, feats, L.BackendSpec(choice="musetalk-v1.5", auto_download=False), runtime,
-                      L.ImageSink(40, 256, 256), blend_mode="feather")
+        run_lipsync(frames, faces, feats, BackendSpec(choice="musetalk-v1.5", auto_download=False), runtime,
+                      ImageSink(40, 256, 256), blend_mode="feather")
     msg = str(err.value)
     for rel in ("musetalkV15/unet.pth", "musetalkV15/musetalk.json", "sd-vae/config.json"):
         assert rel in msg
@@ -285,8 +290,8 @@ def test_all_cutaways_pass_through_without_loading_models(runtime):
     def boom(backend):
         raise AssertionError("no model should load when no frame has a face")
 
-    sink = L.ImageSink(6, 64, 64)
-    report, _ = L.run_lipsync(ArrayFrames(clip, FPS), faces, feats, L.BackendSpec(), runtime, sink,
+    sink = ImageSink(6, 64, 64)
+    report, _ = run_lipsync(ArrayFrames(clip, FPS), faces, feats, BackendSpec(), runtime, sink,
                               length_policy="follow_video", engine_factory=boom)
     assert torch.equal(sink.close(), uint8_to_image(clip))
     assert "no frame has a face" in report.text()
@@ -296,17 +301,18 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
     """Streamed input: the lip-sync output handed to Mux Video is the source frames plus the patches (no
     intermediate encode). The frames Mux Video receives are exactly the frames the lip-sync loop produced, and
     cutaway frames are bit-identical to what the loader decoded."""
+    from musetalk_enhanced.pipeline.lipsync.patched_frames import PatchSink, PatchedFrames
     from musetalk_enhanced.pipeline.media import video as V
-    from musetalk_enhanced.pipeline.patched_frames import PatchSink, PatchedFrames
+    from musetalk_enhanced.pipeline.media import writer as W
 
     src_path = mk.write_video(str(tmp_path / "in.mp4"), clip, FPS, crf=20)
     source = V.VideoFileFrames(src_path)
-    plan = L.make_plan(len(source), feats.duration, FPS, "follow_audio")
-    produced = L.ImageSink(plan.num_frames, 256, 256)
+    plan = make_plan(len(source), feats.duration, FPS, "follow_audio")
+    produced = ImageSink(plan.num_frames, 256, 256)
     sink = PatchSink(source, plan.source, str(tmp_path / "temp"))
     both = type("Both", (), {"write": lambda self, b: (produced.write(b), sink.write(b)),
                              "close": lambda self: sink.close(), "abort": lambda self: sink.abort()})()
-    report, _ = L.run_lipsync(source, faces, feats, L.BackendSpec(), runtime, both, batch_size=4,
+    report, _ = run_lipsync(source, faces, feats, BackendSpec(), runtime, both, batch_size=4,
                               engine_factory=factory_for(engine))
     out = both.close()
     assert isinstance(out, PatchedFrames) and len(out) == plan.num_frames
@@ -314,14 +320,14 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
 
     expect = image_to_uint8(produced.close())
     received = []
-    monkeypatch.setattr(V.VideoWriter, "write", lambda self, rgb: received.append(np.array(rgb)))
-    monkeypatch.setattr(V.VideoWriter, "close", lambda self: self.path)
-    V.write_video(str(tmp_path / "out.mp4"), out)
+    monkeypatch.setattr(W.VideoWriter, "write", lambda self, rgb: received.append(np.array(rgb)))
+    monkeypatch.setattr(W.VideoWriter, "close", lambda self: self.path)
+    W.write_video(str(tmp_path / "out.mp4"), out)
     received = np.concatenate(received)
     assert np.array_equal(received, expect)
     for k in report.passed_through:
         assert np.array_equal(received[k], source.read([plan.source[k]])[0])
-    assert len(out.patches) == len(report.synced[L.MUSETALK]) > 0
+    assert len(out.patches) == len(report.synced[MUSETALK]) > 0
     assert len(os.listdir(tmp_path / "temp")) == 1  # one patch file, face-sized PNGs
     assert os.path.getsize(os.path.join(tmp_path / "temp", os.listdir(tmp_path / "temp")[0])) < \
         0.5 * len(out.patches) * 256 * 256 * 3
@@ -329,32 +335,33 @@ def test_streamed_hand_off_is_lossless(clip, faces, feats, engine, runtime, tmp_
 
 def test_all_cutaway_video_muxes_like_one_direct_encode(runtime, tmp_path):
     """No face anywhere: the lip-sync node's streamed output, muxed, is one encode of the input."""
+    from musetalk_enhanced.pipeline.lipsync.patched_frames import PatchSink
     from musetalk_enhanced.pipeline.media import video as V
-    from musetalk_enhanced.pipeline.patched_frames import PatchSink
+    from musetalk_enhanced.pipeline.media import writer as W
     from musetalk_enhanced.pipeline.types import FaceSequence, FrameFaces
 
     clip = np.stack([mk.photo("rocket", (64, 64))] * 4 + [mk.photo("coffee", (64, 64))] * 4)
     source = V.VideoFileFrames(mk.write_video(str(tmp_path / "in.mp4"), clip, FPS, crf=25))
     faces = FaceSequence([FrameFaces(i, 0, None, reason="no face") for i in range(8)], 64, 64, FPS)
     feats = features_for(Audio(mk.tone(300, 8 / FPS, 16000), 16000))
-    plan = L.make_plan(8, feats.duration, FPS, "follow_video")
+    plan = make_plan(8, feats.duration, FPS, "follow_video")
     sink = PatchSink(source, plan.source, str(tmp_path))
-    L.run_lipsync(source, faces, feats, L.BackendSpec(), runtime, sink, length_policy="follow_video",
+    run_lipsync(source, faces, feats, BackendSpec(), runtime, sink, length_policy="follow_video",
                   engine_factory=lambda b: (_ for _ in ()).throw(AssertionError("no model for cutaways")))
     out = sink.close()
-    a = V.write_video(str(tmp_path / "direct.mp4"), source)
-    b = V.write_video(str(tmp_path / "through_lipsync.mp4"), out)
+    a = W.write_video(str(tmp_path / "direct.mp4"), source)
+    b = W.write_video(str(tmp_path / "through_lipsync.mp4"), out)
     da, db = V.VideoFileFrames(a), V.VideoFileFrames(b)
     assert len(da) == len(db) == 8 and np.array_equal(da.read(range(8)), db.read(range(8)))
 
 
 def test_bad_inputs(clip, faces, feats, runtime):
-    with pytest.raises(L.LipSyncError, match="length_policy"):
-        L.make_plan(10, 1.0, 25, "longest")
+    with pytest.raises(LipSyncError, match="length_policy"):
+        make_plan(10, 1.0, 25, "longest")
     with pytest.raises(ValueError, match="Face Detect"):
-        L.run_lipsync(ArrayFrames(clip[:5], FPS), faces, feats, L.BackendSpec(), runtime, L.ImageSink(5, 256, 256))
-    with pytest.raises(L.LipSyncError, match="backend"):
-        L.BackendSpec(choice="wav2lip")
+        run_lipsync(ArrayFrames(clip[:5], FPS), faces, feats, BackendSpec(), runtime, ImageSink(5, 256, 256))
+    with pytest.raises(LipSyncError, match="backend"):
+        BackendSpec(choice="wav2lip")
 
 
 # ---------------------------------------------------------------------------------------------- LatentSync path ---
@@ -378,9 +385,9 @@ def ls_engine():
 
 def ls_factory(ls_engine, engine, calls, fail_on=None):
     def make(backend):
-        if backend == L.MUSETALK:
-            return L.MuseTalkRunner(engine, "feather")
-        runner = L.LatentSyncRunner(ls_engine, backend)
+        if backend == MUSETALK:
+            return MuseTalkBackend(engine, "feather")
+        runner = LatentSyncBackend(ls_engine, backend)
         orig = runner.patches
 
         def patches(ks, srcs, src_u8, faces, windows):
@@ -403,9 +410,9 @@ def test_latentsync_chunks_never_span_cuts_or_cutaways(clip, faces, engine, ls_e
                                                f.shot + 1) for f in faces.frames])
     frames = ImageFrames(uint8_to_image(clip), FPS)
     calls = []
-    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
-    sink = L.ImageSink(plan.num_frames, 256, 256)
-    report, _ = L.run_lipsync(frames, seq, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime, sink,
+    plan = make_plan(28, feats_ls.duration, FPS, "follow_video")
+    sink = ImageSink(plan.num_frames, 256, 256)
+    report, _ = run_lipsync(frames, seq, feats_ls, BackendSpec(choice="latentsync-1.6"), runtime, sink,
                               length_policy="follow_video", engine_factory=ls_factory(ls_engine, engine, calls))
     out = sink.close()
     chunks = [ks for ks, _, _ in calls]
@@ -427,13 +434,13 @@ def test_latentsync_failure_falls_back_per_chunk(clip, faces, engine, ls_engine,
             raise RuntimeError("boom in the UNet")
 
     frames = ArrayFrames(clip, FPS)
-    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
-    report, _ = L.run_lipsync(frames, faces, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime,
-                              L.ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
+    plan = make_plan(28, feats_ls.duration, FPS, "follow_video")
+    report, _ = run_lipsync(frames, faces, feats_ls, BackendSpec(choice="latentsync-1.6"), runtime,
+                              ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
                               engine_factory=ls_factory(ls_engine, engine, calls, fail),
                               whisper_encoder=small_encoder())
     assert sorted(report.synced["latentsync-1.6"]) == list(range(10))
-    assert sorted(report.synced[L.MUSETALK]) == list(range(15, 23))
+    assert sorted(report.synced[MUSETALK]) == list(range(15, 23))
     assert any("frames 15-22: latentsync-1.6 failed (RuntimeError: boom" in f for f in report.fallbacks)
 
 
@@ -446,9 +453,9 @@ def test_latentsync_out_of_memory_shortens_chunks(clip, faces, engine, ls_engine
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     frames = ArrayFrames(clip, FPS)
-    plan = L.make_plan(28, feats_ls.duration, FPS, "follow_video")
-    report, _ = L.run_lipsync(frames, faces, feats_ls, L.BackendSpec(choice="latentsync-1.6"), runtime,
-                              L.ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
+    plan = make_plan(28, feats_ls.duration, FPS, "follow_video")
+    report, _ = run_lipsync(frames, faces, feats_ls, BackendSpec(choice="latentsync-1.6"), runtime,
+                              ImageSink(plan.num_frames, 256, 256), length_policy="follow_video",
                               engine_factory=ls_factory(ls_engine, engine, calls, oom))
     ok = [ks for ks, _, _ in calls if len(ks) <= 4]
     assert ok and all(len(ks) <= 4 for ks in ok)

@@ -11,8 +11,8 @@ import torch
 import mediakit as mk
 from musetalk_enhanced.pipeline.media import audio as A
 from musetalk_enhanced.pipeline.media.frames import ArrayFrames, FramesError, ImageFrames
-from musetalk_enhanced.pipeline.media.video import (VideoError, VideoFileFrames, VideoWriter, probe_video, select_frames,
-                                              unique_output_path, write_video)
+from musetalk_enhanced.pipeline.media.video import VideoError, VideoFileFrames, probe_video, select_frames
+from musetalk_enhanced.pipeline.media.writer import VideoWriter, unique_output_path, write_video
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from conftest import shared_path
 from musetalk_enhanced.models import musetalk_unet, registry, vae
 from musetalk_enhanced.pipeline.backends import musetalk_engine as me
 from musetalk_enhanced.pipeline.runtime import Runtime, pick_dtype
+from test_weights import musetalk_unet as tw_unet, vae as tw_vae
 
 torch.set_num_threads(2)
 
@@ -136,8 +137,8 @@ def test_load_musetalk_through_registry(tmp_path, monkeypatch):
                   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
     small_vae = {"block_out_channels": [16, 32, 32, 32], "down_block_types": ["DownEncoderBlock2D"] * 4,
                  "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 1, "norm_num_groups": 8}
-    musetalk_unet.write_test_weights(str(tmp_path), config=small_unet)
-    vae.write_test_weights(str(tmp_path), config=small_vae, legacy_names=True)
+    tw_unet.write_test_weights(str(tmp_path), config=small_unet)
+    tw_vae.write_test_weights(str(tmp_path), config=small_vae, legacy_names=True)
     # only the .bin alternative present: it is used instead of the safetensors
     st = tmp_path / "musetalk" / vae.WEIGHTS_RELPATH
     from safetensors.torch import load_file

@@ -2,15 +2,15 @@
 legacy VAE key names, clear errors, random test weights and the tool that writes them."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, shared_path
+from conftest import shared_path
 
 from musetalk_enhanced.models import bisenet, musetalk_unet, registry, vae
-from musetalk_enhanced.models.checkpoint import CheckpointError, random_state_dict
+from musetalk_enhanced.models.checkpoint import CheckpointError
+from test_weights import bisenet as tw_bisenet, musetalk_unet as tw_unet, random_state_dict, vae as tw_vae
 
 torch.set_num_threads(2)
 
@@ -137,7 +137,7 @@ def test_loaders_reject_wrong_files(tmp_path):
 
 def test_write_test_weights_vae_bisenet_full_size_load(tmp_path):
     root = str(tmp_path)
-    paths = vae.write_test_weights(root, seed=1)
+    paths = tw_vae.write_test_weights(root, seed=1)
     assert paths[0] == os.path.join(root, "musetalk", vae.WEIGHTS_RELPATH)
     assert os.path.isfile(os.path.join(root, "musetalk", "sd-vae", registry.TEST_WEIGHTS_MARKER))
     assert registry.is_test_weights(paths[0])
@@ -145,7 +145,7 @@ def test_write_test_weights_vae_bisenet_full_size_load(tmp_path):
     _check_against_manifest(model, _manifest("vae_sd_ft_mse"))
     assert model.config.scaling_factor == pytest.approx(0.18215)
     del model
-    bp = bisenet.write_test_weights(root, seed=1)
+    bp = tw_bisenet.write_test_weights(root, seed=1)
     net = bisenet.load_bisenet(bp[0])
     assert not net.training and next(net.parameters()).dtype == torch.float32
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_write_test_weights_vae_bisenet_full_size_load(tmp_path):
 
 def test_write_test_weights_unet_layout_and_load(tmp_path):
     # full size is ~1.7 GB: check the writer's layout/format with a small config, the full template on meta
-    paths = musetalk_unet.write_test_weights(str(tmp_path), seed=3, config=SMALL_UNET)
+    paths = tw_unet.write_test_weights(str(tmp_path), seed=3, config=SMALL_UNET)
     assert paths[0].endswith(os.path.join("musetalk", "musetalkV15", "unet.pth"))
     raw = torch.load(paths[0], map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in raw.values())  # plain state dict, fp16 values
@@ -189,11 +189,7 @@ def test_missing_weights_error_lists_every_file(tmp_path, monkeypatch):
 
 
 def test_make_test_weights_tool_discovers_and_is_idempotent(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import make_test_weights as tool
-    finally:
-        sys.path.pop(0)
+    import make_test_weights as tool  # tools/ is on sys.path (conftest)
     names = [n for n, _ in tool.discover()]
     for n in ("musetalk_unet", "vae", "bisenet"):
         assert n in names

@@ -396,17 +396,18 @@ def test_node_declaration():
     assert set(spec["optional"]) == {"images", "frames"} and spec["optional"]["frames"][0] == "MUSETALK_FRAMES"
     assert node.RETURN_TYPES == ("MUSETALK_FACES", "IMAGE", "STRING") and node.CATEGORY == "MuseTalk/faces"
     assert face_nodes.NODE_DISPLAY_NAME_MAPPINGS["MuseTalkFaceDetect"] == "Face Detect with Cutaways"
+    from musetalk_enhanced.pipeline.faces.preview import preview_indices
     from musetalk_enhanced.pipeline.media.frames import FramesError
 
     with pytest.raises(FramesError, match="images"):
         node().detect()
-    assert face_nodes.preview_indices(10) == list(range(10))
+    assert preview_indices(10) == list(range(10))
     assert face_nodes.detector_options("mtcnn", 50, 480, 360) == {"min_face_size": 40.0, "landmarks": "auto"}
     assert face_nodes.detector_options("mtcnn", 50, 1920, 1080, "dlib") == {
         "min_face_size": pytest.approx(26.667, abs=1e-3), "landmarks": "dlib"}
     assert face_nodes.detector_options("mtcnn", 0, 480, 360) == {"landmarks": "auto"}
     assert face_nodes.detector_options("s3fd+fan68", 50, 480, 360) == {}  # its landmarks are FAN's
-    idx = face_nodes.preview_indices(1000)
+    idx = preview_indices(1000)
     assert len(idx) == 64 and idx[0] == 0 and idx[-1] == 999
 
 

@@ -12,6 +12,7 @@ from conftest import shared_path
 from musetalk_enhanced.models import registry
 from musetalk_enhanced.models import whisper as W
 from musetalk_enhanced.models.checkpoint import CheckpointError
+from test_weights import whisper as tw_whisper
 
 torch.set_num_threads(2)
 
@@ -26,8 +27,8 @@ _SHAPES = {}
 
 def small_hf_state_dict(seed=0):
     if not _SHAPES:
-        _SHAPES.update(W.hf_model_shapes(SMALL))
-    return W.random_whisper_state_dict(_SHAPES, seed=seed, dtype=torch.float32)
+        _SHAPES.update(tw_whisper.hf_model_shapes(SMALL))
+    return tw_whisper.random_whisper_state_dict(_SHAPES, seed=seed, dtype=torch.float32)
 
 
 def write_small_hf(folder, sd, prefix="model.", fmt="safetensors"):
@@ -192,7 +193,7 @@ def test_latentsync_fixture_whisper_loads_strictly(tmp_path):
         dims = json.load(fh)["whisper_dims"]
     oa = {k[len("whisper."):]: v for k, v in t.items() if k.startswith("whisper.")}
     # the OpenAI key names our mapping writes are exactly the released ones
-    ours = W.hf_to_openai({k: torch.zeros(1) for k in W.hf_model_shapes() if k.startswith("encoder.")})
+    ours = W.hf_to_openai({k: torch.zeros(1) for k in tw_whisper.hf_model_shapes() if k.startswith("encoder.")})
     assert set(ours) == {k for k in oa if k.startswith("encoder.")}
     assert torch.equal(oa["encoder.positional_embedding"], W.sinusoids(1500, 384))
     torch.save({"dims": dims, "model_state_dict": oa}, str(tmp_path / "tiny.pt"))
@@ -204,7 +205,7 @@ def test_latentsync_fixture_whisper_loads_strictly(tmp_path):
 def test_full_size_shapes_match_the_manifest():
     with open(shared_path("fixtures", "musetalk", "manifest_whisper_tiny.json")) as fh:
         manifest = json.load(fh)
-    shapes = W.hf_model_shapes()
+    shapes = tw_whisper.hf_model_shapes()
     assert {k: list(v) for k, v in shapes.items()} == manifest["state_dict"]
     with torch.device("meta"):
         enc = W.build_encoder()
@@ -219,12 +220,12 @@ def test_full_size_shapes_match_the_manifest():
 def test_write_test_weights_full_size(tmp_path):
     from safetensors import safe_open
 
-    files = W.write_test_weights(str(tmp_path), seed=0)
+    files = tw_whisper.write_test_weights(str(tmp_path), seed=0)
     rel = sorted(os.path.relpath(f, tmp_path) for f in files)
     assert rel == sorted([os.path.join("musetalk", "whisper", "config.json"),
                           os.path.join("musetalk", "whisper", "model.safetensors"),
                           os.path.join("latentsync", "whisper", "tiny.pt")])
-    shapes = W.hf_model_shapes()
+    shapes = tw_whisper.hf_model_shapes()
     with safe_open(str(tmp_path / "musetalk" / "whisper" / "model.safetensors"), "pt") as f:
         assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == {"model." + k: v for k, v in shapes.items()}
     obj = torch.load(str(tmp_path / "latentsync" / "whisper" / "tiny.pt"), weights_only=True)

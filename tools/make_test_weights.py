@@ -3,21 +3,22 @@
 
     python tools/make_test_weights.py --out DIR [--only musetalk,whisper] [--seed 0] [--force] [--list]
 
-Every ``models/<name>.py`` that defines ``write_test_weights(models_root, seed=0) -> list[str]`` is called (found by
-scanning the modules, so new models need no change here). ``--only`` keeps the modules whose name contains one of the
-given words. The files carry random values (the folders get a ``RANDOM_TEST_WEIGHTS.txt`` marker): they let the
+Every ``tools/test_weights/<name>.py`` (named like the ``models/<name>.py`` it writes for) that defines
+``write_test_weights(models_root, seed=0) -> list[str]`` is called (found by scanning the folder, so new models need
+no change here). ``--only`` keeps the modules whose name contains one of the given words. The files carry random
+values (the MuseTalk UNet, VAE, BiSeNet and LatentSync folders get a ``RANDOM_TEST_WEIGHTS.txt`` marker): they let the
 whole pipeline run end to end without downloads, and produce noise.
 
-Idempotent: a module whose files all exist already is skipped; otherwise it writes into a scratch folder next to
-``--out`` and only the files not yet present are moved into place (all of them with ``--force``). One model is
-written at a time, with fp16 values, to keep memory low. Point ``MUSETALK_MODELS_DIR`` at ``DIR`` to use them.
+Idempotent: a module whose files all exist already (those its ``test_weight_files`` names) is skipped; otherwise it
+writes into a scratch folder next to ``--out`` and only the files not yet present are moved into place (all of them
+with ``--force``). One model is written at a time, with fp16 values, to keep memory low. Point
+``MUSETALK_MODELS_DIR`` at ``DIR`` to use them.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import importlib
-import importlib.util
 import inspect
 import os
 import shutil
@@ -25,36 +26,24 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "musetalk_enhanced"
-
-
-def import_pack():
-    """Import the pack as a package (relative imports inside), the way ComfyUI and tests/conftest.py do."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
+TOOLS = os.path.dirname(os.path.abspath(__file__))  # on sys.path: the script's folder, or put there by the caller
+WRITERS = "test_weights"  # the package tools/test_weights (importing it imports the pack as musetalk_enhanced)
 
 
 def discover(only=None):
-    """``[(module name, write_test_weights)]`` for every models/*.py defining it, sorted by name."""
-    import_pack()
+    """``[(module name, write_test_weights)]`` for every tools/test_weights/*.py defining it, sorted by name."""
+    importlib.import_module(WRITERS)
     found = []
-    for fn in sorted(os.listdir(os.path.join(ROOT, "models"))):
+    for fn in sorted(os.listdir(os.path.join(TOOLS, WRITERS))):
         if not fn.endswith(".py") or fn.startswith("_"):
             continue
         name = fn[:-3]
         if only and not any(w in name for w in only):
             continue
         try:
-            mod = importlib.import_module(f"{PACK}.models.{name}")
+            mod = importlib.import_module(f"{WRITERS}.{name}")
         except Exception as exc:  # a broken optional module must not stop the others
-            print(f"  ! cannot import models/{fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"  ! cannot import {WRITERS}/{fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         fn_ = getattr(mod, "write_test_weights", None)
         if callable(fn_) and getattr(fn_, "__module__", "") == mod.__name__:
@@ -106,7 +95,7 @@ def write_one(name, writer, out_dir, seed=0, force=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=False, help="models root to write into (becomes <out>/<folder>/<relpath>)")
-    ap.add_argument("--only", default="", help="comma-separated words; keep models/*.py whose name contains one")
+    ap.add_argument("--only", default="", help="comma-separated words; keep the models whose name contains one")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="overwrite files that already exist")
     ap.add_argument("--list", action="store_true", help="only list the modules that can write test weights")
@@ -115,12 +104,12 @@ def main(argv=None):
     writers = discover(only)
     if args.list or not args.out:
         for name, _ in writers:
-            print(f"models/{name}.py")
+            print(f"tools/{WRITERS}/{name}.py")
         if not args.out and not args.list:
             ap.error("--out is required")
         return 0
     if not writers:
-        print("no models/*.py with write_test_weights matched", file=sys.stderr)
+        print(f"no {WRITERS}/*.py with write_test_weights matched", file=sys.stderr)
         return 1
     os.makedirs(args.out, exist_ok=True)
     import torch
@@ -128,7 +117,7 @@ def main(argv=None):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for name, writer in writers:
         t0 = time.time()
-        print(f"models/{name}.py ...", flush=True)
+        print(f"tools/{WRITERS}/{name}.py ...", flush=True)
         written, skipped = write_one(name, writer, args.out, args.seed, args.force)
         for p in written:
             print(f"  wrote {p} ({os.path.getsize(p) / 1e6:.1f} MB)")

@@ -14,8 +14,8 @@ Faithful path (modes ``jaw`` — the v1.5 default —, ``raw``, ``neck``), per f
 
 The original works on BGR frames converted to PIL RGB and back; every step is per channel, so running it on our RGB
 frames gives the channel-swapped identical result. Pixels outside the expanded square (clipped to the frame) never
-change, so the result is returned as a :class:`Patch` ``(y0, y1, x0, x1, pixels)`` that :func:`apply_patch` writes
-into the frame; only pixels under a non-zero mask differ from the input.
+change, so the result is returned as a :class:`Patch` ``(y0, y1, x0, x1, pixels)`` that :meth:`~..types.Patch.apply`
+writes into the frame; only pixels under a non-zero mask differ from the input.
 
 ``feather`` mode (no weights needed, the default when the BiSeNet file is missing): the mask is the lower half of an
 ellipse inscribed in the crop box — centred on the box's horizontal centre and on the square's centre row (the
@@ -26,9 +26,11 @@ fades out towards the jaw line and the nose, and needs no network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..types import Patch
 
 PARSE_SIZE = 512
 MODES = ("jaw", "raw", "neck", "feather")
@@ -37,15 +39,6 @@ SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
 OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image (§1.9)
 REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material (§2)
 FEATHER_BLUR_RATIO = 0.1
-
-
-class Patch(NamedTuple):
-    """Rows ``y0:y1``, columns ``x0:x1`` of the frame replaced by ``pixels`` (uint8 ``[y1-y0, x1-x0, 3]``)."""
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    pixels: np.ndarray
 
 
 @dataclass
@@ -182,12 +175,19 @@ class FaceParser:
 
 def load_face_parser(runtime=None, auto_download: bool = True, left_cheek_width: int = 90,
                      right_cheek_width: int = 90) -> FaceParser:
-    """BiSeNet from ``face-parse-bisent/79999_iter.pth`` (registry key ``face_parse.bisenet``)."""
+    """BiSeNet from ``face-parse-bisent/79999_iter.pth`` (registry key ``face_parse.bisenet``), kept in the model
+    cache (pipeline/model_cache.py)."""
     from ...models import registry
     from ...models.bisenet import load_bisenet
+    from .. import model_cache
 
+    from ..runtime import Runtime
+
+    runtime = runtime or Runtime()
     path = registry.ensure(["face_parse.bisenet"], auto_download=auto_download)["face_parse.bisenet"]
-    return FaceParser(load_bisenet(path), runtime, left_cheek_width, right_cheek_width)
+    key = (model_cache.file_stamp([path]), str(runtime.device), str(runtime.dtype))   # one copy per device/dtype
+    net = model_cache.cached("backends.face_parser", key, lambda: load_bisenet(path))
+    return FaceParser(net, runtime, left_cheek_width, right_cheek_width)
 
 
 def resolve_blend_mode(requested: str = "auto") -> str:
@@ -311,11 +311,3 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: Sequence[float], mode: 
     """:func:`prepare_blend_mask` + :func:`blend_face` for one frame (the original offline ``get_image`` when
     ``mode='jaw'`` and the default blur ratio)."""
     return blend_face(frame, face, box, prepare_blend_mask(frame, box, mode, parser, labels, blur_ratio, **kw))
-
-
-def apply_patch(frame: np.ndarray, patch: Patch, copy: bool = True) -> np.ndarray:
-    """Write ``patch`` into ``frame`` (into a copy unless ``copy=False``) and return it."""
-    out = frame.copy() if copy else frame
-    if patch.y1 > patch.y0 and patch.x1 > patch.x0:
-        out[patch.y0:patch.y1, patch.x0:patch.x1] = patch.pixels
-    return out

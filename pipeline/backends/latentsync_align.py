@@ -7,7 +7,7 @@ truncation -> LANCZOS4 resize to R x R (the network's input, "aligned face").
 
 Backward: the generated R x R face (float, about [-1, 1]) -> bicubic antialiased resize back to the crop size ->
 inverse affine warp into the frame -> eroded, feathered crop mask -> truncating blend with the frame. Instead of the
-whole frame, the work is done in a window around the face and returned as a :class:`RestorePatch` (pixels outside
+whole frame, the work is done in a window around the face and returned as a :class:`Patch` (pixels outside
 it are unchanged), so a 4K frame costs no more than a 720p one.
 
 The warps reproduce kornia 0.8's ``warp_affine`` (``align_corners=True``: pixel -> [-1, 1] normalisation of source and
@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..types import Patch
 
 FILL_VALUE = 127.0
 
@@ -228,22 +230,6 @@ class FaceAligner:
 
 
 # ---- backward: generated face -> frame -----------------------------------------------------------------------------
-@dataclass
-class RestorePatch:
-    """Replace ``frame[y0:y1, x0:x1]`` by ``pixels`` (uint8 [y1-y0, x1-x0, 3]); nothing else changes."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    pixels: np.ndarray
-
-    def apply(self, frame: np.ndarray, inplace: bool = False) -> np.ndarray:
-        out = frame if inplace else frame.copy()
-        out[self.y0:self.y1, self.x0:self.x1] = self.pixels
-        return out
-
-
 def resize_face_to_crop(faces: torch.Tensor, crop_hw: Tuple[int, int]) -> torch.Tensor:
     """Generated faces [N, 3, R, R] (or [3, R, R]) float -> crop size with bicubic + antialias (torchvision
     ``resize(BICUBIC, antialias=True)`` on float tensors; no rounding, no clamping)."""
@@ -273,7 +259,7 @@ def _window_for(inv: torch.Tensor, crop_hw: Tuple[int, int], frame_hw: Tuple[int
 
 
 def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tensor,
-                  region: Optional[torch.Tensor] = None, device: torch.device | str = "cpu") -> Optional[RestorePatch]:
+                  region: Optional[torch.Tensor] = None, device: torch.device | str = "cpu") -> Optional[Patch]:
     """Paste a generated face back into its frame (spec §9 ``restore_img``), as a patch.
 
     ``frame`` uint8 [H, W, 3]; ``face_crop`` float [3, crop_h, crop_w] in about [-1, 1] (already resized back with
@@ -322,7 +308,7 @@ def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tens
     rows = np.flatnonzero(nz.any(axis=1))
     cols = np.flatnonzero(nz.any(axis=0))
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return RestorePatch(y0 + r0, y0 + r1, x0 + c0, x0 + c1, pixels[r0:r1, c0:c1])
+    return Patch(y0 + r0, y0 + r1, x0 + c0, x0 + c1, pixels[r0:r1, c0:c1])
 
 
 def _region_weight(region: torch.Tensor, crop_hw: Tuple[int, int], inv: torch.Tensor, frame_hw: Tuple[int, int],

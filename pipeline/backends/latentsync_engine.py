@@ -20,7 +20,6 @@ The released mask (``mask.png``) is an asset fetched on first use into the Laten
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import latentsync_unet3d as unet_mod
-from ..runtime import Runtime, is_oom  # noqa: F401  (is_oom: callers catch OOM from sync_chunk with it)
+from ..runtime import Runtime
 
 # configs/scheduler_config.json of the original (spec §8)
 SCHEDULER_CONFIG: Dict = {
@@ -296,7 +295,7 @@ class LatentSyncEngine:
     def restore(self, frame_u8: np.ndarray, face: torch.Tensor, affine: torch.Tensor, better_paste: bool = True,
                 device: Optional[torch.device | str] = None):
         """Paste one generated face (float [3, R, R] from :meth:`sync_chunk`) back into its frame; returns a
-        :class:`~.latentsync_align.RestorePatch` (or None when the face is outside the frame).
+        :class:`~.latentsync_align.Patch` (or None when the face is outside the frame).
 
         ``better_paste`` (the product default) replaces only the regenerated lower-face region, feathered, and keeps
         the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (spec §9)."""
@@ -350,37 +349,25 @@ def load_latentsync(version: str, runtime: Optional[Runtime] = None, auto_downlo
     return LatentSyncEngine(unet, vae, runtime=runtime, resolution=resolution, mask=mask, **engine_kwargs)
 
 
-_ENGINES: Dict[tuple, LatentSyncEngine] = {}
-
-
 def load_latentsync_cached(version: str, runtime: Optional[Runtime] = None, auto_download: bool = True,
                            **engine_kwargs) -> LatentSyncEngine:
-    """:func:`load_latentsync`, reusing the last engine when the files, device, dtype and settings are the same
-    (one LatentSync engine in memory at a time). The shared initial noise is re-drawn from the seed each time."""
+    """:func:`load_latentsync`, reusing the engine in the model cache (pipeline/model_cache.py; one at a time) when
+    the files, device, dtype and settings are the same. The shared initial noise is re-drawn from the seed each
+    time."""
     from ...models.registry import find
+    from .. import model_cache
 
     runtime = runtime or Runtime()
     v = unet_mod.normalize_version(version)
-    stamp = tuple((k, find(k), os.path.getmtime(find(k)) if find(k) else None) for k in required_weights(v))
-    key = (stamp, str(runtime.device), str(runtime.dtype), json.dumps(engine_kwargs, sort_keys=True, default=str))
-    eng = _ENGINES.get(key)
-    if eng is None:
-        _ENGINES.clear()
-        eng = load_latentsync(v, runtime, auto_download, **engine_kwargs)
-        if all(p for _, p, _ in stamp):
-            _ENGINES[key] = eng
+    paths = [find(k) for k in required_weights(v)]
+    key = (model_cache.file_stamp(paths), str(runtime.device), str(runtime.dtype),
+           json.dumps(engine_kwargs, sort_keys=True, default=str))
+    build = lambda: load_latentsync(v, runtime, auto_download, **engine_kwargs)  # noqa: E731
+    eng = model_cache.cached("backends.latentsync", key, build) if all(paths) else build()
     eng.runtime = runtime
     eng._gen = torch.Generator().manual_seed(eng.seed)
     eng.init_noise = torch.randn((1, 4, 1, eng.latent_size, eng.latent_size), generator=eng._gen)
     return eng
-
-
-def ping_pong_indices(n_frames: int, length: int) -> List[int]:
-    """Frame order of the original ``loop_video`` when the audio is longer than the video (spec §4):
-    0..n-1, n-1..0, 0..n-1, ... cut to ``length`` — the same cycle as MuseTalk's (``lipsync.ping_pong``)."""
-    from ..lipsync import ping_pong
-
-    return [ping_pong(k, n_frames) for k in range(length)]
 
 
 def chunk_ranges(start: int, stop: int, size: int = MAX_CHUNK_FRAMES) -> List[range]:

@@ -24,7 +24,6 @@ PyTorch SDPA (diffusers' default processor, as in the original environment).
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -225,7 +224,6 @@ class MuseTalkEngine:
 
 # ---- loading ------------------------------------------------------------------------------------------------------
 WEIGHT_KEYS = ("musetalk.unet", "musetalk.unet_config", "sd_vae.config", "sd_vae.weights")
-_ENGINES: Dict[tuple, MuseTalkEngine] = {}
 
 
 def weight_paths(auto_download: bool = True) -> Dict[str, str]:
@@ -244,31 +242,35 @@ def load_musetalk(runtime: Optional[Runtime] = None, auto_download: bool = True,
                   cache: bool = True) -> MuseTalkEngine:
     """Find (or download) the weights and build a :class:`MuseTalkEngine` on ``runtime``'s device and dtype.
 
-    Engines are cached per (files, device, dtype) unless ``cache=False``; :func:`clear_cache` drops them.
-    """
-    from ...models.musetalk_unet import load_unet
-    from ...models.vae import load_vae
+    Engines are kept in the model cache (pipeline/model_cache.py; one at a time) per (files, device, dtype,
+    posterior) unless ``cache=False``."""
+    from .. import model_cache
 
     runtime = runtime or Runtime()
     paths = weight_paths(auto_download)
-    stamp = tuple((k, p, os.path.getmtime(p)) for k, p in sorted(paths.items()))
-    key = (stamp, str(runtime.device), str(runtime.dtype), posterior)
-    if cache and key in _ENGINES:
-        eng = _ENGINES[key]
-        eng.runtime = runtime
-        return eng
+    key = (model_cache.file_stamp(p for _, p in sorted(paths.items())), str(runtime.device), str(runtime.dtype),
+           posterior)
+    build = lambda: _build_engine(paths, runtime, posterior)  # noqa: E731
+    engine = model_cache.cached("backends.musetalk", key, build) if cache else build()
+    engine.runtime = runtime
+    return engine
+
+
+def _build_engine(paths: Dict[str, str], runtime: Runtime, posterior: str) -> MuseTalkEngine:
+    from ...models.musetalk_unet import load_unet
+    from ...models.vae import load_vae
+
     for p in paths.values():
         if registry.is_test_weights(p):
             runtime.log(f"[MuseTalk] WARNING: {p} holds random test weights; the output will be noise.")
             break
     unet = load_unet(paths["musetalk.unet"], paths["musetalk.unet_config"])
     vae = load_vae(paths["sd_vae.weights"], paths["sd_vae.config"])
-    engine = MuseTalkEngine(unet, vae, None, runtime, posterior=posterior)
-    if cache:
-        _ENGINES.clear()  # one MuseTalk generator in memory at a time
-        _ENGINES[key] = engine
-    return engine
+    return MuseTalkEngine(unet, vae, None, runtime, posterior=posterior)
 
 
 def clear_cache() -> None:
-    _ENGINES.clear()
+    """Forget the cached MuseTalk engine."""
+    from .. import model_cache
+
+    model_cache.clear("backends.musetalk")

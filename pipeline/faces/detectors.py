@@ -26,7 +26,6 @@ Models are loaded once per (files, device, dtype) and cached at module level. Fr
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import registry
+from .. import model_cache
 from ..runtime import Runtime, is_oom
 from ..types import Detection
 
@@ -42,21 +42,14 @@ _log = logging.getLogger(__name__).info
 BACKENDS = ("mtcnn", "s3fd+fan68")
 DEFAULT_BACKEND = "mtcnn"
 
-_CACHE: Dict[tuple, object] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def _cached(key: tuple, build: Callable[[], object]):
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build()
-        return _CACHE[key]
+    """Detector and landmark models live in the pack's one model cache (pipeline/model_cache.py), kind ``faces.*``."""
+    return model_cache.cached(f"faces.{key[0]}", key, build, keep=2)
 
 
 def clear_cache() -> None:
-    """Forget every loaded detector model (frees their memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Forget every loaded detector and landmark model (frees their memory)."""
+    model_cache.clear("faces")
 
 
 def _as_frames(rgb: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
@@ -130,6 +123,19 @@ def _downscale(images: torch.Tensor, short_side: Optional[int]) -> Tuple[torch.T
     f = short_side / float(min(h, w))
     nh, nw = max(1, round(h * f)), max(1, round(w * f))
     return F.interpolate(images, size=(nh, nw), mode="area"), w / nw, h / nh
+
+
+def detector_requirements(backend: str) -> List[Tuple[str, ...]]:
+    """The weight files a detector backend needs (for the pre-flight check, pipeline/backends/selection.py): MTCNN's
+    three files unless they are in the model folder or the facenet-pytorch wheel; S3FD's and FAN's."""
+    from ...models import mtcnn
+
+    if backend == "mtcnn":
+        keys = mtcnn.REGISTRY_KEYS.values()
+        if all(registry.find(k) for k in keys) or mtcnn.wheel_weight_paths():
+            return []
+        return [(k,) for k in keys]
+    return [("s3fd",), ("fan68",)]
 
 
 # ---- MTCNN ---------------------------------------------------------------------------------------------------------

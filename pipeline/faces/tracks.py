@@ -41,89 +41,16 @@ A frame without a chosen face is a *cutaway*: it will pass through unchanged. It
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .cropbox import face_crop_geometry, smooth_boxes
-from .shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD, ShotDetector
+from .options import (DEFAULT_MIN_SCORE, FALLBACK_MIN_SCORE, MIN_HEIGHT_RATIO, REASON_ASPECT, REASON_BAD_CROP,
+                      REASON_LOW_SCORE, REASON_NO_FACE, REASON_NOT_SPEAKER, REASON_TOO_SMALL, REASON_UNCONFIRMED,
+                      FaceOptions, parse_user_box)
+from .shots import ShotDetector
 from ..types import Detection, Face, FaceSequence, FaceTrack, FrameFaces, ranges_text
-
-SPEAKER_POLICIES = ("largest", "most_central", "track_index", "user_box")
-DEFAULT_MIN_SCORE = {"mtcnn": 0.9}
-FALLBACK_MIN_SCORE = 0.5            # spec latentsync §5.1 det_score >= 0.5
-MIN_HEIGHT_RATIO = 1.6              # LatentSync's 80 px / 50 px
-
-REASON_NO_FACE = "no face"
-REASON_LOW_SCORE = "low score"
-REASON_TOO_SMALL = "face too small"
-REASON_ASPECT = "odd box shape"
-REASON_UNCONFIRMED = "unconfirmed face"
-REASON_NOT_SPEAKER = "not the chosen speaker"
-REASON_BAD_CROP = "empty crop box"
-CUTAWAY_REASONS = (REASON_NO_FACE, REASON_LOW_SCORE, REASON_TOO_SMALL, REASON_ASPECT, REASON_UNCONFIRMED,
-                   REASON_NOT_SPEAKER, REASON_BAD_CROP)
-
-
-@dataclass
-class FaceOptions:
-    """Options of :func:`analyze_faces` (see the module docstring for the meaning of each)."""
-
-    min_score: Optional[float] = None          # None or <= 0 -> backend default (DEFAULT_MIN_SCORE)
-    min_face_size: float = 50.0                # min box width in px; min height is 1.6x this; 0 = no size filter
-    min_aspect: float = 0.2                    # w/h
-    max_aspect: float = 1.5
-    shot_threshold: float = DEFAULT_THRESHOLD  # 0 disables cut detection
-    min_shot_len: int = DEFAULT_MIN_SHOT_LEN
-    debounce_frames: int = 3
-    bridge_gap: int = 2
-    iou_threshold: float = 0.3
-    speaker: str = "largest"
-    track_index: int = 0
-    user_box: Union[None, str, Sequence[float]] = None   # "x1,y1,x2,y2" in pixels, or fractions when all <= 1
-    bbox_shift: int = 0
-    extra_margin: int = 10
-    smooth_boxes: bool = True
-    smooth_radius: int = 2                     # moving-average half window in frames
-    batch_size: int = 8
-
-    def validate(self) -> None:
-        if self.speaker not in SPEAKER_POLICIES:
-            raise ValueError(f"speaker: unknown policy {self.speaker!r}; use one of {', '.join(SPEAKER_POLICIES)}")
-        if self.min_aspect > self.max_aspect:
-            raise ValueError(f"face aspect limits: min {self.min_aspect} > max {self.max_aspect}")
-        if self.track_index < 0:
-            raise ValueError(f"track_index: must be >= 0 (got {self.track_index})")
-        if self.speaker == "user_box" and not self.user_box:
-            raise ValueError("user_box: speaker is 'user_box' but no box was given; type 'x1,y1,x2,y2' in pixels "
-                             "(or fractions of the frame size, e.g. '0.5,0,1,1' for the right half)")
-
-
-def parse_user_box(value, width: int, height: int) -> Optional[Tuple[float, float, float, float]]:
-    """``"x1,y1,x2,y2"`` (commas and/or spaces) or a 4-sequence -> a box in pixels. When all four values are within
-    0..1 they are fractions of the frame width/height. Empty/None -> None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-        try:
-            vals = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"user_box: cannot read {value!r}; expected four numbers 'x1,y1,x2,y2'") from None
-    else:
-        vals = [float(v) for v in value]
-    if len(vals) != 4:
-        raise ValueError(f"user_box: expected four numbers 'x1,y1,x2,y2', got {len(vals)} in {value!r}")
-    if all(0.0 <= v <= 1.0 for v in vals):
-        vals = [vals[0] * width, vals[1] * height, vals[2] * width, vals[3] * height]
-    x1, y1, x2, y2 = vals
-    if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"user_box: x2 must be > x1 and y2 > y1 (got {value!r})")
-    return (x1, y1, x2, y2)
-
 
 def box_iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -264,18 +191,27 @@ class FaceAnalyzer:
 
     # -- per-shot decisions ------------------------------------------------------------------------------------------
     def _finish_shot(self) -> None:
+        """The steps of module docstring 3-6 for the shot just ended: debounce and bridge its tracks, rank the
+        speaker, choose a face per frame, place and smooth its crop, record the frames and tracks."""
         recs, tracks = self._records, self._tracks
         self._records, self._tracks = [], []
         if not recs:
             return
-        o = self.opt
-        shot = len(self.shot_starts) - 1
-        shot_len = len(recs)
-        need = max(1, int(o.debounce_frames))
-        gap_ok = max(0, int(o.bridge_gap))
-        # debounce: a track counts once `need` of its detections follow each other with gaps of at most bridge_gap
-        # frames (or it is detected in every frame of a shot shorter than that); then all its detections in the
-        # shot are used, earlier ones included, and its gaps of at most bridge_gap frames are bridged
+        confirmed = self._confirm(tracks, len(recs))
+        present = {t.key: [r.index for r in recs if t.at(r.index) is not None] for t in confirmed}
+        eligible = self._rank_speakers(confirmed, present)
+        chosen = [next((t for t in eligible if t.at(r.index) is not None), None) for r in recs]
+        geo = self._crop_geometry(recs, chosen)
+        chosen_count = self._record_frames(recs, chosen, geo, confirmed)
+        self._record_tracks(confirmed, present, chosen_count)
+
+    def _confirm(self, tracks: List[_Track], shot_len: int) -> List[_Track]:
+        """Debounce: a track counts once ``debounce_frames`` of its detections follow each other with gaps of at most
+        ``bridge_gap`` frames (or it is detected in every frame of a shot shorter than that); then all its
+        detections in the shot are used, earlier ones included, and its short gaps are bridged. Returns the
+        confirmed tracks in order of first appearance (left to right when simultaneous), numbered."""
+        need = max(1, int(self.opt.debounce_frames))
+        gap_ok = max(0, int(self.opt.bridge_gap))
         for t in tracks:
             idx = sorted(t.hits)
             run = best = 1
@@ -295,53 +231,55 @@ class FaceAnalyzer:
         for n, t in enumerate(confirmed):
             t.public_id, t.ordinal = self._next_public, n
             self._next_public += 1
-        # ranking and eligibility
-        present = {t.key: [r.index for r in recs if t.at(r.index) is not None] for t in confirmed}
-        eligible: List[_Track] = []
-        if o.speaker == "track_index":
-            eligible = [t for t in confirmed if t.ordinal == o.track_index]
-        else:
-            def stat(t: _Track, fn) -> float:
-                return float(np.mean([fn(t.at(i).box) for i in present[t.key]]))
+        return confirmed
 
-            if o.speaker == "largest":
-                scored = [(-stat(t, lambda b: (b[2] - b[0]) * (b[3] - b[1])), t.ordinal, t) for t in confirmed]
-            elif o.speaker == "most_central":
-                cx, cy, diag = self.width / 2.0, self.height / 2.0, float(np.hypot(self.width, self.height))
-                scored = [(stat(t, lambda b: np.hypot((b[0] + b[2]) / 2 - cx, (b[1] + b[3]) / 2 - cy) / diag),
-                           t.ordinal, t) for t in confirmed]
-            else:  # user_box
-                ub = self.user_box
-                scored = [(-stat(t, lambda b: _inside_fraction(b, ub)), t.ordinal, t) for t in confirmed]
-                scored = [s for s in scored if s[0] < 0]
-            eligible = [t for _, _, t in sorted(scored, key=lambda s: (s[0], s[1]))]
-        # per-frame choice
-        chosen: List[Optional[_Track]] = []
-        for r in recs:
-            pick = next((t for t in eligible if t.at(r.index) is not None), None)
-            chosen.append(pick)
-        # crop geometry, smoothed per run of the same track
-        geo: List[Tuple[Optional[tuple], Optional[np.ndarray]]] = []
-        for r, t in zip(recs, chosen):
-            if t is None:
-                geo.append((None, None))
-            else:
-                geo.append(face_crop_geometry(t.at(r.index), self.width, self.height, o.bbox_shift, o.extra_margin))
-        if o.smooth_boxes and o.smooth_radius > 0:
-            k = 0
-            while k < len(recs):
-                if chosen[k] is None or geo[k][0] is None:
-                    k += 1
-                    continue
-                e = k
-                while e + 1 < len(recs) and chosen[e + 1] is chosen[k] and geo[e + 1][0] is not None:
-                    e += 1
-                if e > k:
-                    sm = smooth_boxes([geo[j][0] for j in range(k, e + 1)], o.smooth_radius)
-                    for j in range(k, e + 1):
-                        geo[j] = (tuple(int(v) for v in sm[j - k]), geo[j][1])
-                k = e + 1
-        # frame records
+    def _rank_speakers(self, confirmed: List[_Track], present: Dict[int, List[int]]) -> List[_Track]:
+        """The tracks eligible as the speaker, best first, by the ``speaker`` policy."""
+        o = self.opt
+        if o.speaker == "track_index":
+            return [t for t in confirmed if t.ordinal == o.track_index]
+
+        def stat(t: _Track, fn) -> float:
+            return float(np.mean([fn(t.at(i).box) for i in present[t.key]]))
+
+        if o.speaker == "largest":
+            scored = [(-stat(t, lambda b: (b[2] - b[0]) * (b[3] - b[1])), t.ordinal, t) for t in confirmed]
+        elif o.speaker == "most_central":
+            cx, cy, diag = self.width / 2.0, self.height / 2.0, float(np.hypot(self.width, self.height))
+            scored = [(stat(t, lambda b: np.hypot((b[0] + b[2]) / 2 - cx, (b[1] + b[3]) / 2 - cy) / diag),
+                       t.ordinal, t) for t in confirmed]
+        else:  # user_box
+            ub = self.user_box
+            scored = [(-stat(t, lambda b: _inside_fraction(b, ub)), t.ordinal, t) for t in confirmed]
+            scored = [s for s in scored if s[0] < 0]
+        return [t for _, _, t in sorted(scored, key=lambda s: (s[0], s[1]))]
+
+    def _crop_geometry(self, recs, chosen) -> List[Tuple[Optional[tuple], Optional[np.ndarray]]]:
+        """Crop box and alignment points of each frame's chosen face, boxes smoothed per run of the same track."""
+        o = self.opt
+        geo = [(None, None) if t is None else
+               face_crop_geometry(t.at(r.index), self.width, self.height, o.bbox_shift, o.extra_margin)
+               for r, t in zip(recs, chosen)]
+        if not (o.smooth_boxes and o.smooth_radius > 0):
+            return geo
+        k = 0
+        while k < len(recs):
+            if chosen[k] is None or geo[k][0] is None:
+                k += 1
+                continue
+            e = k
+            while e + 1 < len(recs) and chosen[e + 1] is chosen[k] and geo[e + 1][0] is not None:
+                e += 1
+            if e > k:
+                sm = smooth_boxes([geo[j][0] for j in range(k, e + 1)], o.smooth_radius)
+                for j in range(k, e + 1):
+                    geo[j] = (tuple(int(v) for v in sm[j - k]), geo[j][1])
+            k = e + 1
+        return geo
+
+    def _record_frames(self, recs, chosen, geo, confirmed: List[_Track]) -> Dict[int, int]:
+        """One :class:`FrameFaces` per frame (the face, or the cutaway's reason); returns frames chosen per track."""
+        shot = len(self.shot_starts) - 1
         key_to_public = {t.key: t.public_id for t in confirmed}
         chosen_count: Dict[int, int] = {}
         for r, t, (box, align) in zip(recs, chosen, geo):
@@ -352,23 +290,18 @@ class FaceAnalyzer:
                 if fd is not None:
                     dets.append(fd)
                     ids.append(ct.public_id)
-            face, reason = None, ""
+            face = None
             if t is not None and box is not None:
-                det = t.at(r.index)
-                face = Face(detection=det, track_id=t.public_id, crop_box=box, align_points=align)
+                face = Face(detection=t.at(r.index), track_id=t.public_id, crop_box=box, align_points=align)
                 chosen_count[t.key] = chosen_count.get(t.key, 0) + 1
-            elif t is not None:
-                reason = REASON_BAD_CROP
-            elif not r.detections:
-                reason = REASON_NO_FACE
-            elif all(r.reasons):
-                reason = r.reasons[0]           # the detector's best detection says why
-            elif not any(ct.at(r.index) is not None for ct in confirmed):
-                reason = REASON_UNCONFIRMED
-            else:
-                reason = REASON_NOT_SPEAKER
+            reason = "" if face is not None else _cutaway_reason(r, t, confirmed)
             self.frames.append(FrameFaces(index=r.index, shot=shot, face=face, detections=dets, track_ids=ids,
                                           reason=reason))
+        return chosen_count
+
+    def _record_tracks(self, confirmed: List[_Track], present: Dict[int, List[int]],
+                       chosen_count: Dict[int, int]) -> None:
+        shot = len(self.shot_starts) - 1
         for t in confirmed:
             frames_present = present[t.key]
             boxes = np.array([t.at(i).box[:4] for i in frames_present], np.float64)
@@ -376,6 +309,19 @@ class FaceAnalyzer:
                 id=t.public_id, shot=shot, ordinal=t.ordinal, first=min(frames_present), last=max(frames_present),
                 detected=len(t.confirmed), bridged=len(t.filled), chosen=chosen_count.get(t.key, 0),
                 mean_box=tuple(float(v) for v in boxes.mean(0))))
+
+
+def _cutaway_reason(record, track, confirmed) -> str:
+    """Why a frame has no face to lip-sync (CUTAWAY_REASONS)."""
+    if track is not None:
+        return REASON_BAD_CROP
+    if not record.detections:
+        return REASON_NO_FACE
+    if all(record.reasons):
+        return record.reasons[0]           # the detector's best detection says why
+    if not any(ct.at(record.index) is not None for ct in confirmed):
+        return REASON_UNCONFIRMED
+    return REASON_NOT_SPEAKER
 
 
 def analyze_faces(frames, detector, runtime=None, *, options: Optional[FaceOptions] = None,

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .media.frames import Frames, image_to_uint8
+from ..media.frames import Frames, image_to_uint8
 
 Box = Tuple[int, int, int, int]
 

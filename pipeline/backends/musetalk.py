@@ -1,0 +1,85 @@
+"""MuseTalk v1.5 as a lip-sync backend (spec musetalk.md §1.4-§1.9): batches of any output frames.
+
+Per source frame, once: the face crop's VAE latents (kept while a later output frame shows that source frame, so a
+ping-pong loop reuses them) and the blend mask (bounded cache). Per batch: one UNet step and a VAE decode
+(:mod:`.musetalk_engine`), then each face is blended into its frame (:mod:`.blending`) and returned as a patch.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..runtime import Runtime
+from ..types import FaceSequence, Patch
+from .base import LRU, Unit
+
+NAME = "musetalk-v1.5"
+AUDIO_LAYOUT = "musetalk"
+
+
+class MuseTalkBackend:
+    """Runs MuseTalk v1.5 on batches of output frames (the run's batch size)."""
+
+    name = NAME
+    audio_layout = AUDIO_LAYOUT
+    unit_label = "batch size"
+    default_unit = None   # the run's batch size
+
+    def __init__(self, engine, blend_mode: str, parser=None, mask_cache: int = 256):
+        self.engine = engine
+        self.blend_mode = blend_mode
+        self.parser = parser
+        self.latents: Dict[int, torch.Tensor] = {}      # source frame -> [8, 32, 32] (computed once)
+        self.masks = LRU(mask_cache)                     # source frame -> BlendMask
+
+    def unit_at(self, source: np.ndarray, faces: FaceSequence, k: int, stop: int, size: int) -> Unit:
+        return k, min(stop, k + size), True
+
+    def forget(self, sources: Sequence[int]) -> None:
+        for s in sources:
+            self.latents.pop(s, None)
+
+    def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
+                windows: torch.Tensor) -> List[Optional[Patch]]:
+        from .blending import blend_face, prepare_blend_mask
+        from .musetalk_engine import crop_faces
+
+        need = sorted({s for s in srcs if s not in self.latents})
+        if need:
+            crops = crop_faces(np.stack([src_u8[s] for s in need]), [faces.frames[s].face.crop_box for s in need])
+            for s, latent in zip(need, self.engine.encode_reference(crops)):
+                self.latents[s] = latent
+        generated = self.engine.generate(torch.stack([self.latents[s] for s in srcs]), windows)
+        out = []
+        for face, s in zip(generated, srcs):
+            box = faces.frames[s].face.crop_box
+            mask = self.masks.get(s)
+            if mask is None:
+                mask = prepare_blend_mask(src_u8[s], box, self.blend_mode, self.parser)
+                self.masks.put(s, mask)
+            out.append(blend_face(src_u8[s], face, box, mask))
+        return out
+
+
+def required_weights(blend_mode: str = "auto") -> List[Tuple[str, ...]]:
+    """The weight files MuseTalk needs, each as its acceptable registry keys (the sd-vae ``.bin`` stands in for its
+    ``.safetensors``); the face parser only for the parser blend modes."""
+    from .musetalk_engine import WEIGHT_KEYS
+
+    need = [("sd_vae.weights", "sd_vae.weights_bin") if k == "sd_vae.weights" else (k,) for k in WEIGHT_KEYS]
+    if blend_mode in ("jaw", "raw", "neck"):
+        need.append(("face_parse.bisenet",))
+    return need
+
+
+def open_musetalk(runtime: Runtime, auto_download: bool, posterior: str, blend_mode: str) -> MuseTalkBackend:
+    """Load (or reuse) the generator, and the face parser when the blend mode needs it."""
+    from .blending import load_face_parser, resolve_blend_mode
+    from .musetalk_engine import load_musetalk
+
+    engine = load_musetalk(runtime, auto_download, posterior=posterior)
+    mode = resolve_blend_mode(blend_mode)
+    parser = load_face_parser(runtime, auto_download) if mode != "feather" else None
+    return MuseTalkBackend(engine, mode, parser)

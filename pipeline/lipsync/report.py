@@ -1,0 +1,64 @@
+"""The lip-sync report: which backend ran on which frames, what passed through, every fallback and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+from ..types import ranges_text
+
+
+@dataclass
+class LipSyncReport:
+    requested: str
+    num_frames: int = 0
+    synced: Dict[str, List[int]] = field(default_factory=dict)   # backend -> output frames it synced
+    passed_through: List[int] = field(default_factory=list)      # output frames copied unchanged (cutaways)
+    fallbacks: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    batch_sizes: List[int] = field(default_factory=list)
+    seconds: float = 0.0
+    landmarks: str = ""                                          # where the crop boxes came from (pipeline/landmarks)
+
+    def add(self, backend: str, ks: Sequence[int]) -> None:
+        self.synced.setdefault(backend, []).extend(int(k) for k in ks)
+
+    def shrunk(self, backend: str, unit_label: str, size: int) -> None:
+        """A backend ran out of memory and its unit (batch size, chunk length) was lowered to ``size``."""
+        if unit_label == "batch size":
+            self.batch_sizes.append(int(size))
+        else:
+            self.notes.append(f"{backend}: out of memory; {unit_label} lowered to {size}")
+
+    @property
+    def backends_used(self) -> List[str]:
+        return [b for b, ks in self.synced.items() if ks]
+
+    def text(self) -> str:
+        lines = [f"backend requested: {self.requested}; used: {', '.join(self.backends_used) or 'none'}"]
+        if self.landmarks:
+            lines.append(f"landmarks: {self.landmarks}")
+        for b, ks in self.synced.items():
+            lines.append(f"  {b}: {len(ks)} frames synced ({ranges_text(_ranges(ks))})")
+        lines.append(f"frames: {self.num_frames} out, {sum(len(v) for v in self.synced.values())} synced, "
+                     f"{len(self.passed_through)} passed through unchanged "
+                     f"({ranges_text(_ranges(self.passed_through))})")
+        for f in self.fallbacks:
+            lines.append(f"fallback: {f}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        if self.batch_sizes:
+            lines.append(f"batch size: {self.batch_sizes[0]}" + (
+                f" (lowered to {min(self.batch_sizes)} after running out of memory)"
+                if min(self.batch_sizes) < self.batch_sizes[0] else ""))
+        lines.append(f"time: {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _ranges(ks: Sequence[int]) -> List[Tuple[int, int]]:
+    out: List[Tuple[int, int]] = []
+    for k in sorted(ks):
+        if out and out[-1][1] == k - 1:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out

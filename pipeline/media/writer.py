@@ -1,0 +1,234 @@
+"""Writing video files with PyAV: the one lossy encode of a workflow.
+
+:class:`VideoWriter` encodes H.264 (yuv420p, crf) + AAC into an mp4 as frames arrive; the file appears under its final
+name only when complete (a cancelled run leaves nothing behind) and never replaces an existing file.
+:func:`write_video` encodes a whole :class:`~.frames.Frames` sequence; :func:`unique_output_path` picks a new name.
+"""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from .audio import Audio, resample
+from .frames import Frames, image_to_uint8
+from .video import VideoError
+
+
+def _even(n: int) -> int:
+    return n + (n & 1)
+
+
+def unique_output_path(directory: str, prefix: str, ext: str = ".mp4") -> str:
+    """``<directory>/<prefix>_00001.mp4`` with the first counter not in use (an existing file is never replaced)."""
+    sub, base = os.path.split(prefix)
+    folder = os.path.join(directory, sub)
+    os.makedirs(folder, exist_ok=True)
+    base = base or "MuseTalk"
+    existing = set(os.listdir(folder))
+    n = 1
+    for f in existing:
+        if f.startswith(base + "_") and f.endswith(ext):
+            mid = f[len(base) + 1:-len(ext)]
+            if mid.isdigit():
+                n = max(n, int(mid) + 1)
+    while True:
+        path = os.path.join(folder, f"{base}_{n:05d}{ext}")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # reserve the name atomically
+            os.close(fd)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+AUDIO_FIT = ("pad_or_trim_audio", "hold_last_frame", "keep_both")
+
+
+class VideoWriter:
+    """Encode frames to H.264 + AAC mp4 as they arrive.
+
+    ``write(batch)`` takes uint8 ``[n, H, W, 3]`` (or float 0..1). Odd sizes are padded by one replicated row/column
+    (yuv420p needs even sizes). Audio is interleaved as the video advances. The output lives under a temporary name
+    until :meth:`close` succeeds; :meth:`abort` (or an exception inside ``with``) deletes it. ``path`` must not exist
+    unless it is an empty placeholder reserved by :func:`unique_output_path`.
+    """
+
+    def __init__(self, path: str, fps: float, width: int, height: int, audio: Optional[Audio] = None,
+                 crf: int = 19, preset: str = "medium", audio_fit: str = "pad_or_trim_audio",
+                 audio_bitrate: int = 192000, pix_fmt: str = "yuv420p"):
+        import av
+
+        if not fps or fps <= 0:
+            raise VideoError(f"fps: must be > 0 to write a video (got {fps}).")
+        if audio_fit not in AUDIO_FIT:
+            raise VideoError(f"audio_fit: unknown value {audio_fit!r}; use one of {', '.join(AUDIO_FIT)}.")
+        if not 0 <= int(crf) <= 51:
+            raise VideoError(f"crf: must be within 0..51 (got {crf}); lower is better quality, 17-23 is typical.")
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            raise VideoError(f"output: {path} already exists; refusing to overwrite it. Choose another name.")
+        self.path = path
+        self.tmp = os.path.join(os.path.dirname(path) or ".", "." + os.path.basename(path) + ".partial.mp4")
+        self.fps = float(fps)
+        self.width, self.height = int(width), int(height)
+        self.audio_fit = audio_fit
+        self.frames_written = 0
+        self._closed = False
+        self._container = av.open(self.tmp, "w", format="mp4")
+        rate = Fraction(self.fps).limit_denominator(1001 * 1000)
+        self._v = self._container.add_stream("libx264", rate=rate)
+        self._v.width, self._v.height = _even(self.width), _even(self.height)
+        self._v.pix_fmt = pix_fmt
+        self._v.options = {"crf": str(int(crf)), "preset": preset}
+        self._a = None
+        self._audio = None
+        self._audio_pos = 0
+        if audio is not None and audio.num_samples > 0:
+            self._audio = audio
+            rate_a = int(audio.sample_rate)
+            if rate_a not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000):
+                self._audio = Audio(resample(audio.samples, rate_a, 48000), 48000)
+                rate_a = 48000
+            if self._audio.channels > 2:  # AAC in mp4 is played everywhere as mono/stereo
+                self._audio = Audio(self._audio.samples[:2], rate_a)
+            layout = "stereo" if self._audio.channels == 2 else "mono"
+            self._a = self._container.add_stream("aac", rate=rate_a, layout=layout)
+            self._a.bit_rate = int(audio_bitrate)
+            self._a_layout = layout
+            self._a_rate = rate_a
+            self._a_fifo_pts = 0
+
+    # -- context manager ---------------------------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    # -- video --------------------------------------------------------------------------------------------------------
+    def write(self, frames) -> None:
+        import av
+
+        arr = frames
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:   # float IMAGE frames: the one rounding rule
+            import torch
+
+            arr = image_to_uint8(arr if isinstance(arr, torch.Tensor) else torch.as_tensor(np.asarray(arr)))
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.shape[1:] != (self.height, self.width, 3):
+            raise VideoError(f"frames: got size {arr.shape[2]}x{arr.shape[1]}, the video being written is "
+                             f"{self.width}x{self.height}; all frames must share one size.")
+        pad_h, pad_w = _even(self.height) - self.height, _even(self.width) - self.width
+        for img in arr:
+            if pad_h or pad_w:
+                img = np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = self.frames_written
+            for packet in self._v.encode(vf):
+                self._container.mux(packet)
+            self.frames_written += 1
+        self._push_audio(self.frames_written / self.fps)
+
+    # -- audio --------------------------------------------------------------------------------------------------------
+    def _audio_end_sample(self) -> int:
+        video_dur = self.frames_written / self.fps
+        n = self._audio.num_samples
+        if self.audio_fit == "pad_or_trim_audio":
+            return int(round(video_dur * self._a_rate))
+        return n
+
+    def _push_audio(self, until_seconds: float, final: bool = False) -> None:
+        if self._a is None:
+            return
+        import av
+
+        limit = self._audio_end_sample() if final else min(int(round(until_seconds * self._a_rate)),
+                                                           self._audio_end_sample())
+        step = 1024 * 16
+        while self._audio_pos < limit:
+            b = min(limit, self._audio_pos + step)
+            chunk = self._audio.samples[:, self._audio_pos:min(b, self._audio.num_samples)]
+            if chunk.shape[1] < b - self._audio_pos:  # audio shorter than video: pad with silence
+                chunk = np.pad(chunk, ((0, 0), (0, b - self._audio_pos - chunk.shape[1])))
+            fmt = "fltp"
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk, dtype=np.float32), format=fmt,
+                                            layout=self._a_layout)
+            af.sample_rate = self._a_rate
+            af.pts = self._audio_pos
+            af.time_base = Fraction(1, self._a_rate)
+            for packet in self._a.encode(af):
+                self._container.mux(packet)
+            self._audio_pos = b
+
+    # -- finish -------------------------------------------------------------------------------------------------------
+    def close(self) -> str:
+        if self._closed:
+            return self.path
+        try:
+            if self.frames_written == 0:
+                raise VideoError("output: no frames were written; nothing to save.")
+            self._push_audio(self.frames_written / self.fps, final=True)
+            for packet in self._v.encode():
+                self._container.mux(packet)
+            if self._a is not None:
+                for packet in self._a.encode():
+                    self._container.mux(packet)
+            self._container.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def extra_frames_for_audio(self) -> int:
+        """How many more frames would make the video as long as the audio (for ``hold_last_frame``)."""
+        if self._audio is None:
+            return 0
+        need = int(math.ceil(self._audio.duration * self.fps - 1e-6))
+        return max(0, need - self.frames_written)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:
+            pass
+        for p in (self.tmp,):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+        try:  # drop an empty reserved placeholder
+            if os.path.exists(self.path) and os.path.getsize(self.path) == 0:
+                os.remove(self.path)
+        except OSError:
+            pass
+
+
+def write_video(path: str, frames: Frames, audio: Optional[Audio] = None, crf: int = 19,
+                audio_fit: str = "pad_or_trim_audio", batch: int = 16, progress=None) -> str:
+    """Encode a whole :class:`Frames` sequence (streaming) with optional audio; returns the path."""
+    with VideoWriter(path, frames.fps, frames.width, frames.height, audio, crf=crf, audio_fit=audio_fit) as w:
+        total = len(frames)
+        for b in frames.iter_batches(batch):
+            w.write(b.rgb)
+            if progress:
+                progress("encode", b.stop, total)
+        if audio_fit == "hold_last_frame":
+            extra = w.extra_frames_for_audio()
+            if extra:
+                last = frames.read([total - 1])
+                for _ in range(extra):
+                    w.write(last)
+    return path

@@ -1,0 +1,75 @@
+"""docs/architecture.md stays true to the code: every module it names exists, and no pipeline floor imports from a
+floor above it (which also rules out import cycles between floors)."""
+import ast
+import os
+import re
+
+import pytest
+
+from conftest import ROOT
+
+DOC = os.path.join(ROOT, "docs", "architecture.md")
+# low to high; a module may import from its own floor and the floors below
+FLOORS = [("shared", ("pipeline/types.py", "pipeline/runtime.py", "pipeline/model_cache.py")),
+          ("media", ("pipeline/media/",)),
+          ("audio features", ("pipeline/audio_features.py", "pipeline/whisper_encoder.py")),
+          ("faces", ("pipeline/faces/",)),
+          ("backends", ("pipeline/backends/",)),
+          ("lip-sync", ("pipeline/lipsync/",)),
+          ("front door", ("pipeline/__init__.py",))]
+
+
+def floor_of(path: str) -> int:
+    for rank, (_, prefixes) in enumerate(FLOORS):
+        if any(path == p or (p.endswith("/") and path.startswith(p)) for p in prefixes):
+            return rank
+    raise AssertionError(f"{path} belongs to no floor: add it to docs/architecture.md and FLOORS")
+
+
+def pipeline_modules():
+    out = []
+    for dirpath, _, names in os.walk(os.path.join(ROOT, "pipeline")):
+        out += [os.path.relpath(os.path.join(dirpath, n), ROOT).replace(os.sep, "/") for n in names if n.endswith(".py")]
+    return sorted(out)
+
+
+def imported_files(path: str):
+    """Pipeline files a module imports (relative imports resolved; deferred imports inside functions included)."""
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    package = os.path.dirname(path).split("/")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        base = package[:len(package) - node.level + 1]
+        parts = base + (node.module.split(".") if node.module else [])
+        for name in ([None] if node.module else [a.name for a in node.names]):
+            target = "/".join(parts + ([name] if name else []))
+            for candidate in (target + ".py", target + "/__init__.py"):
+                if os.path.exists(os.path.join(ROOT, candidate)):
+                    yield candidate
+                    break
+
+
+def test_every_module_named_in_the_doc_exists():
+    text = open(DOC).read()
+    named = set(re.findall(r"\b((?:pipeline|nodes|models)/[\w/]*\.py|cli\.py)\b", text))
+    assert len(named) >= 25, named
+    missing = sorted(p for p in named if not os.path.exists(os.path.join(ROOT, p)))
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_every_pipeline_module_is_on_the_page():
+    text = open(DOC).read()
+    for path in pipeline_modules():
+        if path.endswith("__init__.py") and path != "pipeline/__init__.py" and path != "pipeline/lipsync/__init__.py":
+            continue
+        assert path in text, f"{path} is not described in docs/architecture.md"
+
+
+@pytest.mark.parametrize("path", pipeline_modules())
+def test_no_floor_imports_from_above(path):
+    own = floor_of(path)
+    for target in imported_files(path):
+        if target.startswith("pipeline/"):
+            assert floor_of(target) <= own, (f"{path} ({FLOORS[own][0]}) imports {target} "
+                                             f"({FLOORS[floor_of(target)][0]}), a floor above it")

@@ -1,0 +1,70 @@
+"""Random full-size "test weights" in the released file layouts, one module per model of the pack's ``models/``.
+
+Each ``<name>.py`` here (named like ``models/<name>.py``) defines ``write_test_weights(models_root, seed=0, ...)``,
+which writes that model's files under ``<models_root>/<folder>/<relpath>`` and returns their paths, and optionally
+``test_weight_files(models_root)``, the files it will write (tools/make_test_weights.py finds the writers by scanning
+this folder and skips a model whose files all exist). The values are random: they let the whole pipeline run end to
+end without downloads, and produce noise. The MuseTalk UNet, VAE, BiSeNet and LatentSync UNet writers leave a
+``RANDOM_TEST_WEIGHTS.txt`` marker (``models.registry.TEST_WEIGHTS_MARKER``) next to their files, so the pack can warn
+when it loads them.
+
+Put ``tools/`` on ``sys.path`` and ``import test_weights``: importing it imports the pack as the package
+``musetalk_enhanced`` (the way ComfyUI and tests/conftest.py do) unless that is done already. :func:`random_state_dict`
+is the initialisation the writers share.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Mapping
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK = "musetalk_enhanced"
+
+
+def import_pack():
+    """Import the pack as a package (relative imports inside), the way ComfyUI and tests/conftest.py do."""
+    if PACK in sys.modules:
+        return sys.modules[PACK]
+    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+import_pack()
+
+
+def random_state_dict(template: Mapping[str, torch.Tensor], seed: int = 0,
+                      dtype: torch.dtype = torch.float16) -> dict:
+    """Random "sane" weights with exactly the keys/shapes of ``template`` (a state dict, typically from a model built
+    on the ``meta`` device).
+
+    Matrices and kernels get N(0, 1/fan_in) (variance-preserving, so activations stay O(1) and finite in fp16);
+    1-D ``weight``/``running_var`` get ones, other 1-D tensors (biases, ``running_mean``) zeros; integer buffers
+    (``num_batches_tracked``) zeros of their own dtype. One generator walks the keys in order: same seed, same file.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for key, ref in template.items():
+        shape = tuple(ref.shape)
+        if not ref.dtype.is_floating_point:
+            out[key] = torch.zeros(shape, dtype=ref.dtype)
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        if len(shape) >= 2:
+            fan_in = 1
+            for n in shape[1:]:
+                fan_in *= int(n)
+            t = torch.randn(shape, generator=gen) * (1.0 / max(1, fan_in) ** 0.5)
+        elif leaf in ("weight", "running_var", "gamma"):
+            t = torch.ones(shape)
+        else:
+            t = torch.zeros(shape)
+        out[key] = t.to(dtype)
+    return out
