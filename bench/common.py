@@ -38,16 +38,7 @@ if TOOLS not in sys.path:
 
 
 # ---- the pack ------------------------------------------------------------------------------------------------------
-def import_pack():
-    """Import the pack as a package the way tests/conftest.py (and ComfyUI) do: relative imports inside."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from pack import import_pack  # noqa: E402,F401  (tools/pack.py, shared with tests and tools)
 
 
 def import_tests_helper(name: str):

@@ -276,41 +276,18 @@ class MTCNN:
     @torch.inference_mode()
     def detect(self, images: torch.Tensor, min_face_size: Optional[float] = None,
                thresholds: Optional[Sequence[float]] = None, net_batch: int = 512) -> List[Dict[str, np.ndarray]]:
-        """``images``: float [n,3,H,W], RGB values 0..255, on the model device."""
+        """``images``: float [n,3,H,W], RGB values 0..255, on the model device. The three stages of the cascade:
+        P-Net proposals over the pyramid, R-Net refinement, O-Net scores, offsets and landmarks."""
         cfg = self.config
         t1, t2, t3 = thresholds or cfg.thresholds
         images = images.to(self.device, self.dtype)
-        n, _, height, width = images.shape
-
-        # Stage 1: P-Net over the pyramid.
-        # Each level is area-resampled from the previous one (cheaper than from the full image every time).
-        boxes_l, scores_l, offs_l, img_l = [], [], [], []
-        level = images
-        for s in self.pyramid_scales(height, width, min_face_size):
-            hs, ws = max(12, int(math.ceil(height * s))), max(12, int(math.ceil(width * s)))
-            sy, sx = hs / height, ws / width
-            if (hs, ws) != tuple(level.shape[2:]):
-                level = F.interpolate(level, size=(hs, ws), mode="area")
-            # channels-last is about twice as fast for these thin convolutions on the CPU (and fine elsewhere)
-            prob, reg = self.pnet(self._normalise(level).contiguous(memory_format=torch.channels_last))
-            prob = prob.cpu().numpy()
-            bi, yi, xi = np.nonzero(prob >= t1)
-            if len(bi) == 0:
-                continue
-            reg = reg.permute(0, 2, 3, 1).cpu().numpy()[bi, yi, xi]                 # [k, 4]
-            win = np.stack([2.0 * xi / sx, 2.0 * yi / sy, (2.0 * xi + 12) / sx, (2.0 * yi + 12) / sy], axis=1)
-            sc = prob[bi, yi, xi]
-            keep = nms(win, sc, cfg.nms_pnet_scale, groups=bi)
-            boxes_l.append(win[keep]); scores_l.append(sc[keep]); offs_l.append(reg[keep]); img_l.append(bi[keep])
+        n = images.shape[0]
         empty = [{"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
                   "landmarks": np.zeros((0, 5, 2), np.float32)} for _ in range(n)]
-        if not boxes_l:
+        proposals = self._propose(images, min_face_size, t1)
+        if proposals is None:
             return empty
-        boxes, scores = np.concatenate(boxes_l), np.concatenate(scores_l)
-        offs, img = np.concatenate(offs_l), np.concatenate(img_l)
-        keep = nms(boxes, scores, cfg.nms_pnet, groups=img)
-        boxes = to_square(apply_offsets(boxes[keep], offs[keep]))
-        img = img[keep]
+        boxes, img = proposals
 
         # Stage 2: R-Net on 24x24 crops.
         prob, reg = self._run(self.rnet, images, img, boxes, 24, net_batch)
@@ -339,6 +316,36 @@ class MTCNN:
             out.append({"boxes": boxes[k].astype(np.float32), "scores": scores[k].astype(np.float32),
                         "landmarks": points[k].astype(np.float32)})
         return out
+
+    def _propose(self, images: torch.Tensor, min_face_size: Optional[float], t1: float):
+        """Stage 1: P-Net over the pyramid -> (square candidate boxes, their image index), or None. Each level is
+        area-resampled from the previous one (cheaper than from the full image every time)."""
+        cfg = self.config
+        height, width = images.shape[2:]
+        boxes_l, scores_l, offs_l, img_l = [], [], [], []
+        level = images
+        for s in self.pyramid_scales(height, width, min_face_size):
+            hs, ws = max(12, int(math.ceil(height * s))), max(12, int(math.ceil(width * s)))
+            sy, sx = hs / height, ws / width
+            if (hs, ws) != tuple(level.shape[2:]):
+                level = F.interpolate(level, size=(hs, ws), mode="area")
+            # channels-last is about twice as fast for these thin convolutions on the CPU (and fine elsewhere)
+            prob, reg = self.pnet(self._normalise(level).contiguous(memory_format=torch.channels_last))
+            prob = prob.cpu().numpy()
+            bi, yi, xi = np.nonzero(prob >= t1)
+            if len(bi) == 0:
+                continue
+            reg = reg.permute(0, 2, 3, 1).cpu().numpy()[bi, yi, xi]                 # [k, 4]
+            win = np.stack([2.0 * xi / sx, 2.0 * yi / sy, (2.0 * xi + 12) / sx, (2.0 * yi + 12) / sy], axis=1)
+            sc = prob[bi, yi, xi]
+            keep = nms(win, sc, cfg.nms_pnet_scale, groups=bi)
+            boxes_l.append(win[keep]); scores_l.append(sc[keep]); offs_l.append(reg[keep]); img_l.append(bi[keep])
+        if not boxes_l:
+            return None
+        boxes, scores = np.concatenate(boxes_l), np.concatenate(scores_l)
+        offs, img = np.concatenate(offs_l), np.concatenate(img_l)
+        keep = nms(boxes, scores, cfg.nms_pnet, groups=img)
+        return to_square(apply_offsets(boxes[keep], offs[keep])), img[keep]
 
     def _run(self, net: nn.Module, images: torch.Tensor, img: np.ndarray, boxes: np.ndarray, size: int,
              net_batch: int):

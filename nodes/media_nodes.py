@@ -90,53 +90,63 @@ class MuseTalkLoadVideo:
 
     def load(self, video="", force_rate=0.0, frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
              images_output="auto", video_input=None):
-        from ..pipeline.media.audio import AudioError, load_audio_file
-        from ..pipeline.media.video import VideoError, VideoFileFrames
+        from ..pipeline.media.video import VideoFileFrames
 
         if images_output not in IMAGE_OUTPUTS:
             raise ValueError(f"images_output: unknown value {images_output!r}; use one of {', '.join(IMAGE_OUTPUTS)}.")
-        if video_input is not None:
-            source = comfy.video_stream_source(video_input)
-            if source is None:
-                raise VideoError("video_input: this VIDEO object cannot be streamed (no get_stream_source); save it "
-                                 "to a file first or use the file widget.")
-            label = "video_input"
-        else:
-            if not video:
-                raise VideoError("video: no file selected. Upload a video or connect video_input.")
-            source = comfy.resolve_input_path(video)
-            label = "video"
+        source, label = _video_source(video, video_input)
         frames = VideoFileFrames(source, force_rate=force_rate, skip_first_frames=skip_first_frames,
                                  select_every_nth=select_every_nth, frame_load_cap=frame_load_cap, name=label)
-        # audio: the part of the track that matches the selected frames
-        t0 = frames.info.times[int(frames.src_index[0])]
-        duration = len(frames) / frames.fps
-        if frames.info.has_audio:
-            try:
-                audio = load_audio_file(source, start=t0, duration=duration, name=label).to_comfy()
-            except AudioError as exc:
-                log_warning(f"{label}: audio track unreadable ({exc}); giving silence.")
-                audio = _silent_audio(duration, f"{label}: the audio track could not be decoded ({exc})")
-        else:
-            where = os.path.basename(source) if isinstance(source, str) else "the VIDEO input"
-            log_warning(f"{label}: {where} has no audio track; the audio output is silence.")
-            audio = _silent_audio(duration, f"{where} has no audio track")
-        # IMAGE output
-        n = len(frames)
-        nbytes = n * frames.width * frames.height * 3 * 4
-        if images_output == "all_frames" or (images_output == "auto" and nbytes <= AUTO_IMAGE_LIMIT_BYTES):
-            images = frames.to_image()
-        else:
-            if images_output == "auto":
-                log_warning(f"{label}: {n} frames at {frames.width}x{frames.height} would need "
-                            f"{nbytes / (1 << 30):.1f} GB as IMAGE; the IMAGE output holds only the first frame. "
-                            "Connect the 'frames' output to stream the whole video, or set images_output to "
-                            "all_frames.")
-            from ..pipeline.media.frames import uint8_to_image
+        images = _images_output(frames, images_output, label)
+        return (images, _audio_of_frames(frames, source, label), float(frames.fps), int(len(frames)), frames)
 
-            images = uint8_to_image(frames.read([0]))
-        return (images, audio, float(frames.fps), int(n), frames)
 
+def _video_source(video: str, video_input):
+    """(file path or stream, the input's name) from the file widget or a core VIDEO input."""
+    from ..pipeline.media.video import VideoError
+
+    if video_input is not None:
+        source = comfy.video_stream_source(video_input)
+        if source is None:
+            raise VideoError("video_input: this VIDEO object cannot be streamed (no get_stream_source); save it "
+                             "to a file first or use the file widget.")
+        return source, "video_input"
+    if not video:
+        raise VideoError("video: no file selected. Upload a video or connect video_input.")
+    return comfy.resolve_input_path(video), "video"
+
+
+def _audio_of_frames(frames, source, label: str) -> dict:
+    """The part of the file's audio track under the selected frames, as AUDIO; silence (with a warning and the
+    reason attached) when there is no track or it cannot be decoded."""
+    from ..pipeline.media.audio import AudioError, load_audio_file
+
+    t0 = frames.info.times[int(frames.src_index[0])]
+    duration = len(frames) / frames.fps
+    if not frames.info.has_audio:
+        where = os.path.basename(source) if isinstance(source, str) else "the VIDEO input"
+        log_warning(f"{label}: {where} has no audio track; the audio output is silence.")
+        return _silent_audio(duration, f"{where} has no audio track")
+    try:
+        return load_audio_file(source, start=t0, duration=duration, name=label).to_comfy()
+    except AudioError as exc:
+        log_warning(f"{label}: audio track unreadable ({exc}); giving silence.")
+        return _silent_audio(duration, f"{label}: the audio track could not be decoded ({exc})")
+
+
+def _images_output(frames, images_output: str, label: str):
+    """Every frame as IMAGE, or (too big for memory, or asked) only the first frame."""
+    from ..pipeline.media.frames import uint8_to_image
+
+    n = len(frames)
+    nbytes = n * frames.width * frames.height * 3 * 4
+    if images_output == "all_frames" or (images_output == "auto" and nbytes <= AUTO_IMAGE_LIMIT_BYTES):
+        return frames.to_image()
+    if images_output == "auto":
+        log_warning(f"{label}: {n} frames at {frames.width}x{frames.height} would need {nbytes / (1 << 30):.1f} GB "
+                    "as IMAGE; the IMAGE output holds only the first frame. Connect the 'frames' output to stream "
+                    "the whole video, or set images_output to all_frames.")
+    return uint8_to_image(frames.read([0]))
 
 
 class MuseTalkLoadAudio:

@@ -319,60 +319,59 @@ def compute_audio_features(audio: Audio, fps: float, layout: str = "musetalk", e
     else:
         wave = np.ascontiguousarray(to_mono(audio, SAMPLE_RATE), dtype=np.float32)
     n = int(wave.shape[0])
-
     if layout == "musetalk":
         rows = musetalk_hidden_rows(n, compat)
         frames = musetalk_frame_count(n, fps, compat)
-        segments = [i for i in range(-(-rows // ROWS_PER_SEGMENT))]  # only segments that hold kept rows
     else:
         rows = latentsync_hidden_rows(n)
         frames = latentsync_frame_count(rows, fps)
-        segments = [i for i in range(-(-rows // ROWS_PER_SEGMENT))]
-
-    source = ""
-    store_dtype = torch.float32
-    hidden = torch.zeros((rows, NUM_STATES, 384), dtype=store_dtype)
-    used_batch = 0
+    segments = list(range(-(-rows // ROWS_PER_SEGMENT)))  # only the 30 s windows that hold kept rows
+    hidden = torch.zeros((rows, NUM_STATES, 384), dtype=torch.float32)
+    source, used_batch = "", 0
     if segments:
         enc, enc_dtype = prepare_encoder(encoder, layout, auto_download, runtime)
         source = getattr(enc, "source", "") or type(enc).__name__
-        store_dtype = torch.float16 if enc_dtype == torch.float16 else torch.float32
-        width = getattr(enc, "d_model", None) or 384
-        hidden = torch.empty((rows, NUM_STATES, width), dtype=store_dtype)
-        device = runtime.device
-        batch = max(1, int(batch_size or _default_batch(runtime)))
-
-        if layout == "musetalk":
-            def make_mel(chunk: List[int]) -> torch.Tensor:
-                seg = np.zeros((len(chunk), SEGMENT_SAMPLES), dtype=np.float32)
-                for j, i in enumerate(chunk):
-                    piece = wave[i * SEGMENT_SAMPLES:(i + 1) * SEGMENT_SAMPLES]
-                    seg[j, :piece.shape[0]] = piece
-                return musetalk_log_mel(torch.from_numpy(seg).to(device)).to(enc_dtype)
-        else:
-            mel_all = latentsync_log_mel(wave, device)
-
-            def make_mel(chunk: List[int]) -> torch.Tensor:
-                out = torch.zeros((len(chunk), N_MELS, MEL_FRAMES), dtype=torch.float32)
-                for j, i in enumerate(chunk):
-                    piece = mel_all[:, i * MEL_FRAMES:(i + 1) * MEL_FRAMES]
-                    out[j, :, :piece.shape[1]] = piece
-                return out.to(device=device, dtype=enc_dtype)
-
-        def store(i: int, states: torch.Tensor) -> None:
-            a = i * ROWS_PER_SEGMENT
-            b = min(rows, a + ROWS_PER_SEGMENT)
-            hidden[a:b] = states[: b - a].to(store_dtype)
-
-        used_batch = _run_batches(segments, make_mel, enc, layout == "musetalk", store, batch, runtime,
-                                  "whisper audio features")
+        hidden = torch.empty((rows, NUM_STATES, getattr(enc, "d_model", None) or 384),
+                             dtype=torch.float16 if enc_dtype == torch.float16 else torch.float32)
+        used_batch = _encode_windows(wave, layout, segments, enc, enc_dtype, hidden, runtime,
+                                     max(1, int(batch_size or _default_batch(runtime))))
         del enc
         runtime.empty_cache()
-
     return AudioFeatures(layout=layout, fps=float(fps), num_frames=int(frames), hidden=hidden, audio=audio,
                          compat=bool(compat), num_samples_16k=n, encoder_source=source,
                          info={"windows_30s": len(segments), "batch": used_batch,
-                               "dtype": str(store_dtype).replace("torch.", "")})
+                               "dtype": str(hidden.dtype).replace("torch.", "")})
+
+
+def _encode_windows(wave: np.ndarray, layout: str, segments: List[int], enc, enc_dtype: torch.dtype,
+                    hidden: torch.Tensor, runtime: Runtime, batch: int) -> int:
+    """Encode the 30 s windows of ``wave`` into ``hidden`` (rows beyond it dropped) in the layout's own log-mel;
+    returns the batch size that ran."""
+    device, rows = runtime.device, hidden.shape[0]
+    if layout == "musetalk":
+        def make_mel(chunk: List[int]) -> torch.Tensor:
+            seg = np.zeros((len(chunk), SEGMENT_SAMPLES), dtype=np.float32)
+            for j, i in enumerate(chunk):
+                piece = wave[i * SEGMENT_SAMPLES:(i + 1) * SEGMENT_SAMPLES]
+                seg[j, :piece.shape[0]] = piece
+            return musetalk_log_mel(torch.from_numpy(seg).to(device)).to(enc_dtype)
+    else:
+        mel_all = latentsync_log_mel(wave, device)
+
+        def make_mel(chunk: List[int]) -> torch.Tensor:
+            out = torch.zeros((len(chunk), N_MELS, MEL_FRAMES), dtype=torch.float32)
+            for j, i in enumerate(chunk):
+                piece = mel_all[:, i * MEL_FRAMES:(i + 1) * MEL_FRAMES]
+                out[j, :, :piece.shape[1]] = piece
+            return out.to(device=device, dtype=enc_dtype)
+
+    def store(i: int, states: torch.Tensor) -> None:
+        a = i * ROWS_PER_SEGMENT
+        b = min(rows, a + ROWS_PER_SEGMENT)
+        hidden[a:b] = states[: b - a].to(hidden.dtype)
+
+    return _run_batches(segments, make_mel, enc, layout == "musetalk", store, batch, runtime,
+                        "whisper audio features")
 
 
 def features_in_layout(features: "AudioFeatures", fps: float, layout: str, runtime: Runtime, auto_download: bool,

@@ -2,7 +2,6 @@
 ``musetalk_enhanced``, put ``tools/`` on ``sys.path`` (the random test-weight writers: ``from test_weights import
 vae as tw_vae``; ``make_test_weights``), and expose paths to ../shared fixtures (tests using them skip when it is
 absent)."""
-import importlib.util
 import os
 import sys
 
@@ -15,20 +14,11 @@ PACK = "musetalk_enhanced"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at test time
 
 
-def _import_pack():
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_import_pack()
 if os.path.join(ROOT, "tools") not in sys.path:
     sys.path.insert(0, os.path.join(ROOT, "tools"))
+from pack import import_pack  # noqa: E402  (tools/pack.py: the pack as ComfyUI imports it)
+
+import_pack()
 
 
 def shared_path(*parts):

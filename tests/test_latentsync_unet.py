@@ -8,6 +8,7 @@ import torch
 
 from conftest import shared_path
 from musetalk_enhanced.models import latentsync_unet3d as L
+from musetalk_enhanced.models.latentsync_blocks import sinusoid_table
 from musetalk_enhanced.models.checkpoint import CheckpointError
 from musetalk_enhanced.models.registry import REGISTRY
 from test_weights import latentsync_unet3d as tw_unet3d
@@ -80,7 +81,7 @@ def test_registry_entries():
 
 
 def test_position_table_is_the_sinusoid():
-    pe = L.sinusoid_table(320, 24)[0].double()
+    pe = sinusoid_table(320, 24)[0].double()
     pos, i = 7, 13
     ang = pos * 10000 ** (-(2 * i) / 320)
     assert abs(pe[pos, 2 * i] - math.sin(ang)) < 1e-5 and abs(pe[pos, 2 * i + 1] - math.cos(ang)) < 1e-5
@@ -137,7 +138,7 @@ def test_write_test_weights_layout(tmp_path):
     sd = obj["state_dict"]
     assert all(v.dtype == torch.float16 for k, v in sd.items() if not k.endswith(".pe"))
     torch.testing.assert_close(sd["down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0."
-                                  "attention_blocks.0.pos_encoder.pe"], L.sinusoid_table(32, 24))
+                                  "attention_blocks.0.pos_encoder.pe"], sinusoid_table(32, 24))
     unet = L.load_unet(paths[0], config=SMALL)
     assert {t.dtype for t in unet.state_dict().values()} == {torch.float16}
     unet = unet.float()

@@ -206,6 +206,8 @@ class LatentSyncEngine:
         of ``latentsync_align.resize_face_to_crop``) or uint8 [F, R, R, 3] (``output="uint8"``).
         Out-of-memory errors propagate (``pipeline.runtime.is_oom`` recognises them).
         """
+        if output not in ("float", "uint8"):
+            raise ValueError("output must be 'float' or 'uint8'")
         pixel = self.prepare_pixels(aligned_faces_u8)
         n = pixel.shape[0]
         if n < 1 or n > 24:
@@ -215,15 +217,28 @@ class LatentSyncEngine:
             raise ValueError(f"audio windows must be [{n}, 50, 384], got {tuple(audio.shape)}")
         drawn = self.chunk_noise(n, frame_start) if (noise is None or noise.vae_masked is None
                                                      or noise.vae_ref is None) else None
-        init = (noise.init if noise is not None and noise.init is not None else self.init_noise)
+        init = noise.init if noise is not None and noise.init is not None else self.init_noise
         eps_masked = noise.vae_masked if noise is not None and noise.vae_masked is not None else drawn.vae_masked
         eps_ref = noise.vae_ref if noise is not None and noise.vae_ref is not None else drawn.vae_ref
-        dev = self.device
-        h = self.latent_size
+        cond = self._conditioning(pixel, eps_masked, eps_ref, trace)
+        latents = self._denoise(cond, audio.to(self.device), init, trace)
+        decoded = self.decode(latents)
+        if trace is not None:
+            trace.update(latents_final=latents.cpu(), decoded=decoded.cpu())
+        # paste the surrounding pixels back in aligned space (spec §9): weights from the float64 mask, cast
+        w = (1 - self.mask[0:1]).float().to(decoded.device)
+        out = (decoded * w + pixel.to(decoded.device) * (1 - w)).cpu()
+        if output == "uint8":
+            from .latentsync_align import faces_to_uint8
 
-        # conditioning (spec §6): float64 products, cast where the original casts
-        mask = self.mask.unsqueeze(0)                       # [1, 3, R, R] float64
-        masked = pixel * mask                               # float64
+            return faces_to_uint8(out)
+        return out
+
+    def _conditioning(self, pixel: torch.Tensor, eps_masked, eps_ref, trace: Optional[Dict]) -> torch.Tensor:
+        """The UNet's 9 conditioning channels ``[1, 9, F, h, w]`` (spec §6): mask, masked-image and reference
+        latents; float64 products, cast where the original casts."""
+        n, h, dev = pixel.shape[0], self.latent_size, self.device
+        masked = pixel * self.mask.unsqueeze(0)                 # float64
         m1 = self.mask[0:1].unsqueeze(0).expand(n, 1, -1, -1)   # [F, 1, R, R] float64
         mask_lat = F.interpolate(m1, size=(h, h)).float()       # nearest
         mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).to(dev)       # [1, 1, F, h, w]
@@ -232,15 +247,18 @@ class LatentSyncEngine:
         ref_lat = self._encode(pixel, eps_ref).permute(1, 0, 2, 3).unsqueeze(0)
         del masked
         self._check_cancelled()
-
-        cfg = self.guidance > 1.0
-        cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)            # [1, 9, F, h, w]
-        audio = audio.to(dev)
         if trace is not None:
             trace.update(mask_latents=mask_lat.cpu(), masked_image_latents=masked_lat.cpu(),
                          ref_latents=ref_lat.cpu(), steps=[])
+        return torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
 
-        latents = init.to(dev, torch.float32).repeat(1, 1, n, 1, 1) * self.scheduler.init_noise_sigma
+    def _denoise(self, cond: torch.Tensor, audio: torch.Tensor, init: torch.Tensor,
+                 trace: Optional[Dict]) -> torch.Tensor:
+        """DDIM from the shared initial noise, with classifier-free guidance on the audio (spec §8) and optional
+        DeepCache (§10); returns the final latents ``[1, 4, F, h, w]``."""
+        n = cond.shape[2]
+        cfg = self.guidance > 1.0
+        latents = init.to(self.device, torch.float32).repeat(1, 1, n, 1, 1) * self.scheduler.init_noise_sigma
         caches = None
         if self.deepcache:
             n_pass = 2 if (cfg and self.split_cfg) else 1
@@ -267,23 +285,7 @@ class LatentSyncEngine:
                 trace["steps"].append({"unet_in": full_in.cpu(), "unet_out": out.cpu(),
                                        "noise_pred_cfg": eps.cpu(), "latents_out": latents.cpu()})
             self._check_cancelled()
-        del cond, caches
-
-        decoded = self.decode(latents)
-        if trace is not None:
-            trace.update(latents_final=latents.cpu(), decoded=decoded.cpu())
-        # paste the surrounding pixels back in aligned space (spec §9): weights from the float64 mask, cast
-        w = (1 - self.mask[0:1]).float().to(decoded.device)
-        out = decoded * w + pixel.to(decoded.device) * (1 - w)
-        out = out.cpu()
-        if output == "uint8":
-            from .latentsync_align import faces_to_uint8
-
-            return faces_to_uint8(out)
-        if output != "float":
-            raise ValueError("output must be 'float' or 'uint8'")
-        return out
-
+        return latents
 
     # -- back into the frame ------------------------------------------------------------------------------------
     def aligner(self):

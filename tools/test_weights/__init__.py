@@ -14,28 +14,18 @@ is the initialisation the writers share.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from typing import Mapping
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACK = "musetalk_enhanced"
 
 
-def import_pack():
-    """Import the pack as a package (relative imports inside), the way ComfyUI and tests/conftest.py do."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+from pack import import_pack  # noqa: E402  (tools/pack.py)
 
 import_pack()
 

@@ -8,8 +8,8 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from musetalk_enhanced.models.latentsync_unet3d import (REGISTRY_KEYS, VERSIONS, build_unet, normalize_version,
-                                                        sinusoid_table)
+from musetalk_enhanced.models.latentsync_blocks import sinusoid_table
+from musetalk_enhanced.models.latentsync_unet3d import REGISTRY_KEYS, VERSIONS, build_unet, normalize_version
 from musetalk_enhanced.models.registry import REGISTRY, TEST_WEIGHTS_MARKER
 
 from . import random_state_dict as _random
