@@ -22,12 +22,8 @@ DEMO_VOICE = "musetalk_example_voice.wav"
 
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline.backends.blending import BLEND_CHOICES
-    from .pipeline.faces.detectors import BACKENDS as DETECTORS
-    from .pipeline.faces.options import SPEAKER_POLICIES
     from .pipeline.backends.selection import BACKEND_CHOICES, BackendSpec
-    from .pipeline.faces.landmarks import LANDMARK_CHOICES
     from .pipeline.lipsync.plan import LENGTH_POLICIES
-    from .pipeline.runtime import DTYPE_CHOICES
 
     p = argparse.ArgumentParser(prog="musetalk_enhanced",
                                 description="Re-sync the lips of the person in a video to a new voice track. Frames "
@@ -42,6 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-policy", default="follow_audio", choices=LENGTH_POLICIES)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--blend-mode", default="auto", choices=BLEND_CHOICES)
+    add_face_arguments(p)
+    p.add_argument("--compat-int-fps", action="store_true", help="reproduce the original's int(fps) audio timing")
+    p.add_argument("--crf", type=int, default=19)
+    add_runtime_arguments(p)
+    p.add_argument("--sample-latents", action="store_true", help="MuseTalk: sample the VAE posterior like the original")
+    p.add_argument("--seed", type=int, default=BackendSpec.seed)
+    p.add_argument("--steps", type=int, default=20, help="LatentSync DDIM steps")
+    p.add_argument("--guidance", type=float, default=1.5, help="LatentSync guidance scale")
+    p.add_argument("--deepcache", action="store_true", help="LatentSync: DeepCache (faster)")
+    p.add_argument("--report-json", help="write the run report as JSON here")
+    return p
+
+
+def add_face_arguments(p: argparse.ArgumentParser) -> None:
+    """Face Detect's options (the node's defaults, pipeline/faces)."""
+    from .pipeline.faces.detectors import BACKENDS as DETECTORS
+    from .pipeline.faces.landmarks import LANDMARK_CHOICES
+    from .pipeline.faces.options import SPEAKER_POLICIES
+
     p.add_argument("--detector", default=DETECTORS[0], choices=DETECTORS)
     p.add_argument("--landmarks", default="auto", choices=LANDMARK_CHOICES,
                    help="68-point landmark source for the mtcnn boxes (auto: DWPose, FAN, then dlib, whichever is "
@@ -56,20 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-margin", type=int, default=10)
     p.add_argument("--no-smooth-boxes", action="store_true")
     p.add_argument("--force-rate", type=float, default=0.0, help="resample the video to this fps first (0 = keep)")
-    p.add_argument("--compat-int-fps", action="store_true", help="reproduce the original's int(fps) audio timing")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """Device, precision, weights and progress."""
+    from .pipeline.runtime import DTYPE_CHOICES
+
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
-    p.add_argument("--crf", type=int, default=19)
     p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
     p.add_argument("--no-download", action="store_true", help="never download weights; list what is missing")
-    p.add_argument("--sample-latents", action="store_true", help="MuseTalk: sample the VAE posterior like the original")
-    p.add_argument("--seed", type=int, default=BackendSpec.seed)
-    p.add_argument("--steps", type=int, default=20, help="LatentSync DDIM steps")
-    p.add_argument("--guidance", type=float, default=1.5, help="LatentSync guidance scale")
-    p.add_argument("--deepcache", action="store_true", help="LatentSync: DeepCache (faster)")
-    p.add_argument("--report-json", help="write the run report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+
+
+def make_runtime(args):
+    from .pipeline.runtime import Runtime, pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    return Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
 
 
 def resolve_demo(args, parser) -> None:
@@ -89,6 +108,11 @@ def resolve_demo(args, parser) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["avatar"]:
+        from .avatar_cli import main as avatar_main
+
+        return avatar_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_demo(args, parser)
@@ -137,10 +161,7 @@ def dub(args, out: str):
     from .pipeline.media.audio import load_audio_file
     from .pipeline.media.video import VideoFileFrames
     from .pipeline.media.writer import VideoWriter
-    from .pipeline.runtime import Runtime, pick_device, pick_dtype
-
-    device = pick_device(args.device)
-    runtime = Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
+    runtime = make_runtime(args)
     frames = VideoFileFrames(args.video, force_rate=args.force_rate, name="--video")
     audio = load_audio_file(args.audio or args.video, name="--audio" if args.audio else "--video's audio")
     print(f"video: {frames.describe()}; audio: {audio.duration:.2f} s, {audio.sample_rate} Hz, "

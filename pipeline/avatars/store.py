@@ -1,0 +1,128 @@
+"""Where avatars live on disk, and what an avatar folder holds.
+
+An avatar is a folder ``<root>/<name>/`` (root: ``$MUSETALK_AVATARS_DIR``, else the ``musetalk`` model folder's
+``avatars/``: ``ComfyUI/models/musetalk/avatars`` in ComfyUI, ``~/.cache/musetalk_enhanced/models/musetalk/avatars``
+standalone):
+
+* ``avatar.json`` — the manifest: format and version, the source (path, size, modification time), the settings it
+  was prepared with, the weight files its latents and masks came from, frame size and rate, and per frame either
+  the crop box and blend-mask box of its face or the reason it is a cutaway;
+* ``frames/NNNNNN.png`` — every source frame, lossless (cutaway frames are spoken bit-identical);
+* ``latents.safetensors`` — MuseTalk's VAE latents of each face frame (``latents`` [F, 8, 32, 32] float32 and
+  ``face_frames`` [F] int64, the frame each row belongs to);
+* ``masks.safetensors`` — the blend mask of each face frame (``mask.<frame>`` uint8).
+
+No pickle anywhere. A folder is written under a temporary name and renamed into place when complete, so a cancelled
+preparation never leaves a half avatar behind; an avatar that fails any check is reported with its name and the fix
+(prepare it again), never used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Dict, List, Optional
+
+FORMAT = "musetalk-enhanced-avatar"
+VERSION = 1
+MANIFEST = "avatar.json"
+FRAMES_DIR = "frames"
+LATENTS_FILE = "latents.safetensors"
+MASKS_FILE = "masks.safetensors"
+ENV_AVATARS_DIR = "MUSETALK_AVATARS_DIR"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class AvatarError(ValueError):
+    """An avatar cannot be prepared, found or used; the message names the avatar and the fix."""
+
+
+def avatars_root() -> str:
+    """The folder avatars are stored in (created on first use)."""
+    from ...models import registry
+
+    return os.environ.get(ENV_AVATARS_DIR) or os.path.join(registry.folder_dirs("musetalk")[0], "avatars")
+
+
+def check_name(name: str) -> str:
+    """An avatar name is a folder name: letters, digits, ``_ . -``, at most 64 characters."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise AvatarError(f"avatar name {name!r}: use letters, digits, '_', '.' or '-' (at most 64 characters, "
+                          "starting with a letter or digit).")
+    return name
+
+
+def avatar_dir(name: str, root: Optional[str] = None) -> str:
+    return os.path.join(root or avatars_root(), check_name(name))
+
+
+def frame_file(folder: str, index: int) -> str:
+    return os.path.join(folder, FRAMES_DIR, f"{index:06d}.png")
+
+
+def read_manifest(name: str, root: Optional[str] = None) -> Dict:
+    """The manifest of a complete avatar of this pack's format and version; :class:`AvatarError` otherwise."""
+    folder = avatar_dir(name, root)
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isdir(folder):
+        known = ", ".join(list_avatars(root)) or "none yet"
+        raise AvatarError(f"avatar {name!r}: not found in {os.path.dirname(folder)} (avatars there: {known}). "
+                          "Prepare it first (Prepare Avatar node, or `avatar prepare --video ... --name ...`).")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise AvatarError(f"avatar {name!r}: {MANIFEST} is missing or unreadable ({exc}); the folder {folder} is "
+                          "damaged. Prepare the avatar again.") from None
+    if manifest.get("format") != FORMAT:
+        raise AvatarError(f"avatar {name!r}: {folder} is not an avatar of this pack. Prepare the avatar again.")
+    if manifest.get("version") != VERSION:
+        raise AvatarError(f"avatar {name!r}: made by another version of the pack (avatar format "
+                          f"{manifest.get('version')}, this pack reads {VERSION}). Prepare the avatar again.")
+    for file in (LATENTS_FILE, MASKS_FILE):
+        if not os.path.isfile(os.path.join(folder, file)):
+            raise AvatarError(f"avatar {name!r}: {file} is missing from {folder}. Prepare the avatar again.")
+    return manifest
+
+
+def list_avatars(root: Optional[str] = None) -> List[str]:
+    """Names of the avatar folders under ``root`` that hold a manifest, sorted."""
+    root = root or avatars_root()
+    if not os.path.isdir(root):
+        return []
+    return sorted(n for n in os.listdir(root)
+                  if _NAME.match(n) and os.path.isfile(os.path.join(root, n, MANIFEST)))
+
+
+def remove_avatar(name: str, root: Optional[str] = None) -> str:
+    """Delete an avatar folder (only one that holds an avatar manifest); returns its path."""
+    folder = avatar_dir(name, root)
+    if not os.path.isfile(os.path.join(folder, MANIFEST)):
+        raise AvatarError(f"avatar {name!r}: not found in {os.path.dirname(folder)}; nothing removed.")
+    shutil.rmtree(folder)
+    return folder
+
+
+def staging_dir(name: str, root: Optional[str] = None) -> str:
+    """A fresh temporary folder next to the avatar's, to be renamed into place by :func:`commit`."""
+    import tempfile
+
+    root = root or avatars_root()
+    os.makedirs(root, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f".{check_name(name)}.", dir=root)
+    os.makedirs(os.path.join(path, FRAMES_DIR))
+    return path
+
+
+def commit(staging: str, name: str, root: Optional[str] = None) -> str:
+    """Move a complete staging folder into place, replacing the avatar of that name."""
+    folder = avatar_dir(name, root)
+    if os.path.isdir(folder):
+        old = staging + ".old"
+        os.rename(folder, old)
+        os.rename(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, folder)
+    return folder
