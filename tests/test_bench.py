@@ -219,3 +219,17 @@ def test_geometry_quick(tmp_path):
     assert rows["default"]["iou_mean"] > rows["5-point estimate"]["iou_mean"]
     assert positive(rows["default"]["ms_per_face"])
     assert rows["dwpose"].get("note", "").startswith("not measured")
+
+
+def test_avatars_quick(tmp_path):
+    """The avatar benchmark: the full path, the one-time preparation and speaking measured on the same clip and voice,
+    the same number of output frames, a speed-up and a first-frame time computed from the measurements."""
+    doc, stdout = run_bench("avatars.py", tmp_path)
+    check_common(doc, "avatars")
+    rows = {r["stage"].split(" (")[0]: r for r in doc["results"]}
+    full, prep, speak = rows["full path"], rows["prepare avatar"], rows["speak"]
+    assert full["frames"] == speak["frames"] == 16 and prep["frames"] == 8
+    for r in (full, prep, speak):
+        assert positive(r["seconds"]) and positive(r["s_per_frame"]) and positive(r["rss_peak_mb"])
+    assert speak["speedup"] == pytest.approx(full["s_per_frame"] / speak["s_per_frame"], rel=0.02)
+    assert 0 < rows["first frame"]["seconds"] <= speak["seconds"]
