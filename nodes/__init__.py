@@ -8,7 +8,7 @@ _comfy.register_model_folders()  # cheap: lets ComfyUI list and validate models/
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
-for _name in ("media_nodes", "face_nodes", "audio_nodes", "lipsync_nodes"):
+for _name in ("media_nodes", "face_nodes", "audio_nodes", "lipsync_nodes", "avatar_nodes"):
     _mod = import_module(f".{_name}", __name__)
     NODE_CLASS_MAPPINGS.update(getattr(_mod, "NODE_CLASS_MAPPINGS", {}))
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))

@@ -215,3 +215,45 @@ def test_cli_prepare_reuse_speak_list_remove(tmp_path, monkeypatch, capsys):
     assert "Prepare it first" in capsys.readouterr().err
     assert cli.main(["avatar", "remove", "--name", "host"]) == 0
     assert cli.main(["avatar", "list"]) == 0 and "no avatars" in capsys.readouterr().out
+
+
+def test_nodes_prepare_reuse_and_speak(tmp_path, monkeypatch, clip, faces):
+    """Prepare Avatar from an IMAGE batch (reused on a second run), Avatar Speak by connection and by name: IMAGE,
+    streamed frames, the voice cut to the output, the avatar's fps; a missing avatar is a clear error."""
+    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
+
+    from musetalk_enhanced.models import registry
+    from musetalk_enhanced.nodes.avatar_nodes import MuseTalkAvatarSpeak, MuseTalkPrepareAvatar
+    from musetalk_enhanced.pipeline.backends import musetalk_engine
+    from musetalk_enhanced.pipeline.media.frames import uint8_to_image
+    from test_lipsync import UNET_SMALL, VAE_SMALL
+
+    models = str(tmp_path / "models")
+    tw_unet.write_test_weights(models, config=UNET_SMALL)
+    tw_vae.write_test_weights(models, config=VAE_SMALL)
+    tw_whisper.write_test_weights(models)
+    registry.set_folder_resolver(None)
+    musetalk_engine.clear_cache()
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", models)
+    monkeypatch.setenv("MUSETALK_AVATARS_DIR", str(tmp_path / "avatars"))
+    images = uint8_to_image(clip)
+    avatar, summary = MuseTalkPrepareAvatar().prepare("desk", faces, blend_mode="feather", images=images, fps=FPS)
+    assert summary.startswith("prepared: desk: 28 frames")
+    again, summary = MuseTalkPrepareAvatar().prepare("desk", faces, blend_mode="feather", images=images, fps=FPS)
+    assert summary.startswith("reused") and again.folder == avatar.folder
+    tone = torch.from_numpy(mk.tone(180, 1.3, 16000)).float()
+    voice = {"waveform": tone.reshape(1, 1, -1), "sample_rate": 16000}
+    out = MuseTalkAvatarSpeak().speak(voice, batch_size=4, avatar=avatar)["result"]
+    n = int(np.ceil(1.3 * FPS - 1e-6))
+    assert out[0].shape == (n, 256, 256, 3) and len(out[1]) == n and out[3] == FPS
+    assert out[2]["waveform"].shape[-1] == int(round(n / FPS * 16000))
+    spoken = image_to_uint8(out[0])
+    for k in range(n):          # cutaway frames of the loop untouched (frames 10-14 are the rocket)
+        if 10 <= k <= 14:
+            assert np.array_equal(spoken[k], clip[k])
+    by_name = MuseTalkAvatarSpeak().speak(voice, batch_size=4, avatar_name="desk")["result"]
+    assert np.array_equal(image_to_uint8(by_name[0]), spoken)
+    with pytest.raises(AvatarError, match="not found"):
+        MuseTalkAvatarSpeak().speak(voice, avatar_name="nobody")
+    with pytest.raises(AvatarError, match="connect Prepare Avatar"):
+        MuseTalkAvatarSpeak().speak(voice)

@@ -1,0 +1,129 @@
+"""Real-time avatar nodes: prepare a face video once, then speak any voice through it (pipeline/avatars)."""
+from __future__ import annotations
+
+from . import comfy
+from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
+from .lipsync_nodes import node_outputs, output_sink
+
+AVATAR_TYPE = "MUSETALK_AVATAR"
+CATEGORY = "MuseTalk/avatars"
+
+
+class MuseTalkPrepareAvatar:
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..pipeline.backends.blending import BLEND_CHOICES
+
+        return {
+            "required": {
+                "name": ("STRING", {"default": "my_avatar", "tooltip": "The avatar's name (letters, digits, _ . -). "
+                                    "It is stored under models/musetalk/avatars/<name> and can be spoken later by "
+                                    "name, also after a restart."}),
+                "faces": (FACES_TYPE, {"tooltip": "Face Detect with Cutaways run on the same frames: frames without "
+                                                  "a face are kept and stay untouched when the avatar speaks."}),
+                "blend_mode": (list(BLEND_CHOICES), {"default": "auto", "tooltip": "How the new mouth will be "
+                                                     "pasted (as Batched Lip-Sync): jaw/raw/neck use the BiSeNet "
+                                                     "face parser, feather needs no weights; auto = jaw when the "
+                                                     "parser weights are present."}),
+                "force": ("BOOLEAN", {"default": False, "tooltip": "Prepare again even when the frames, face "
+                                                                   "settings and weights are unchanged."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "The avatar's frames as IMAGE (give 'images' or 'frames')."}),
+                "frames": (FRAMES_TYPE, {"tooltip": "The avatar's frames streamed from a video file (Load Video)."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 0.001, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Frame rate of 'images' (ignored with 'frames': it carries its own)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = (AVATAR_TYPE, "STRING")
+    RETURN_NAMES = ("avatar", "summary")
+    OUTPUT_TOOLTIPS = ("The prepared avatar, for Avatar Speak", "Frames, faces and cutaways stored, or 'reused'")
+    FUNCTION = "prepare"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Prepare a face video once for real-time speaking: stores its frames, face decisions (cutaways "
+                   "included), MuseTalk's VAE latents and the blend masks. Reused as long as the frames, the face "
+                   "settings and the weights are the same.")
+
+    def prepare(self, name, faces, blend_mode="auto", force=False, images=None, frames=None, fps=25.0,
+                unique_id=None):
+        from ..pipeline.avatars import Avatar, is_current, prepare_avatar
+        from ..pipeline.avatars.avatar import describe
+
+        seq = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Prepare Avatar")
+        source, settings = _identity(seq), {"faces": _face_settings(faces), "blend_mode": blend_mode}
+        if not force and is_current(name, source, settings):
+            avatar = Avatar(name)
+            return (avatar, f"reused: {describe(avatar.manifest)}")
+        runtime = comfy.make_runtime(unique_id)
+        avatar = prepare_avatar(name, seq, faces, runtime, source=source, settings=settings, blend_mode=blend_mode)
+        return (avatar, f"prepared: {describe(avatar.manifest)}")
+
+
+class MuseTalkAvatarSpeak:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "audio": ("AUDIO", {"tooltip": "The voice to speak (any rate and channels)."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Frames per model call; out "
+                                       "of memory halves it automatically."}),
+            },
+            "optional": {
+                "avatar": (AVATAR_TYPE, {"tooltip": "From Prepare Avatar. Or leave it unconnected and type "
+                                                    "'avatar_name'."}),
+                "avatar_name": ("STRING", {"default": "", "tooltip": "Name of an avatar prepared earlier (used when "
+                                                                     "'avatar' is not connected)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("IMAGE", FRAMES_TYPE, "AUDIO", "FLOAT", "STRING")
+    RETURN_NAMES = ("images", "frames", "audio", "fps", "report")
+    OUTPUT_TOOLTIPS = ("The spoken frames as IMAGE (for long outputs only the first frame; use 'frames')",
+                       "The spoken frames, streamed (for Mux Video)", "The voice cut/padded to the output",
+                       "The avatar's frame rate", "Frames synced, cutaways passed through, time")
+    FUNCTION = "speak"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Speak a voice through a prepared avatar: only whisper, the UNet and the VAE decoder run per "
+                   "frame. Output at the avatar's fps, one frame per 1/fps of voice, the frames looping ping-pong; "
+                   "cutaway frames untouched.")
+
+    def speak(self, audio, batch_size=8, avatar=None, avatar_name="", unique_id=None):
+        from ..pipeline.audio_features import compute_audio_features
+        from ..pipeline.avatars import Avatar, AvatarError
+        from ..pipeline.media.audio import from_comfy
+
+        if avatar is None:
+            if not (avatar_name or "").strip():
+                raise AvatarError("avatar: connect Prepare Avatar or type the name of a prepared avatar.")
+            avatar = Avatar(avatar_name.strip())
+        runtime = comfy.make_runtime(unique_id)
+        features = compute_audio_features(from_comfy(audio, "audio"), avatar.fps, "musetalk", None, runtime)
+        run = avatar.start(features, runtime, batch_size=batch_size)
+        sink, to_image = output_sink(avatar.frames, run.plan)
+        report = run.into(sink)
+        images_out, frames_out = node_outputs(sink.close(), avatar.frames, to_image)
+        text = report.text()
+        return {"ui": {"text": [text]}, "result": (images_out, frames_out, run.audio.to_comfy() if run.audio else None,
+                                                   float(avatar.fps), text)}
+
+
+def _identity(seq) -> dict:
+    """What the frames are: a file and the frames chosen from it, or a digest of in-memory frames."""
+    from ..pipeline.avatars import file_identity, frames_identity
+
+    if isinstance(getattr(seq, "source", None), str) and hasattr(seq, "src_index"):
+        chosen = [int(v) for v in seq.src_index]
+        return {**file_identity(seq.source), "frames": chosen, "fps": float(seq.fps)}
+    return frames_identity(seq)
+
+
+def _face_settings(faces) -> dict:
+    return {k: v for k, v in (faces.params or {}).items() if isinstance(v, (str, int, float, bool))}
+
+
+NODE_CLASS_MAPPINGS = {"MuseTalkPrepareAvatar": MuseTalkPrepareAvatar, "MuseTalkAvatarSpeak": MuseTalkAvatarSpeak}
+NODE_DISPLAY_NAME_MAPPINGS = {"MuseTalkPrepareAvatar": "Prepare Avatar (MuseTalk, real-time)",
+                              "MuseTalkAvatarSpeak": "Avatar Speak (MuseTalk, real-time)"}
