@@ -234,6 +234,7 @@ TEMPLATES: Dict[str, str] = {
     "multi_face_speaker_select": "4. Two faces, choose who speaks",
     "chain_with_core_video": "5. With ComfyUI core video nodes",
     "vhs_lipsync": "6. With VideoHelperSuite (needs that pack)",
+    "real_time_avatar": "7. Real-time avatar, prepare once and speak any voice",
 }
 
 
@@ -255,6 +256,8 @@ THUMBNAILS: Dict[str, Tuple[str, str, Sequence[Tuple[str, int, object]]]] = {
                               [(FACE_CLIP, 20, None), (FACE_CLIP, 80, None)]),
     "vhs_lipsync": ("VideoHelperSuite", "VHS Load Video -> lip-sync -> Video Combine",
                     [(CUTAWAY_CLIP, 20, None), (CUTAWAY_CLIP, 60, None), (CUTAWAY_CLIP, 120, "cutaway")]),
+    "real_time_avatar": ("Real-time avatar", "prepare a face once, then speak any voice fast",
+                         [(FACE_CLIP, 5, None), (FACE_CLIP, 45, None), (FACE_CLIP, 85, None)]),
 }
 THUMB_SIZE = (512, 288)
 

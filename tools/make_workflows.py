@@ -376,6 +376,34 @@ def example_workflows(out_dir):
     ex.link(ls, "fps", vc, "frame_rate")
     save(ex, "vhs_lipsync", extra={"requires": [{"pack": "ComfyUI-VideoHelperSuite", "cnr_id": VHS_PROPS["cnr_id"],
                                                  "url": "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite"}]})
+
+    # 7. real_time_avatar: prepare the face clip once, speak a voice through it
+    ex = _Example(m)
+    ex.note("**Real-time avatar: prepare once, speak any voice.**\n\n1-2. Load the face clip and find its faces.\n"
+            "3. Prepare Avatar stores the frames, the faces (cutaways included), MuseTalk's VAE latents and the "
+            "blend masks in ComfyUI/models/musetalk/avatars/example_host/. It is reused on later runs as long as "
+            "the clip, the face settings and the weights are the same.\n4. Avatar Speak speaks the voice: only "
+            "whisper, the UNet and the VAE decoder run per frame. Change the voice and run again: the avatar is "
+            "not prepared again. Avatar Speak can also take just the name of an avatar prepared earlier.\n"
+            "5. Mux Video writes the mp4.\n\n" + inputs.format(media.FACE_CLIP + "` and `" + media.VOICE) + weights,
+            height=420)
+    lv, la = _musetalk_loaders(ex, media.FACE_CLIP, media.VOICE)
+    fd = _faces(ex, lv)
+    ex.column("3. Prepare the avatar (once)")
+    pa = ex.node("MuseTalkPrepareAvatar", {"name": "example_host"},
+                 models=model_entries(MUSETALK_KEYS + BLEND_KEYS))
+    ex.link(fd, "faces", pa, "faces")
+    ex.link(lv, "frames", pa, "frames")
+    sm = ex.node("PreviewAny", title="Avatar (prepared or reused)")
+    ex.link(pa, "summary", sm, "source")
+    ex.column("4. Speak the voice")
+    sp = ex.node("MuseTalkAvatarSpeak", models=model_entries(MUSETALK_KEYS + WHISPER_KEYS))
+    ex.link(la, "audio", sp, "audio")
+    ex.link(pa, "avatar", sp, "avatar")
+    rp = ex.node("PreviewAny", title="Speaking report")
+    ex.link(sp, "report", rp, "source")
+    _mux(ex, sp, "MuseTalk/avatar")
+    save(ex, "real_time_avatar")
     return written
 
 
