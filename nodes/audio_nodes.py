@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 from . import comfy
+from ..pipeline.whisper_encoder import LAYOUTS
 from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE
 
 CATEGORY = "MuseTalk/audio"
 FOLLOW_BACKEND = "follow backend"
-LAYOUT_CHOICES = (FOLLOW_BACKEND, "musetalk", "latentsync")
-
-
-def _make_runtime(node_id=None):
-    return comfy.make_runtime(node_id)
+LAYOUT_CHOICES = (FOLLOW_BACKEND,) + LAYOUTS
 
 
 def backend_audio_layout(backend) -> str:
@@ -85,7 +82,7 @@ class MuseTalkWhisperFeatures:
             raise ValueError(f"layout: unknown value {layout!r}; use one of {', '.join(LAYOUT_CHOICES)}.")
         if layout == FOLLOW_BACKEND:
             layout = backend_audio_layout(backend)
-        runtime = _make_runtime(unique_id)
+        runtime = comfy.make_runtime(unique_id)
         features = compute_audio_features(from_comfy(audio, "audio"), float(fps), layout, None, runtime,
                                           compat=bool(compat_int_fps), auto_download=bool(auto_download))
         return (features, int(features.num_frames))

@@ -16,10 +16,10 @@ import torch
 from ..runtime import Runtime
 from ..types import FaceSequence, LipSyncError, Patch
 from .base import LRU, Unit
+from .latentsync_engine import MAX_CHUNK_FRAMES as MAX_CHUNK   # frames per chunk (the original's num_frames)
 
 VERSIONS = ("latentsync-1.6", "latentsync-1.5")
 AUDIO_LAYOUT = "latentsync"
-MAX_CHUNK = 16  # frames per chunk (the original's num_frames)
 
 
 def face_chunks(source: np.ndarray, faces: FaceSequence, start: int, stop: int, max_len: int
