@@ -257,3 +257,41 @@ def test_nodes_prepare_reuse_and_speak(tmp_path, monkeypatch, clip, faces):
         MuseTalkAvatarSpeak().speak(voice, avatar_name="nobody")
     with pytest.raises(AvatarError, match="connect Prepare Avatar"):
         MuseTalkAvatarSpeak().speak(voice)
+
+
+def test_live_speech_frames_as_the_voice_arrives(avatar, clip, voice, engine, runtime):
+    """Pushed in one piece the voice gives exactly the offline frames; pushed in 200 ms chunks every frame comes
+    out once, in order, as soon as its audio window is complete (the first after the first chunk), cutaway frames
+    untouched, and the same count as offline."""
+    from musetalk_enhanced.pipeline.avatars.live import LiveSpeech
+    from musetalk_enhanced.pipeline.media.audio import to_mono
+    from test_lipsync import small_encoder
+
+    pcm = to_mono(voice, 16000).astype(np.float32)
+    offline, _, run = speak_image(avatar, features_for(voice), engine, runtime, batch_size=1)
+    whole = LiveSpeech(avatar, runtime, engine=engine, encoder=small_encoder(), batch_size=1)
+    got = whole.push(pcm) + whole.close()
+    assert [k for k, _ in got] == list(range(offline.shape[0]))
+    assert np.array_equal(np.stack([f for _, f in got]), offline)
+
+    live = LiveSpeech(avatar, runtime, engine=engine, encoder=small_encoder(), batch_size=2)
+    chunk = 3200                                    # 200 ms
+    made, first_after = [], None
+    for i in range(0, len(pcm), chunk):
+        out = live.push(pcm[i:i + chunk])
+        if out and first_after is None:
+            first_after = i + chunk
+        made += out
+        for k, _ in out:                            # never ahead of its audio: window end <= samples received
+            assert (int(k * 50 / FPS) + 10 - 4) * 320 <= i + chunk
+    made += live.close()
+    assert first_after == chunk                     # 200 ms of voice already give the first frames
+    assert [k for k, _ in made] == list(range(offline.shape[0]))
+    cut = {i for i in range(28) if avatar.faces.frames[i].face is None}
+    for (k, frame), s in zip(made, run.plan.source):
+        if s in cut:
+            assert np.array_equal(frame, clip[s])
+    with pytest.raises(AvatarError, match="closed"):
+        live.push(pcm[:100])
+    with pytest.raises(AvatarError, match="16000 Hz"):
+        LiveSpeech(avatar, runtime, engine=engine, sample_rate=44100)

@@ -233,3 +233,5 @@ def test_avatars_quick(tmp_path):
         assert positive(r["seconds"]) and positive(r["s_per_frame"]) and positive(r["rss_peak_mb"])
     assert speak["speedup"] == pytest.approx(full["s_per_frame"] / speak["s_per_frame"], rel=0.02)
     assert 0 < rows["first frame"]["seconds"] <= speak["seconds"]
+    live = rows["live: first frame after the first 200 ms of voice"]
+    assert live["frames"] == 16 and positive(live["seconds"]) and positive(live["s_per_frame"])
