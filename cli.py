@@ -184,7 +184,8 @@ def dub(args, out: str):
 def analyse_faces(args, frames, runtime):
     """Face Detect with the node's options (pipeline.faces.detectors.detector_options), printing its summary."""
     from .pipeline.faces.detectors import create_detector, detector_options
-    from .pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
+    from .pipeline.faces.preview import summarize
+    from .pipeline.faces.tracks import FaceOptions, analyze_faces
 
     detector = create_detector(args.detector, runtime, auto_download=not args.no_download,
                                **detector_options(args.detector, args.min_face_size, frames.width, frames.height,

@@ -88,7 +88,8 @@ class MuseTalkFaceDetect:
                unique_id=None):
         from ..pipeline.faces.detectors import create_detector
         from ..pipeline.faces.preview import PreviewCollector
-        from ..pipeline.faces.tracks import FaceOptions, analyze_faces, summarize
+        from ..pipeline.faces.preview import summarize
+        from ..pipeline.faces.tracks import FaceOptions, analyze_faces
         from ..pipeline.media.frames import uint8_to_image
 
         src = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Face Detect")

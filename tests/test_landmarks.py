@@ -134,7 +134,8 @@ def test_summary_and_report_name_the_landmarks():
     import skimage.data
 
     from musetalk_enhanced.pipeline.faces.detectors import create_detector
-    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces, summarize
+    from musetalk_enhanced.pipeline.faces.preview import summarize
+    from musetalk_enhanced.pipeline.faces.tracks import analyze_faces
     from musetalk_enhanced.pipeline.media.frames import ArrayFrames
 
     rgb = skimage.data.astronaut()

@@ -7,7 +7,8 @@ import torch
 
 from musetalk_enhanced.pipeline.faces.tracks import (FaceOptions, REASON_LOW_SCORE, REASON_NO_FACE, REASON_NOT_SPEAKER,
                                               REASON_ASPECT, REASON_TOO_SMALL, REASON_UNCONFIRMED, analyze_faces,
-                                              parse_user_box, summarize)
+                                              parse_user_box)
+from musetalk_enhanced.pipeline.faces.preview import summarize
 from musetalk_enhanced.pipeline.media.frames import ArrayFrames, ImageFrames
 from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
 from musetalk_enhanced.pipeline.faces.shots import ShotDetector, detect_shots

@@ -203,6 +203,14 @@ class Avatar:
             raise AvatarError(f"avatar {self.name!r}: prepared with other weight files ({', '.join(sorted(changed))}"
                               " differ from the ones installed now). Prepare the avatar again.")
 
+    def speaking_backend(self, runtime: Runtime, engine=None, auto_download: bool = True):
+        """:meth:`backend` on ``engine`` (default: MuseTalk loaded through the registry), once the avatar's weights
+        are checked against the installed ones."""
+        from ..backends.musetalk_engine import load_musetalk
+
+        self.check_weights()
+        return self.backend(engine or load_musetalk(runtime, auto_download, posterior="mode"))
+
     def backend(self, engine):
         """A MuseTalk backend whose latents and blend masks come from the avatar folder."""
         from safetensors.torch import load_file
@@ -232,7 +240,6 @@ class Avatar:
               auto_download: bool = True) -> "AvatarRun":
         """A run of the avatar speaking ``features`` (whisper features at the avatar's fps, MuseTalk layout): its
         ``plan`` and ``audio`` (the voice cut to the output's length) are ready, ``into(sink)`` runs it."""
-        from ..backends.musetalk_engine import load_musetalk
         from ..backends.selection import MUSETALK, BackendSpec
         from ..lipsync import LipSyncRun
 
@@ -243,8 +250,7 @@ class Avatar:
         if features.layout != "musetalk":
             raise AvatarError(f"avatar {self.name!r}: avatars speak with MuseTalk; compute the voice features in "
                               f"the 'musetalk' layout (got {features.layout!r}).")
-        self.check_weights()
-        backend = self.backend(engine or load_musetalk(runtime, auto_download, posterior="mode"))
+        backend = self.speaking_backend(runtime, engine, auto_download)
         run = LipSyncRun(self.frames, self.faces, features, BackendSpec(choice=MUSETALK, auto_download=auto_download),
                          length_policy="follow_audio", batch_size=batch_size, blend_mode=backend.blend_mode)
         return AvatarRun(self, run, backend, runtime)

@@ -32,14 +32,11 @@ class LiveSpeech:
 
     def __init__(self, avatar, runtime: Optional[Runtime] = None, engine=None, encoder=None, batch_size: int = 4,
                  sample_rate: int = SAMPLE_RATE):
-        from ..backends.musetalk_engine import load_musetalk
-
         if sample_rate != SAMPLE_RATE:
             raise AvatarError(f"live speech takes {SAMPLE_RATE} Hz mono PCM (got {sample_rate} Hz); resample the "
                               "voice first.")
         self.avatar, self.runtime = avatar, runtime or Runtime()
-        avatar.check_weights()
-        self.backend = avatar.backend(engine or load_musetalk(self.runtime, posterior="mode"))
+        self.backend = avatar.speaking_backend(self.runtime, engine)
         self.encoder, self.batch_size = encoder, max(1, int(batch_size))
         self.pcm = np.zeros(0, np.float32)
         self.next = 0          # the next output frame to make

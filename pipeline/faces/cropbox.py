@@ -48,8 +48,6 @@ _FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.652], [-0.457, 1.067], [0.457
 FIVE_POINT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "five_point_face.json")
 FIVE_POINT_FEATURES = ("nose x", "nose y", "left mouth x", "left mouth y", "right mouth x", "right mouth y",
                        "box centre x", "box centre y", "box width", "box height")
-_model_cache: dict = {}
-
 
 def _int_box_from_detector(box) -> IntBox:
     """Detector box clipped to >= 0 and cast to int (what S3FD hands over, spec musetalk §1.3)."""
@@ -116,12 +114,15 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def five_point_model(path: str = FIVE_POINT_MODEL) -> dict:
-    """The fitted shape regression (numpy arrays), read once from ``five_point_face.json``."""
-    if path not in _model_cache:
+    """The fitted shape regression (numpy arrays), read once from ``five_point_face.json`` (the model cache)."""
+    from .. import model_cache
+
+    def load() -> dict:
         with open(path) as f:
             doc = json.load(f)
-        _model_cache[path] = {k: np.asarray(doc[k], np.float64) for k in ("feature_mean", "shape_mean", "basis")}
-    return _model_cache[path]
+        return {k: np.asarray(doc[k], np.float64) for k in ("feature_mean", "shape_mean", "basis")}
+
+    return model_cache.cached("faces.five_point", model_cache.file_stamp([path]), load)
 
 
 def _eye_frame(points5) -> np.ndarray:
@@ -137,10 +138,10 @@ def to_eye_frame(points5, points) -> np.ndarray:
     return _apply(_eye_frame(points5), np.asarray(points, np.float64))
 
 
-def five_point_features(points5, detector_box) -> np.ndarray:
+def five_point_features(points5, detector_box, m: Optional[np.ndarray] = None) -> np.ndarray:
     """:data:`FIVE_POINT_FEATURES`: nose and mouth corners, and the detector box's centre and size, in the eye frame
-    (the box is axis-aligned in the image; its size is scaled into the frame, not rotated)."""
-    m = _eye_frame(points5)
+    ``m`` (default: the face's own; the box is axis-aligned in the image: its size is scaled, not rotated)."""
+    m = _eye_frame(points5) if m is None else m
     p = _apply(m, np.asarray(points5, np.float64))
     x1, y1, x2, y2 = (float(v) for v in detector_box[:4])
     centre = _apply(m, np.array([[(x1 + x2) / 2, (y1 + y2) / 2]]))[0]
@@ -153,12 +154,9 @@ def estimate_68(points5: np.ndarray, detector_box=None, model: Optional[dict] = 
     and the detector's box: the shape regression of :func:`five_point_model` evaluated in the face's eye frame and
     carried back into the image. Without a box, the box features take their mean (the average face's box)."""
     model = model or five_point_model()
-    if detector_box is None:
-        feats = model["feature_mean"]
-    else:
-        feats = five_point_features(points5, detector_box)
-    shape = model["shape_mean"].ravel() + (feats - model["feature_mean"]) @ model["basis"]
     m = _eye_frame(points5)
+    feats = model["feature_mean"] if detector_box is None else five_point_features(points5, detector_box, m)
+    shape = model["shape_mean"].ravel() + (feats - model["feature_mean"]) @ model["basis"]
     inverse = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
     return _apply(inverse, shape.reshape(68, 2))
 

@@ -1,10 +1,12 @@
-"""The Face Detect preview: up to 64 frames with the detections, the chosen face and its crop box drawn, cutaways
-framed in red with the reason."""
+"""What Face Detect shows: the preview (up to 64 frames with the detections, the chosen face and its crop box drawn,
+cutaways framed in red with the reason) and the text summary (shots, tracks, cutaway ranges and why)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
+
+from ..types import FaceSequence, ranges_text
 
 PREVIEW_MAX_FRAMES = 64
 PREVIEW_MAX_WIDTH = 512
@@ -87,3 +89,45 @@ class PreviewCollector:
             return np.zeros((1, self.size[1], self.size[0], 3), np.uint8)
         frames: List[np.ndarray] = [draw_preview(self.kept[i], faces.frames[i], self.scale) for i in self.wanted]
         return np.stack(frames)
+
+
+def summarize(seq: FaceSequence, max_shot_lines: int = 100) -> str:
+    """Human-readable report: shots with frame ranges, tracks, cutaway ranges and why, counts (at most
+    ``max_shot_lines`` shot lines; the rest are counted)."""
+    n = len(seq)
+    starts = list(seq.shot_starts) + [n]
+    faces = len(seq.face_indices())
+    lines = [f"{n} frames {seq.width}x{seq.height} @ {seq.fps:.3f} fps: {faces} with a face, {n - faces} cutaway; "
+             f"{len(seq.shot_starts)} shot(s), {len(seq.tracks)} face track(s)"]
+    p = seq.params
+    if p:
+        lines.append(f"backend {p.get('backend', '?')}, landmarks: {p.get('landmark_kind', '?')}, min score "
+                     f"{p.get('min_score_used', '?')}, speaker {p.get('speaker', '?')}")
+        for why in p.get("landmark_notes") or []:
+            lines.append(f"  (skipped {why})")
+    for s in range(len(seq.shot_starts)):
+        if s >= max_shot_lines:
+            lines.append(f"... {len(seq.shot_starts) - max_shot_lines} more shot(s)")
+            break
+        a, b = starts[s], starts[s + 1] - 1
+        shot_frames = seq.frames[a:b + 1]
+        nf = sum(1 for f in shot_frames if f.face is not None)
+        tr = [t for t in seq.tracks if t.shot == s]
+        tr_text = "; ".join(
+            f"track {t.id} frames {t.first}-{t.last} (detected {t.detected}, bridged {t.bridged}, chosen {t.chosen})"
+            for t in tr) or "no face track"
+        lines.append(f"shot {s}: frames {a}-{b} ({b - a + 1}), {nf} face frame(s); {tr_text}")
+    cut = seq.cutaway_ranges()
+    lines.append(f"cutaway frames: {ranges_text(cut)}")
+    by_reason: Dict[str, List[Tuple[int, int]]] = {}
+    for a, b in cut:
+        for i in range(a, b + 1):
+            r = seq.frames[i].reason or "cutaway"
+            rr = by_reason.setdefault(r, [])
+            if rr and rr[-1][1] == i - 1:
+                rr[-1] = (rr[-1][0], i)
+            else:
+                rr.append((i, i))
+    for r, rr in by_reason.items():
+        lines.append(f"  {r}: {ranges_text(rr)} ({sum(b - a + 1 for a, b in rr)} frames)")
+    return "\n".join(lines)

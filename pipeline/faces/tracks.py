@@ -50,7 +50,7 @@ from .options import (DEFAULT_MIN_SCORE, FALLBACK_MIN_SCORE, MIN_HEIGHT_RATIO, R
                       REASON_LOW_SCORE, REASON_NO_FACE, REASON_NOT_SPEAKER, REASON_TOO_SMALL, REASON_UNCONFIRMED,
                       FaceOptions, parse_user_box)
 from .shots import ShotDetector
-from ..types import Detection, Face, FaceSequence, FaceTrack, FrameFaces, ranges_text
+from ..types import Detection, Face, FaceSequence, FaceTrack, FrameFaces
 
 def box_iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -360,45 +360,3 @@ def analyze_faces(frames, detector, runtime=None, *, options: Optional[FaceOptio
     if analyzer.user_box is not None:
         params["user_box_px"] = analyzer.user_box
     return analyzer.finish(frames.fps, params)
-
-
-def summarize(seq: FaceSequence, max_shot_lines: int = 100) -> str:
-    """Human-readable report: shots with frame ranges, tracks, cutaway ranges and why, counts (at most
-    ``max_shot_lines`` shot lines; the rest are counted)."""
-    n = len(seq)
-    starts = list(seq.shot_starts) + [n]
-    faces = len(seq.face_indices())
-    lines = [f"{n} frames {seq.width}x{seq.height} @ {seq.fps:.3f} fps: {faces} with a face, {n - faces} cutaway; "
-             f"{len(seq.shot_starts)} shot(s), {len(seq.tracks)} face track(s)"]
-    p = seq.params
-    if p:
-        lines.append(f"backend {p.get('backend', '?')}, landmarks: {p.get('landmark_kind', '?')}, min score "
-                     f"{p.get('min_score_used', '?')}, speaker {p.get('speaker', '?')}")
-        for why in p.get("landmark_notes") or []:
-            lines.append(f"  (skipped {why})")
-    for s in range(len(seq.shot_starts)):
-        if s >= max_shot_lines:
-            lines.append(f"... {len(seq.shot_starts) - max_shot_lines} more shot(s)")
-            break
-        a, b = starts[s], starts[s + 1] - 1
-        shot_frames = seq.frames[a:b + 1]
-        nf = sum(1 for f in shot_frames if f.face is not None)
-        tr = [t for t in seq.tracks if t.shot == s]
-        tr_text = "; ".join(
-            f"track {t.id} frames {t.first}-{t.last} (detected {t.detected}, bridged {t.bridged}, chosen {t.chosen})"
-            for t in tr) or "no face track"
-        lines.append(f"shot {s}: frames {a}-{b} ({b - a + 1}), {nf} face frame(s); {tr_text}")
-    cut = seq.cutaway_ranges()
-    lines.append(f"cutaway frames: {ranges_text(cut)}")
-    by_reason: Dict[str, List[Tuple[int, int]]] = {}
-    for a, b in cut:
-        for i in range(a, b + 1):
-            r = seq.frames[i].reason or "cutaway"
-            rr = by_reason.setdefault(r, [])
-            if rr and rr[-1][1] == i - 1:
-                rr[-1] = (rr[-1][0], i)
-            else:
-                rr.append((i, i))
-    for r, rr in by_reason.items():
-        lines.append(f"  {r}: {ranges_text(rr)} ({sum(b - a + 1 for a, b in rr)} frames)")
-    return "\n".join(lines)
