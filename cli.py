@@ -1,6 +1,8 @@
 """Command-line lip-sync on the same pipeline as the nodes, without ComfyUI.
 
     python <pack folder> --video in.mp4 --audio voice.wav --out out.mp4 [options]
+    python <pack folder> avatar ...            (avatar_cli.py)
+    python <pack folder> serve [--port 8288]   (the dubbing server, server/)
     python -m musetalk_enhanced ...            (when the folder is importable under that name)
 
 Weights are looked up in ``$MUSETALK_MODELS_DIR/<folder>`` (default ``~/.cache/musetalk_enhanced/models``, or
@@ -85,8 +87,12 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_runtime(args):
+    """The run's Runtime: the one a caller put on ``args.runtime`` (the server's worker: progress and cancel), else
+    one from --device/--dtype."""
     from .pipeline.runtime import Runtime, pick_device, pick_dtype
 
+    if getattr(args, "runtime", None) is not None:
+        return args.runtime
     device = pick_device(args.device)
     return Runtime(device=device, dtype=pick_dtype(device, args.dtype), show_progress=not args.quiet)
 
@@ -113,6 +119,10 @@ def main(argv=None) -> int:
         from .avatar_cli import main as avatar_main
 
         return avatar_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from .server.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_demo(args, parser)
@@ -147,7 +157,8 @@ def main(argv=None) -> int:
     print(report.text())
     print(f"wrote {out} ({report.num_frames} frames, {time.time() - t0:.1f} s)")
     if args.report_json:
-        write_report_json(args.report_json, out, report)
+        with open(args.report_json, "w") as f:
+            json.dump(report_dict(out, report), f, indent=1)
     return 0
 
 
@@ -200,9 +211,8 @@ def analyse_faces(args, frames, runtime):
     return faces
 
 
-def write_report_json(path: str, out: str, report) -> None:
-    with open(path, "w") as f:
-        json.dump({"output": out, "frames": report.num_frames,
-                   "synced": {k: len(v) for k, v in report.synced.items()},
-                   "passed_through": report.passed_through, "fallbacks": report.fallbacks,
-                   "notes": report.notes, "seconds": report.seconds}, f, indent=1)
+def report_dict(out: str, report) -> dict:
+    """The run report as JSON (--report-json, the server's job records)."""
+    return {"output": out, "frames": report.num_frames, "synced": {k: len(v) for k, v in report.synced.items()},
+            "passed_through": report.passed_through, "fallbacks": report.fallbacks, "notes": report.notes,
+            "seconds": report.seconds, "text": report.text()}

@@ -39,10 +39,16 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
     echo "note: espeak-ng not found (apt-get install espeak-ng); speech-based tests will be skipped"
   fi
 fi
+# The server page test drives Debian's chromium (tests skip it when there is no browser).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the server page test will be skipped"
+fi
 "$VPY" -c "import torch, av, cv2, diffusers, transformers; print('ready: torch', torch.__version__, '| PyAV', av.__version__)"
 cat <<'TXT'
 Run the pack without ComfyUI:   .venv/bin/python . --video in.mp4 --audio voice.wav --out out.mp4
 Inside ComfyUI: put this folder in ComfyUI/custom_nodes/ and load a workflow from example_workflows/.
+The dubbing server + page:      .venv/bin/python . serve          (http://127.0.0.1:8288/)
 Run the tests:                  .venv/bin/python -m pytest -q tests
 TXT
 if [ "$DEMO" = 1 ]; then

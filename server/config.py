@@ -1,0 +1,67 @@
+"""The server's settings and their defaults: one home for every server default (the CLI reads them from here)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+DEFAULT_HOST = "127.0.0.1"          # loopback: nothing outside this machine reaches the server by default
+DEFAULT_PORT = 8288                 # ComfyUI listens on 8188
+DEFAULT_MAX_QUEUE = 16              # queued jobs (not counting running ones) before POST /v1/jobs answers 429
+DEFAULT_MAX_UPLOAD_MB = 512         # per uploaded file
+DEFAULT_MAX_SECONDS = 600.0         # longest video or voice accepted, in seconds
+DEFAULT_MAX_LIVE = 4                # live avatar connections at once
+LIVE_QUEUE_FRAMES = 8               # frames waiting for a slow live client before the oldest are dropped
+MAX_ATTEMPTS = 2                    # a job interrupted by a server stop this many times fails instead of re-queueing
+
+
+def default_data_dir() -> str:
+    """Jobs, uploads and results: ``$MUSETALK_SERVER_DIR`` or ``~/.cache/musetalk_enhanced/server``."""
+    return os.environ.get("MUSETALK_SERVER_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                  "musetalk_enhanced", "server")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    token: Optional[str] = None
+    data_dir: str = field(default_factory=default_data_dir)
+    media_dir: Optional[str] = None          # server-side inputs may be named by path only inside this folder
+    devices: Tuple[str, ...] = ("auto",)     # one worker per device
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    max_live: int = DEFAULT_MAX_LIVE
+    auto_download: bool = True
+
+    def check(self) -> None:
+        """Refuse settings that would expose the server or cannot work, naming the flag and the fix."""
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(f"--host {self.host} is reachable from other machines: give --token SECRET (every "
+                             "request must then carry 'Authorization: Bearer SECRET'), or keep --host 127.0.0.1.")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("--token must be at least 8 characters long.")
+        if self.media_dir is not None and not os.path.isdir(self.media_dir):
+            raise ValueError(f"--media-dir {self.media_dir} is not a folder; create it or leave the flag out.")
+        for name in ("max_queue", "max_upload_mb", "max_seconds", "max_live"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive.")
+
+    @property
+    def jobs_dir(self) -> str:
+        return os.path.join(self.data_dir, "jobs")
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.data_dir, "jobs.sqlite")

@@ -1,0 +1,210 @@
+"""The job store: one SQLite file (the schema lives here), jobs' folders, and what a restart does to them.
+
+A job is ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``cancelled``. Its folder (``<data>/jobs/<id>/``)
+holds ``inputs/`` (uploads), ``work/`` (the output being written) and, once done, ``result.mp4`` and
+``report.json``. A result is moved into place before the job is marked done, so a job is never ``done`` with a
+half-written file. On opening, jobs a stopped server left ``running`` are re-queued with their partial output
+removed, or failed with the reason after :data:`.config.MAX_ATTEMPTS` interruptions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .config import MAX_ATTEMPTS
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id         TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,            -- 'dub' (video + voice) or 'avatar' (a prepared avatar + voice)
+    state      TEXT NOT NULL,            -- queued | running | done | failed | cancelled
+    created    REAL NOT NULL,
+    started    REAL,
+    finished   REAL,
+    inputs     TEXT NOT NULL,            -- JSON: {"video": path, "audio": path, "avatar": name}
+    options    TEXT NOT NULL,            -- JSON: the CLI's options, checked at submission
+    device     TEXT,                     -- the worker's device while running / when finished
+    stage      TEXT,                     -- the pipeline stage being run ('faces', 'lip-sync', ...)
+    done       INTEGER NOT NULL DEFAULT 0,
+    total      INTEGER NOT NULL DEFAULT 0,
+    report     TEXT,                     -- JSON: the lip-sync report, once done
+    error      TEXT,                     -- why it failed / was re-queued
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+"""
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+COLUMNS = ("id", "kind", "state", "created", "started", "finished", "inputs", "options", "device", "stage", "done",
+           "total", "report", "error", "attempts")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: str
+    created: float
+    started: Optional[float]
+    finished: Optional[float]
+    inputs: Dict
+    options: Dict
+    device: Optional[str]
+    stage: Optional[str]
+    done: int
+    total: int
+    report: Optional[Dict]
+    error: Optional[str]
+    attempts: int
+
+    def public(self) -> Dict:
+        """What ``GET /v1/jobs/{id}`` shows (server paths of uploads stay private)."""
+        return {"id": self.id, "kind": self.kind, "state": self.state, "created": self.created,
+                "started": self.started, "finished": self.finished, "device": self.device,
+                "progress": {"stage": self.stage, "done": self.done, "total": self.total},
+                "inputs": {k: os.path.basename(v) if k != "avatar" else v for k, v in self.inputs.items()},
+                "options": self.options, "report": self.report, "error": self.error, "attempts": self.attempts,
+                "result": f"/v1/jobs/{self.id}/result" if self.state == "done" else None}
+
+
+class JobStore:
+    """Thread-safe access to the jobs table and the jobs' folders."""
+
+    def __init__(self, db_path: str, jobs_dir: str):
+        os.makedirs(jobs_dir, exist_ok=True)
+        self.jobs_dir = jobs_dir
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._open_schema()
+
+    def _open_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise RuntimeError(f"the job database was written by another version of the server (schema {version}, "
+                               f"this one reads {SCHEMA_VERSION}); start with another --data-dir.")
+        self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- folders -----------------------------------------------------------------------------------------------------
+    def folder(self, job_id: str, *parts: str) -> str:
+        return os.path.join(self.jobs_dir, job_id, *parts)
+
+    def result_path(self, job_id: str) -> str:
+        return self.folder(job_id, "result.mp4")
+
+    def new_folder(self) -> str:
+        job_id = uuid.uuid4().hex
+        os.makedirs(self.folder(job_id, "inputs"))
+        return job_id
+
+    # -- rows --------------------------------------------------------------------------------------------------------
+    def create(self, job_id: str, kind: str, inputs: Dict, options: Dict) -> Job:
+        with self._lock:
+            self._db.execute("INSERT INTO jobs (id, kind, state, created, inputs, options) VALUES (?,?,?,?,?,?)",
+                             (job_id, kind, "queued", time.time(), json.dumps(inputs), json.dumps(options)))
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Optional[Job]:
+        with self._lock:
+            row = self._db.execute(f"SELECT {','.join(COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list(self, state: Optional[str] = None, limit: int = 100) -> List[Job]:
+        sql, args = f"SELECT {','.join(COLUMNS)} FROM jobs", ()
+        if state:
+            sql, args = sql + " WHERE state=?", (state,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_job(r) for r in rows]
+
+    def count(self, state: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state=?", (state,)).fetchone()[0]
+
+    def claim(self, device: str) -> Optional[Job]:
+        """The oldest queued job, now running on ``device`` (None when the queue is empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
+            if row is None:
+                return None
+            self._db.execute("UPDATE jobs SET state='running', started=?, device=?, attempts=attempts+1, stage=NULL,"
+                             " done=0, total=0 WHERE id=? AND state='queued'", (time.time(), device, row[0]))
+        return self.get(row[0])
+
+    def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET stage=?, done=?, total=? WHERE id=? AND state='running'",
+                             (stage, done, total, job_id))
+
+    def finish(self, job_id: str, state: str, report: Optional[Dict] = None, error: Optional[str] = None) -> None:
+        assert state in FINISHED
+        with self._lock:
+            self._db.execute("UPDATE jobs SET state=?, finished=?, report=?, error=? WHERE id=?",
+                             (state, time.time(), json.dumps(report) if report is not None else None, error, job_id))
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started; False when it is no longer queued."""
+        with self._lock:
+            cur = self._db.execute("UPDATE jobs SET state='cancelled', finished=?, error=? WHERE id=? AND "
+                                   "state='queued'", (time.time(), "cancelled before it started", job_id))
+        return cur.rowcount == 1
+
+    def requeue(self, job_id: str, reason: str, count_attempt: bool = True) -> None:
+        """Back to the queue (its partial output is the caller's to remove)."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET state='queued', stage=NULL, done=0, total=0, error=?, attempts="
+                             "attempts-? WHERE id=?", (reason, 0 if count_attempt else 1, job_id))
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    # -- after a restart ---------------------------------------------------------------------------------------------
+    def recover(self) -> List[str]:
+        """Make every record consistent with the files after a stop (even SIGKILL); returns what was done."""
+        notes = []
+        for job in self.list("running", limit=1_000_000):
+            shutil.rmtree(self.folder(job.id, "work"), ignore_errors=True)
+            _remove(self.result_path(job.id))
+            if job.attempts >= MAX_ATTEMPTS:
+                self.finish(job.id, "failed", error=f"the server stopped during this job {job.attempts} times; "
+                                                    "submit it again (with a smaller batch_size if memory ran out)")
+                notes.append(f"job {job.id}: failed after {job.attempts} interrupted attempts")
+            else:
+                self.requeue(job.id, "re-queued: the server stopped while this job ran")
+                notes.append(f"job {job.id}: re-queued (the server stopped while it ran)")
+        for job in self.list("done", limit=1_000_000):
+            if not os.path.isfile(self.result_path(job.id)):
+                self.finish(job.id, "failed", report=job.report, error="the result file is missing; submit again")
+                notes.append(f"job {job.id}: result missing, marked failed")
+        for job in self.list(limit=1_000_000):
+            if job.state != "done":
+                _remove(self.result_path(job.id))
+        return notes
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _job(row) -> Job:
+    d = dict(zip(COLUMNS, row))
+    for k in ("inputs", "options", "report"):
+        d[k] = json.loads(d[k]) if d[k] else ({} if k != "report" else None)
+    return Job(**d)

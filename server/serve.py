@@ -1,0 +1,75 @@
+"""``python <pack> serve``: start the dubbing server (README "Dubbing server")."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import config as C
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musetalk_enhanced serve",
+                                description="Dubbing server: REST jobs, live avatars over WebSocket, a web page.")
+    p.add_argument("--host", default=C.DEFAULT_HOST, help="address to bind (default loopback; any other needs --token)")
+    p.add_argument("--port", type=int, default=C.DEFAULT_PORT, help="port (0: any free port, printed at start)")
+    p.add_argument("--token", default=os.environ.get("MUSETALK_SERVER_TOKEN"),
+                   help="bearer token every /v1 request must carry (default $MUSETALK_SERVER_TOKEN)")
+    p.add_argument("--data-dir", default=None, help="jobs database, uploads and results (default "
+                                                    "$MUSETALK_SERVER_DIR or ~/.cache/musetalk_enhanced/server)")
+    p.add_argument("--media-dir", help="a folder whose files jobs may name by relative path (default: uploads only)")
+    p.add_argument("--devices", default="auto", help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
+    p.add_argument("--max-queue", type=int, default=C.DEFAULT_MAX_QUEUE)
+    p.add_argument("--max-upload-mb", type=float, default=C.DEFAULT_MAX_UPLOAD_MB)
+    p.add_argument("--max-seconds", type=float, default=C.DEFAULT_MAX_SECONDS, help="longest video/voice accepted")
+    p.add_argument("--max-live", type=int, default=C.DEFAULT_MAX_LIVE, help="live avatar sessions at once")
+    p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
+    p.add_argument("--no-download", action="store_true", help="never download weights (jobs fail naming the files)")
+    return p
+
+
+def config_from(args) -> C.ServerConfig:
+    cfg = C.ServerConfig(host=args.host, port=args.port, token=args.token or None, media_dir=args.media_dir,
+                         devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("auto",),
+                         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
+                         max_live=args.max_live, auto_download=not args.no_download)
+    if args.data_dir:
+        cfg.data_dir = os.path.abspath(args.data_dir)
+    return cfg
+
+
+async def serve(cfg: C.ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM; a running job is re-queued for the next start."""
+    from aiohttp import web
+
+    from .app import make_app
+
+    runner = web.AppRunner(make_app(cfg), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(f"serving on http://{cfg.host}:{port}/  (data: {cfg.data_dir})", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.models_dir:
+        os.environ["MUSETALK_MODELS_DIR"] = os.path.abspath(args.models_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = config_from(args)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(cfg))
+    return 0

@@ -1,0 +1,141 @@
+"""One worker per device: takes the oldest queued job, runs it on the CLI's pipeline with the models loaded once
+(pipeline/model_cache.py keeps them between jobs), reports progress, honours cancel, and moves the result into
+place before marking the job done."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+from typing import Callable, Dict, List, Set
+
+from .jobs import Job, JobStore
+from .options import parse_job_args
+
+log = logging.getLogger("musetalk_enhanced.server")
+PROGRESS_EVERY_S = 0.25        # how often a running job's progress is written to the store
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def job_runtime(device: str, on_progress: Callable[[str, int, int], None], cancelled: Callable[[], bool]):
+    """A pipeline Runtime on ``device`` that reports progress to the job and stops at the next batch on cancel."""
+    from ..pipeline.runtime import Runtime, pick_device, pick_dtype
+
+    class JobRuntime(Runtime):
+        def progress(self, stage: str, done: int, total: int) -> None:
+            super().progress(stage, done, total)     # the cancel point
+            on_progress(stage, done, total)
+
+    dev = pick_device(device)
+    return JobRuntime(device=dev, dtype=pick_dtype(dev), show_progress=False, cancel_flag=cancelled)
+
+
+class Worker(threading.Thread):
+    """Runs jobs one at a time on ``device`` until :meth:`stop`."""
+
+    def __init__(self, store: JobStore, device: str, wake: threading.Event, auto_download: bool = True):
+        super().__init__(name=f"job-worker-{device}", daemon=True)
+        self.store, self.device, self.wake, self.auto_download = store, device, wake, auto_download
+        self.cancel_requests: Set[str] = set()
+        self.current: str = ""
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.current:
+            self.cancel_requests.add(self.current)
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self._stopping:
+            job = self.store.claim(self.device)
+            if job is None:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            self.current = job.id
+            try:
+                self.run_job(job)
+            finally:
+                self.current = ""
+                self.cancel_requests.discard(job.id)
+
+    def run_job(self, job: Job) -> None:
+        """Run ``job`` in its ``work/`` folder; the folder is gone before the job's final state is written."""
+        work = self.store.folder(job.id, "work")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        state, report, error = "done", None, None
+        try:
+            report = self.execute(job, os.path.join(work, "result.mp4"))
+            os.replace(os.path.join(work, "result.mp4"), self.store.result_path(job.id))
+        except JobCancelled:
+            state, error = "cancelled", "cancelled while running"
+        except Exception as exc:   # any failure is this job's alone: the worker goes on with the next
+            log.info("job %s failed: %s", job.id, traceback.format_exc(limit=4))
+            state, error = "failed", _explain(exc)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if state == "cancelled" and self._stopping:   # the server is shutting down: the job waits for the next start
+            self.store.requeue(job.id, "re-queued: the server was stopped while this job ran", False)
+        else:
+            self.store.finish(job.id, state, report=report, error=error)
+
+    def execute(self, job: Job, out: str) -> Dict:
+        """Run the job into ``out``; returns the report as JSON."""
+        from ..cli import report_dict
+        from ..pipeline.runtime import Cancelled
+
+        last = [0.0]
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S or done >= total:
+                last[0] = now
+                self.store.progress(job.id, stage, done, total)
+
+        runtime = job_runtime(self.device, on_progress, lambda: job.id in self.cancel_requests)
+        args = parse_job_args(job.kind, job.options, job_argv(job, out))
+        args.runtime, args.no_download, args.quiet = runtime, not self.auto_download, True
+        try:
+            report = _dub(args, out) if job.kind == "dub" else _speak(args)
+        except (Cancelled, KeyboardInterrupt):
+            raise JobCancelled() from None
+        return report_dict(os.path.basename(self.store.result_path(job.id)), report)
+
+
+def job_argv(job: Job, out: str) -> List[str]:
+    """The input flags of the job's CLI command."""
+    i = job.inputs
+    if job.kind == "dub":
+        return ["--video", i["video"], "--out", out] + (["--audio", i["audio"]] if i.get("audio") else [])
+    return ["--name", i["avatar"], "--audio", i["audio"], "--out", out]
+
+
+def _dub(args, out: str):
+    from ..cli import dub
+
+    return dub(args, out)
+
+
+def _speak(args):
+    from ..avatar_cli import speak
+
+    return speak(args)
+
+
+def _explain(exc: BaseException) -> str:
+    """The user-facing reason: the pipeline's own errors already name the input and the fix."""
+    from ..models.registry import MissingWeightsError
+    from ..pipeline.media.audio import AudioError
+    from ..pipeline.media.video import VideoError
+    from ..pipeline.types import LipSyncError
+
+    if isinstance(exc, (MissingWeightsError, VideoError, AudioError, LipSyncError, ValueError)):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc}); the server log has the details"

@@ -1,0 +1,413 @@
+"""The dubbing server (server/) on loopback, in a subprocess, with the small test weights, real MTCNN, a real edited
+clip and espeak-ng speech: jobs end to end, every refusal's field and fix, tokens, 20 concurrent clients, SIGKILL
+and restart, cancel, the live WebSocket and its slow-client policy."""
+import asyncio
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mediakit as mk
+import serverkit as sk
+from conftest import ROOT
+from test_lipsync import UNET_SMALL, VAE_SMALL
+
+pytest.importorskip("aiohttp")
+FACE = {"min_face_size": 30}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
+
+    root = str(tmp_path_factory.mktemp("models"))
+    tw_unet.write_test_weights(root, config=UNET_SMALL)
+    tw_vae.write_test_weights(root, config=VAE_SMALL)
+    tw_whisper.write_test_weights(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    clip = mk.edited_clip((192, 192), (("astronaut", 8), ("rocket", 3), ("astronaut", 3)))
+    mk.write_video(str(d / "talk.mp4"), clip, 25, crf=14)
+    if mk.have_espeak():
+        mk.speech(str(d / "voice.wav"), "Hello friend", speed=220)
+    else:  # pragma: no cover
+        mk.write_wav(str(d / "voice.wav"), mk.tone(200, 0.8, 16000), 16000)
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    return d
+
+
+@pytest.fixture(scope="module")
+def avatars_dir(tmp_path_factory, models_dir, media):
+    d = str(tmp_path_factory.mktemp("avatars"))
+    env = dict(os.environ, MUSETALK_AVATARS_DIR=d)
+    r = subprocess.run([sys.executable, ROOT, "avatar", "prepare", "--video", str(media / "talk.mp4"), "--name",
+                        "host", "--models-dir", models_dir, "--no-download", "--quiet", "--min-face-size", "30"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir, avatars_dir, media):
+    srv = sk.Server(str(tmp_path_factory.mktemp("server")), models_dir, avatars_dir, "--media-dir", str(media),
+                    "--max-seconds", "30")
+    with srv:
+        yield srv
+
+
+def expected_frames(voice) -> int:
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file
+
+    return int(np.ceil(load_audio_file(str(voice)).duration * 25 - 1e-6))
+
+
+def files(media, video="talk.mp4", audio="voice.wav"):
+    return {"video": (video, (media / video).read_bytes()), "audio": (audio, (media / audio).read_bytes())}
+
+
+def check_result(url, job, n, tmp_path):
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+
+    status, headers, data = sk.request("GET", url + job["result"])
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    out = tmp_path / f"{job['id']}.mp4"
+    out.write_bytes(data)
+    assert len(VideoFileFrames(str(out))) == n
+    assert abs(load_audio_file(str(out)).duration - n / 25) < 0.06
+
+
+# -- jobs end to end -------------------------------------------------------------------------------------------------
+def test_upload_job_runs_to_a_result_with_progress_and_report(server, media, tmp_path):
+    status, body = sk.submit(server.url, {**files(media), "options": json.dumps({**FACE, "batch_size": 4})})
+    assert status == 202 and body["state"] == "queued"
+    job = sk.wait_for(server.url, body["id"])
+    assert job["state"] == "done", job
+    n = expected_frames(media / "voice.wav")
+    assert job["progress"] == {"stage": "lip-sync", "done": n, "total": n}
+    assert job["report"]["frames"] == n and sum(job["report"]["synced"].values()) + \
+        len(job["report"]["passed_through"]) == n and job["report"]["passed_through"]      # the rocket cutaway
+    assert job["inputs"] == {"video": "video_talk.mp4", "audio": "audio_voice.wav"}       # no server paths shown
+    check_result(server.url, job, n, tmp_path)
+    listed = sk.call("GET", server.url + "/v1/jobs?state=done")[1]["jobs"]
+    assert body["id"] in [j["id"] for j in listed]
+    # a finished job is deleted with its files by DELETE
+    assert sk.call("DELETE", f"{server.url}/v1/jobs/{body['id']}") == (200, {"id": body["id"], "deleted": True})
+    assert not os.path.exists(os.path.join(server.data_dir, "jobs", body["id"]))
+    assert sk.call("GET", f"{server.url}/v1/jobs/{body['id']}")[0] == 404
+
+
+def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
+    status, body = sk.call("POST", server.url + "/v1/jobs", {"avatar": "host", "audio": "voice.wav"})
+    assert status == 202, body
+    job = sk.wait_for(server.url, body["id"])
+    assert job["state"] == "done" and job["kind"] == "avatar", job
+    check_result(server.url, job, expected_frames(media / "voice.wav"), tmp_path)
+    avatars = sk.call("GET", server.url + "/v1/avatars")[1]["avatars"]
+    assert [(a["name"], a["frames"], a["fps"]) for a in avatars] == [("host", 14, 25.0)]
+
+
+@pytest.mark.parametrize("payload, field, words", [
+    ({"video": "../talk.mp4"}, "video", "inside the media folder"),
+    ({"video": "/etc/passwd"}, "video", "inside the media folder"),
+    ({"video": "outside.mp4"}, "video", "leads out of the media folder"),
+    ({"video": "nothere.mp4"}, "video", "no such file"),
+    ({"video": "corrupt.mp4"}, "video", "not a readable media file"),
+    ({"video": "talk.mp4", "options": {"batch_size": "many"}}, "options.batch_size", "invalid int"),
+    ({"video": "talk.mp4", "options": {"backend": "magic"}}, "options.backend", "invalid choice"),
+    ({"video": "talk.mp4", "options": {"out": "/tmp/x.mp4"}}, "options.out", "not an option"),
+    ({"video": "talk.mp4", "colour": "red"}, "colour", "unknown field"),
+    ({"audio": "voice.wav"}, "video", "missing"),
+    ({"avatar": "nobody", "audio": "voice.wav"}, "avatar", "nobody"),
+    ({"avatar": "host", "video": "talk.mp4", "audio": "voice.wav"}, "avatar", "not both"),
+])
+def test_bad_requests_name_the_field_and_the_fix(server, media, payload, field, words):
+    link = media / "outside.mp4"
+    if not link.exists():
+        link.symlink_to(os.path.join(ROOT, "example_workflows", "musetalk_example_face.mp4"))
+    before = len(os.listdir(os.path.join(server.data_dir, "jobs")))
+    status, body = sk.call("POST", server.url + "/v1/jobs", payload)
+    assert 400 <= status < 500, body
+    err = body["error"]
+    assert err["field"] == field and words in err["message"] and err["fix"], err
+    assert len(os.listdir(os.path.join(server.data_dir, "jobs"))) == before      # nothing left behind
+
+
+def test_other_refusals_are_json_and_the_server_lives_on(server, media):
+    status, _, data = sk.request("POST", server.url + "/v1/jobs", b"plain", {"Content-Type": "text/plain"})
+    assert status == 415 and json.loads(data)["error"]["field"] == "Content-Type"
+    status, _, data = sk.request("POST", server.url + "/v1/jobs", b"{not json", {"Content-Type": "application/json"})
+    assert status == 400 and json.loads(data)["error"]["field"] == "body"
+    status, body = sk.submit(server.url, {"video": ("talk.txt", b"hello")})
+    assert status == 400 and body["error"]["field"] == "video" and ".mp4" in body["error"]["fix"]
+    assert sk.call("GET", server.url + "/v1/jobs/nope")[0] == 404
+    assert sk.call("GET", server.url + "/v1/nothing")[1]["error"]["status"] == 404
+    status, body = sk.call("GET", server.url + "/v1/jobs?state=sleeping")
+    assert status == 400 and body["error"]["field"] == "state"
+    assert sk.call("GET", server.url + "/v1/health")[1]["ok"] is True
+
+
+def test_openapi_describes_the_options_the_server_accepts(server):
+    from musetalk_enhanced.pipeline.backends.selection import BACKEND_CHOICES
+
+    doc = sk.call("GET", server.url + "/openapi.json")[1]
+    opts = doc["components"]["schemas"]["DubOptions"]["properties"]
+    assert opts["backend"]["enum"] == list(BACKEND_CHOICES) and opts["batch_size"]["type"] == "integer"
+    assert "out" not in opts and "device" not in opts
+    assert {"/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/result", "/v1/avatars/{name}/live"} <= set(doc["paths"])
+    status, _, html = sk.request("GET", server.url + "/")
+    assert status == 200 and b"/page/app.js" in html
+
+
+# -- limits and tokens -----------------------------------------------------------------------------------------------
+def test_limits_and_bearer_token(tmp_path, models_dir, avatars_dir, media):
+    from musetalk_enhanced.server.config import ServerConfig
+
+    with pytest.raises(ValueError, match="--token"):
+        ServerConfig(host="0.0.0.0").check()
+    ServerConfig(host="0.0.0.0", token="long-enough-secret").check()
+    token = "s3cret-token"
+    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir, "--token", token, "--max-upload-mb", "0.01",
+                   "--max-seconds", "0.3", "--max-queue", "1") as srv:
+        assert sk.call("GET", srv.url + "/v1/jobs")[0] == 401
+        assert sk.call("GET", srv.url + "/v1/jobs", headers={"Authorization": "Bearer wrong-token"})[0] == 401
+        assert sk.call("GET", srv.url + "/openapi.json")[0] == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert sk.call("GET", srv.url + "/v1/jobs", headers=auth)[0] == 200
+        assert sk.call("GET", srv.url + f"/v1/jobs?access_token={token}")[0] == 200
+        status, body = sk.submit(srv.url, files(media), headers=auth)
+        assert status == 413 and body["error"]["field"] == "video" and "--max-upload-mb" in body["error"]["fix"]
+        small = mk.write_video(str(tmp_path / "small.mp4"), mk.color_frames(12, 32, 32), 25)
+        status, body = sk.submit(srv.url, {"video": ("small.mp4", open(small, "rb").read())}, headers=auth)
+        assert status == 400 and "longer than" in body["error"]["message"], body
+        assert not os.listdir(os.path.join(srv.data_dir, "jobs"))
+
+
+# -- reliability -----------------------------------------------------------------------------------------------------
+def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, models_dir, avatars_dir, media):
+    short = media / "short.wav"
+    if not short.exists():
+        mk.write_wav(str(short), mk.tone(180, 0.24, 16000), 16000)
+    results, errors = {}, []
+
+    def client(i):
+        try:
+            video = "corrupt.mp4" if i == 7 else "talk.mp4"
+            status, body = sk.submit(srv.url, {**files(media, video, "short.wav"),
+                                               "options": json.dumps({**FACE, "batch_size": 8})})
+            if status != 202:
+                results[i] = ("refused", status, body["error"]["field"])
+                return
+            job = sk.wait_for(srv.url, body["id"], timeout=600)
+            results[i] = (job["state"], job["id"], job["progress"]["done"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir, "--max-queue", "32") as srv:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(900)
+        assert not errors, errors
+        assert results[7] == ("refused", 400, "video")
+        done = [r for i, r in results.items() if i != 7]
+        assert len(done) == 19 and all(r[0] == "done" and r[2] == 6 for r in done), results
+        assert sk.call("GET", srv.url + "/v1/health")[1]["ok"]
+
+
+def long_job(srv, media, batch_size):
+    long_voice = media / "long.wav"
+    if not long_voice.exists():
+        mk.write_wav(str(long_voice), mk.tone(150, 6.0, 16000), 16000)
+    status, body = sk.submit(srv.url, {**files(media, "talk.mp4", "long.wav"),
+                                       "options": json.dumps({**FACE, "batch_size": batch_size})})
+    assert status == 202, body
+    return body["id"]
+
+
+def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, models_dir, avatars_dir, media):
+    data = str(tmp_path / "srv")
+    srv = sk.Server(data, models_dir, avatars_dir).start()
+    try:
+        quick = sk.submit(srv.url, {**files(media), "options": json.dumps(FACE)})[1]["id"]
+        assert sk.wait_for(srv.url, quick)["state"] == "done"
+        victim = long_job(srv, media, 2)
+        queued = long_job(srv, media, 2)
+        sk.wait_for(srv.url, victim, states=("running",))
+        deadline = time.time() + 300
+        while sk.call("GET", f"{srv.url}/v1/jobs/{victim}")[1]["progress"]["done"] < 4 and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        srv.stop(signal.SIGKILL)
+    assert not os.path.exists(os.path.join(data, "jobs", victim, "result.mp4"))
+    with sk.Server(data, models_dir, avatars_dir) as srv2:
+        job = sk.call("GET", f"{srv2.url}/v1/jobs/{victim}")[1]
+        assert job["state"] in ("queued", "running") and "re-queued" in job["error"] and job["result"] is None
+        assert sk.call("GET", f"{srv2.url}/v1/jobs/{victim}/result")[0] == 409
+        assert sk.call("GET", f"{srv2.url}/v1/jobs/{quick}")[1]["state"] == "done"
+        assert sk.request("GET", f"{srv2.url}/v1/jobs/{quick}/result")[0] == 200
+        for job_id in (victim, queued):
+            finished = sk.wait_for(srv2.url, job_id, timeout=600)
+            assert finished["state"] == "done" and finished["progress"]["done"] == 150, finished
+        assert sk.call("GET", f"{srv2.url}/v1/jobs/{victim}")[1]["attempts"] == 2
+
+
+def test_cancel_mid_job_stops_within_a_batch(tmp_path, models_dir, avatars_dir, media):
+    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir) as srv:
+        job_id = long_job(srv, media, 2)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            job = sk.call("GET", f"{srv.url}/v1/jobs/{job_id}")[1]
+            if job["progress"]["stage"] == "lip-sync" and job["progress"]["done"] >= 4:
+                break
+            time.sleep(0.05)
+        at_cancel = job["progress"]["done"]
+        status, body = sk.call("DELETE", f"{srv.url}/v1/jobs/{job_id}")
+        assert status == 202 and body["state"] == "cancelling"
+        job = sk.wait_for(srv.url, job_id, timeout=60)
+        assert job["state"] == "cancelled" and job["result"] is None
+        assert job["progress"]["done"] - at_cancel <= 2 * 2, (at_cancel, job["progress"])  # a batch (+ one write)
+        assert not os.path.exists(os.path.join(srv.data_dir, "jobs", job_id, "result.mp4"))
+        assert not os.path.exists(os.path.join(srv.data_dir, "jobs", job_id, "work"))
+        queued = long_job(srv, media, 2)          # the worker goes on
+        assert sk.call("DELETE", f"{srv.url}/v1/jobs/{queued}")[0] in (200, 202)
+        assert sk.wait_for(srv.url, queued, timeout=60)["state"] == "cancelled"
+
+
+# -- live ------------------------------------------------------------------------------------------------------------
+async def live_session(url, voice, chunk_s=0.2, read=True):
+    import aiohttp
+
+    frames, texts = [], []
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(url.replace("http", "ws") + "/v1/avatars/host/live?format=s16") as ws:
+            ready = json.loads((await ws.receive()).data)
+            step = int(16000 * chunk_s)
+            for i in range(0, len(voice), step):
+                await ws.send_bytes((voice[i:i + step] * 32767).astype("<i2").tobytes())
+            await ws.send_str(json.dumps({"type": "end"}))
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    frames.append(msg.data)
+                else:
+                    texts.append(json.loads(msg.data))
+                    if texts[-1]["type"] in ("end", "error"):
+                        break
+    return ready, frames, texts
+
+
+def test_live_websocket_streams_every_frame_in_order(server, media):
+    import cv2
+
+    from musetalk_enhanced.pipeline.media.audio import load_audio_file, to_mono
+
+    voice = to_mono(load_audio_file(str(media / "voice.wav")), 16000)
+    ready, frames, texts = asyncio.run(live_session(server.url, voice))
+    n = int(np.ceil(len(voice) / 16000 * 25 - 1e-6))
+    assert ready == {"type": "ready", "avatar": "host", "fps": 25.0, "width": 192, "height": 192}
+    assert texts[-1] == {"type": "end", "frames": n, "dropped": 0}
+    heads = [struct.unpack("<Id", f[:12]) for f in frames]
+    assert [h[0] for h in heads] == list(range(n)) and heads[-1][1] == pytest.approx((n - 1) / 25)
+    img = cv2.imdecode(np.frombuffer(frames[0][12:], np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (192, 192, 3)
+    status, body = sk.call("GET", server.url + "/v1/avatars/nobody/live")
+    assert status == 404 and body["error"]["field"] == "name"
+
+
+def test_a_slow_live_client_loses_old_frames_not_memory():
+    from musetalk_enhanced.server import live
+
+    class Speech:                                  # makes 40 frames at once
+        def push(self, pcm):
+            return [(k, np.full((16, 16, 3), k, np.uint8)) for k in range(40)]
+
+        def close(self):
+            return []
+
+    class SlowSocket:
+        def __init__(self):
+            self.sent, self.texts, self.max_queue = [], [], 0
+
+        async def send_bytes(self, data):
+            self.max_queue = max(self.max_queue, session.frames.items.qsize())
+            await asyncio.sleep(0.01)
+            self.sent.append(struct.unpack("<Id", data[:12])[0])
+
+        async def send_str(self, text):
+            self.texts.append(json.loads(text))
+
+    async def scenario():
+        global session
+        session = live.LiveSession(Speech(), 25.0, "f32")
+        ws = SlowSocket()
+        session.add_voice(np.zeros(3200, np.float32).tobytes())
+        session.end()
+        await asyncio.gather(session.make_frames(), live.send_frames(ws, session))
+        session.close()
+        return ws
+
+    ws = asyncio.run(scenario())
+    assert ws.max_queue <= live.LIVE_QUEUE_FRAMES
+    assert ws.sent == sorted(ws.sent) and ws.sent[-1] == 39 and len(ws.sent) < 40
+    dropped = sum(t["count"] for t in ws.texts if t["type"] == "dropped")
+    assert dropped == 40 - len(ws.sent) and ws.texts[-1] == {"type": "end", "frames": len(ws.sent),
+                                                              "dropped": dropped}
+
+
+# -- the page in a real browser --------------------------------------------------------------------------------------
+def chromium_path():
+    import shutil
+
+    return os.environ.get("MUSETALK_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
+def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    voice = str(media / "voice.wav")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(),
+                                    args=["--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=30000)
+            assert page.locator("#options select[name=backend] option").count() >= 2   # from /openapi.json
+            page.set_input_files("#video", str(media / "talk.mp4"))
+            page.set_input_files("#audio", voice)
+            page.click("#dub-form summary")                                  # open Options, as a user
+            page.fill("#options input[name=min_face_size]", "30")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('status').dataset.state === 'done'", timeout=300000)
+            page.wait_for_function("document.getElementById('result').readyState >= 1", timeout=60000)
+            n = expected_frames(media / "voice.wav")
+            assert page.evaluate("document.getElementById('result').duration") == pytest.approx(n / 25, abs=0.08)
+            assert page.evaluate("document.getElementById('result').play().then(() => 'playing', e => String(e))") \
+                == "playing"
+            assert page.get_attribute("#download", "href").endswith("?download=1")
+            page.click("#tab-live")
+            page.select_option("#live-avatar", "host")
+            page.set_input_files("#live-audio", voice)
+            page.click("#live-start")
+            page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
+            frames = int(page.text_content("#live-frames"))
+            dropped = int(page.text_content("#live-dropped"))
+            assert frames + dropped == n and frames > 0
+            assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 192
+            assert not errors, errors
+        finally:
+            browser.close()
