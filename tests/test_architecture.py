@@ -53,7 +53,7 @@ def imported_files(path: str):
 
 def test_every_module_named_in_the_doc_exists():
     text = open(DOC).read()
-    named = set(re.findall(r"\b((?:pipeline|nodes|models)/[\w/]*\.py|cli\.py|avatar_cli\.py)\b", text))
+    named = set(re.findall(r"\b((?:pipeline|nodes|models|server)/[\w/]*\.py|cli\.py|avatar_cli\.py)\b", text))
     assert len(named) >= 25, named
     missing = sorted(p for p in named if not os.path.exists(os.path.join(ROOT, p)))
     assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
@@ -68,10 +68,19 @@ def test_every_pipeline_module_is_on_the_page():
         assert path in text, f"{path} is not described in docs/architecture.md"
 
 
+def test_every_server_module_is_on_the_page():
+    text = open(DOC).read()
+    for name in sorted(os.listdir(os.path.join(ROOT, "server"))):
+        if name.endswith(".py") and name != "__init__.py":
+            assert f"server/{name}" in text, f"server/{name} is not described in docs/architecture.md"
+
+
 @pytest.mark.parametrize("path", pipeline_modules())
 def test_no_floor_imports_from_above(path):
     own = floor_of(path)
     for target in imported_files(path):
+        assert not target.startswith(("server/", "nodes/")) and target not in ("cli.py", "avatar_cli.py"), \
+            f"{path} imports {target}: the pipeline never imports the layer above it"
         if target.startswith("pipeline/"):
             assert floor_of(target) <= own, (f"{path} ({FLOORS[own][0]}) imports {target} "
                                              f"({FLOORS[floor_of(target)][0]}), a floor above it")
