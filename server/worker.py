@@ -39,6 +39,9 @@ class Worker(threading.Thread):
     """Runs jobs one at a time on ``device`` until :meth:`stop`."""
 
     def __init__(self, store: JobStore, device: str, wake: threading.Event, auto_download: bool = True):
+        from ..pipeline.runtime import pick_device
+
+        device = str(pick_device(device))          # 'auto' shown as what it is: cpu, cuda, cuda:1, mps
         super().__init__(name=f"job-worker-{device}", daemon=True)
         self.store, self.device, self.wake, self.auto_download = store, device, wake, auto_download
         self.cancel_requests: Set[str] = set()
