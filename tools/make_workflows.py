@@ -1,5 +1,6 @@
 """Regenerate the workflow JSONs (smoke workflows under tests/workflows/; example workflows under
-example_workflows/). Run from the repo root: ``.venv/bin/python tools/make_workflows.py``.
+example_workflows/, and their API-format exports under example_workflows/api/, tools/workflow_api.py). Run from the
+repo root: ``.venv/bin/python tools/make_workflows.py``.
 
 Widget values are laid out from the nodes' INPUT_TYPES (ours) and tools/workflow_builder.py's tables (core nodes,
 VideoHelperSuite), so regenerating after a node gains an input keeps every workflow loadable. The example media and
@@ -411,4 +412,8 @@ if __name__ == "__main__":
     smoke_workflows(os.path.join(ROOT, "tests", "workflows"))
     print("wrote tests/workflows/*.json")
     for p in example_workflows(os.path.join(ROOT, "example_workflows")):
+        print("wrote", os.path.relpath(p, ROOT))
+    from workflow_api import write_api_exports  # the same workflows in API format (Export (API), POST /prompt)
+
+    for p in write_api_exports(os.path.join(ROOT, "example_workflows"), load_pack()):
         print("wrote", os.path.relpath(p, ROOT))
