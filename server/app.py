@@ -288,7 +288,7 @@ async def start_workers(app: web.Application) -> None:
     config = app[CONFIG]
     os.makedirs(config.data_dir, exist_ok=True)
     app[STORE] = JobStore(config.db_path, config.jobs_dir)
-    for note in app[STORE].recover():
+    for note in app[STORE].recover() + app[STORE].prune(config.keep_days):
         log.info(note)
     app[WORKERS] = [Worker(app[STORE], d, app[WAKE], config.auto_download) for d in config.devices]
     for w in app[WORKERS]:

@@ -13,6 +13,7 @@ DEFAULT_MAX_UPLOAD_MB = 512         # per uploaded file
 DEFAULT_MAX_SECONDS = 600.0         # longest video or voice accepted, in seconds
 DEFAULT_MAX_LIVE = 4                # live avatar connections at once
 LIVE_QUEUE_FRAMES = 8               # frames waiting for a slow live client before the oldest are dropped
+DEFAULT_KEEP_DAYS = 7.0             # finished jobs (and their files) older than this are removed at start; 0 keeps all
 MAX_ATTEMPTS = 2                    # a job interrupted by a server stop this many times fails instead of re-queueing
 
 
@@ -44,6 +45,7 @@ class ServerConfig:
     max_seconds: float = DEFAULT_MAX_SECONDS
     max_live: int = DEFAULT_MAX_LIVE
     auto_download: bool = True
+    keep_days: float = DEFAULT_KEEP_DAYS
 
     def check(self) -> None:
         """Refuse settings that would expose the server or cannot work, naming the flag and the fix."""
@@ -54,6 +56,8 @@ class ServerConfig:
             raise ValueError("--token must be at least 8 characters long.")
         if self.media_dir is not None and not os.path.isdir(self.media_dir):
             raise ValueError(f"--media-dir {self.media_dir} is not a folder; create it or leave the flag out.")
+        if self.keep_days < 0:
+            raise ValueError("--keep-days must be 0 (keep every finished job) or positive.")
         for name in ("max_queue", "max_upload_mb", "max_seconds", "max_live"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive.")

@@ -138,7 +138,7 @@ class JobStore:
     def claim(self, device: str) -> Optional[Job]:
         """The oldest queued job, now running on ``device`` (None when the queue is empty)."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
+            row = self._db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created, rowid LIMIT 1").fetchone()
             if row is None:
                 return None
             self._db.execute("UPDATE jobs SET state='running', started=?, device=?, attempts=attempts+1, stage=NULL,"
@@ -196,6 +196,19 @@ class JobStore:
             if job.state != "done":
                 _remove(self.result_path(job.id))
         return notes
+
+
+    def prune(self, keep_days: float) -> List[str]:
+        """Delete finished jobs older than ``keep_days`` with their files (0: keep everything)."""
+        if keep_days <= 0:
+            return []
+        cutoff = time.time() - keep_days * 86400
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE state IN ('done','failed','cancelled') AND "
+                                    "finished < ?", (cutoff,)).fetchall()
+        for (job_id,) in rows:
+            self.delete(job_id)
+        return [f"job {job_id}: finished more than {keep_days:g} days ago, removed" for (job_id,) in rows]
 
 
 def _remove(path: str) -> None:

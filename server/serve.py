@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=C.DEFAULT_MAX_UPLOAD_MB)
     p.add_argument("--max-seconds", type=float, default=C.DEFAULT_MAX_SECONDS, help="longest video/voice accepted")
     p.add_argument("--max-live", type=int, default=C.DEFAULT_MAX_LIVE, help="live avatar sessions at once")
+    p.add_argument("--keep-days", type=float, default=C.DEFAULT_KEEP_DAYS,
+                   help="remove finished jobs and their files this many days after they end (0: keep all)")
     p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
     p.add_argument("--no-download", action="store_true", help="never download weights (jobs fail naming the files)")
     return p
@@ -35,7 +37,8 @@ def config_from(args) -> C.ServerConfig:
     cfg = C.ServerConfig(host=args.host, port=args.port, token=args.token or None, media_dir=args.media_dir,
                          devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()) or ("auto",),
                          max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
-                         max_live=args.max_live, auto_download=not args.no_download)
+                         max_live=args.max_live, auto_download=not args.no_download,
+                         keep_days=args.keep_days)
     if args.data_dir:
         cfg.data_dir = os.path.abspath(args.data_dir)
     return cfg

@@ -194,6 +194,50 @@ def test_limits_and_bearer_token(tmp_path, models_dir, avatars_dir, media):
         assert not os.listdir(os.path.join(srv.data_dir, "jobs"))
 
 
+# -- the job store after a stop --------------------------------------------------------------------------------------
+def test_job_store_recovery_and_pruning(tmp_path):
+    from musetalk_enhanced.server.config import MAX_ATTEMPTS
+    from musetalk_enhanced.server.jobs import JobStore
+
+    store = JobStore(str(tmp_path / "jobs.sqlite"), str(tmp_path / "jobs"))
+    ids = {}
+    for name in ("done", "done_lost", "running", "running_again", "old", "queued"):
+        ids[name] = store.new_folder()
+        store.create(ids[name], "dub", {"video": "v.mp4"}, {"batch_size": 2})
+    for name in ("done", "done_lost", "running", "running_again", "old"):
+        assert store.claim("cpu").id == ids[name]            # oldest first
+    for name in ("done", "old"):
+        open(store.result_path(ids[name]), "wb").write(b"mp4")
+        store.finish(ids[name], "done", report={"frames": 3})
+    store.finish(ids["done_lost"], "done", report={"frames": 3})          # its file never arrived
+    for name in ("running", "running_again"):
+        os.makedirs(store.folder(ids[name], "work"))
+        open(store.folder(ids[name], "work", "result.mp4"), "wb").write(b"half")
+        open(store.result_path(ids[name]), "wb").write(b"stale")
+    for _ in range(MAX_ATTEMPTS - 1):                                     # interrupted before, re-claimed since
+        store.requeue(ids["running_again"], "re-queued")
+        assert store.claim("cpu").id == ids["running_again"]
+    store.close()
+
+    store = JobStore(str(tmp_path / "jobs.sqlite"), str(tmp_path / "jobs"))   # the restart
+    notes = store.recover()
+    state = {name: store.get(i) for name, i in ids.items()}
+    assert state["done"].state == "done" and os.path.isfile(store.result_path(ids["done"]))
+    assert state["done_lost"].state == "failed" and "missing" in state["done_lost"].error
+    assert state["running"].state == "queued" and "re-queued" in state["running"].error
+    assert state["running_again"].state == "failed" and f"{MAX_ATTEMPTS} times" in state["running_again"].error
+    assert state["queued"].state == "queued" and len(notes) == 3
+    for name in ("running", "running_again"):
+        assert not os.path.exists(store.folder(ids[name], "work"))
+        assert not os.path.exists(store.result_path(ids[name]))
+    assert store.claim("cpu").id == ids["running"] and store.get(ids["running"]).attempts == 2
+    # pruning: only finished jobs past the age, with their folders
+    store._db.execute("UPDATE jobs SET finished = finished - 8 * 86400 WHERE id = ?", (ids["old"],))
+    assert store.prune(0) == [] and store.get(ids["old"]) is not None
+    assert len(store.prune(7)) == 1 and store.get(ids["old"]) is None
+    assert not os.path.exists(store.folder(ids["old"])) and store.get(ids["done"]).state == "done"
+
+
 # -- reliability -----------------------------------------------------------------------------------------------------
 def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, models_dir, avatars_dir, media):
     short = media / "short.wav"
