@@ -32,3 +32,17 @@ def shared_path(*parts):
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture(scope="session")
+def small_models_dir(tmp_path_factory):
+    """A models folder in the released layouts: small random MuseTalk UNet and VAE, full-size random whisper-tiny
+    (the command line and the server read weights from such a folder)."""
+    from test_lipsync import UNET_SMALL, VAE_SMALL
+    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
+
+    root = str(tmp_path_factory.mktemp("models"))
+    tw_unet.write_test_weights(root, config=UNET_SMALL)
+    tw_vae.write_test_weights(root, config=VAE_SMALL)
+    tw_whisper.write_test_weights(root)
+    return root

@@ -8,18 +8,11 @@ import pytest
 
 import mediakit as mk
 from conftest import ROOT
-from test_lipsync import UNET_SMALL, VAE_SMALL
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
-
-    root = str(tmp_path_factory.mktemp("models"))
-    tw_unet.write_test_weights(root, config=UNET_SMALL)
-    tw_vae.write_test_weights(root, config=VAE_SMALL)
-    tw_whisper.write_test_weights(root)
-    return root
+def models_dir(small_models_dir):
+    return small_models_dir
 
 
 @pytest.fixture(scope="module")

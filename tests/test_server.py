@@ -17,21 +17,14 @@ import pytest
 import mediakit as mk
 import serverkit as sk
 from conftest import ROOT
-from test_lipsync import UNET_SMALL, VAE_SMALL
 
 pytest.importorskip("aiohttp")
 FACE = {"min_face_size": 30}
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
-
-    root = str(tmp_path_factory.mktemp("models"))
-    tw_unet.write_test_weights(root, config=UNET_SMALL)
-    tw_vae.write_test_weights(root, config=VAE_SMALL)
-    tw_whisper.write_test_weights(root)
-    return root
+def models_dir(small_models_dir):
+    return small_models_dir
 
 
 @pytest.fixture(scope="module")
