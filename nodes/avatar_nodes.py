@@ -7,12 +7,19 @@ from .lipsync_nodes import node_outputs, output_sink
 
 AVATAR_TYPE = "MUSETALK_AVATAR"
 CATEGORY = "MuseTalk/avatars"
+FROM_AVATAR = "avatar default"       # Avatar Speak's loop choice: the one stored with the avatar
+LOOP_TOOLTIP = ("How the frames repeat while the avatar speaks: ping_pong plays them forward then backward (the "
+                "original MuseTalk's cycle, no jump), forward starts over from the first frame of the range.")
+RANGE_TOOLTIP = ("The source frames the idle loop uses, 'a-b' (frames a to b, inclusive, counted from 0), e.g. "
+                 "'0-49' for the first two seconds at 25 fps; empty or 'all' = every frame.")
 
 
 class MuseTalkPrepareAvatar:
     @classmethod
     def INPUT_TYPES(cls):
+        from ..pipeline.avatars import DEFAULT_LOOP
         from ..pipeline.backends.blending import BLEND_CHOICES
+        from ..pipeline.lipsync.plan import LOOP_CHOICES
 
         return {
             "required": {
@@ -33,6 +40,10 @@ class MuseTalkPrepareAvatar:
                 "frames": (FRAMES_TYPE, {"tooltip": "The avatar's frames streamed from a video file (Load Video)."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 0.001, "max": 240.0, "step": 0.001,
                                   "tooltip": "Frame rate of 'images' (ignored with 'frames': it carries its own)."}),
+                "loop": (list(LOOP_CHOICES), {"default": DEFAULT_LOOP, "tooltip": LOOP_TOOLTIP + " Stored as the "
+                                              "avatar's default; changing it does not prepare the avatar again."}),
+                "loop_range": ("STRING", {"default": "", "tooltip": RANGE_TOOLTIP + " Stored as the avatar's "
+                                          "default; changing it does not prepare the avatar again."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -47,23 +58,28 @@ class MuseTalkPrepareAvatar:
                    "settings and the weights are the same.")
 
     def prepare(self, name, faces, blend_mode="auto", force=False, images=None, frames=None, fps=25.0,
-                unique_id=None):
-        from ..pipeline.avatars import Avatar, is_current, prepare_avatar
+                loop=None, loop_range="", unique_id=None):
+        from ..pipeline.avatars import DEFAULT_LOOP, Avatar, is_current, prepare_avatar
         from ..pipeline.avatars.avatar import describe
 
         seq = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Prepare Avatar")
         source, settings = _identity(seq), {"faces": _face_settings(faces), "blend_mode": blend_mode}
+        loop = loop or DEFAULT_LOOP
         if not force and is_current(name, source, settings):
             avatar = Avatar(name)
-            return (avatar, f"reused: {describe(avatar.manifest)}")
+            changed = avatar.set_default_loop(loop, loop_range)
+            return (avatar, f"reused{' (new idle loop)' if changed else ''}: {describe(avatar.manifest)}")
         runtime = comfy.make_runtime(unique_id)
-        avatar = prepare_avatar(name, seq, faces, runtime, source=source, settings=settings, blend_mode=blend_mode)
+        avatar = prepare_avatar(name, seq, faces, runtime, source=source, settings=settings, blend_mode=blend_mode,
+                                loop=loop, loop_range=loop_range)
         return (avatar, f"prepared: {describe(avatar.manifest)}")
 
 
 class MuseTalkAvatarSpeak:
     @classmethod
     def INPUT_TYPES(cls):
+        from ..pipeline.lipsync.plan import LOOP_CHOICES
+
         return {
             "required": {
                 "audio": ("AUDIO", {"tooltip": "The voice to speak (any rate and channels)."}),
@@ -75,6 +91,10 @@ class MuseTalkAvatarSpeak:
                                                     "'avatar_name'."}),
                 "avatar_name": ("STRING", {"default": "", "tooltip": "Name of an avatar prepared earlier (used when "
                                                                      "'avatar' is not connected)."}),
+                "loop": ([FROM_AVATAR] + list(LOOP_CHOICES), {"default": FROM_AVATAR, "tooltip": LOOP_TOOLTIP +
+                                                              f" '{FROM_AVATAR}': the loop stored with the avatar."}),
+                "loop_range": ("STRING", {"default": "", "tooltip": RANGE_TOOLTIP.replace(
+                    "empty or 'all' = every frame", "'all' = every frame; empty = the range stored with the avatar")}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -87,10 +107,11 @@ class MuseTalkAvatarSpeak:
     FUNCTION = "speak"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Speak a voice through a prepared avatar: only whisper, the UNet and the VAE decoder run per "
-                   "frame. Output at the avatar's fps, one frame per 1/fps of voice, the frames looping ping-pong; "
-                   "cutaway frames untouched.")
+                   "frame. Output at the avatar's fps, one frame per 1/fps of voice, the frames repeating in the "
+                   "avatar's idle loop (or the one chosen here); cutaway frames untouched.")
 
-    def speak(self, audio, batch_size=8, avatar=None, avatar_name="", unique_id=None):
+    def speak(self, audio, batch_size=8, avatar=None, avatar_name="", loop=FROM_AVATAR, loop_range="",
+              unique_id=None):
         from ..pipeline.audio_features import compute_audio_features
         from ..pipeline.avatars import Avatar, AvatarError
         from ..pipeline.media.audio import from_comfy
@@ -100,8 +121,11 @@ class MuseTalkAvatarSpeak:
                 raise AvatarError("avatar: connect Prepare Avatar or type the name of a prepared avatar.")
             avatar = Avatar(avatar_name.strip())
         runtime = comfy.make_runtime(unique_id)
+        avatar.ensure_current(runtime)      # a cached avatar whose folder was prepared again: its fps may differ
         features = compute_audio_features(from_comfy(audio, "audio"), avatar.fps, "musetalk", None, runtime)
-        run = avatar.start(features, runtime, batch_size=batch_size)
+        run = avatar.start(features, runtime, batch_size=batch_size,
+                           loop=None if loop in (None, FROM_AVATAR) else loop,
+                           loop_range=(loop_range or "").strip() or None)
         sink, to_image = output_sink(avatar.frames, run.plan)
         report = run.into(sink)
         images_out, frames_out = node_outputs(sink.close(), avatar.frames, to_image)

@@ -5,8 +5,18 @@ store.py): the frames, the face decisions (cutaways included: they are kept and 
 boxes, MuseTalk's VAE latents of each face and each face's blend mask. :meth:`Avatar.speak` then costs only whisper,
 the UNet step, the VAE decode and the paste: it runs the one lip-sync entry point (:class:`~..lipsync.LipSyncRun`)
 on the stored frames with a MuseTalk backend whose per-frame caches are filled from the folder, so the output has
-the avatar's fps, one frame per ``1/fps`` of audio (rounded up: nothing of the voice is dropped), and loops the frames
-ping-pong like the original when the voice is longer than the clip.
+the avatar's fps and one frame per ``1/fps`` of audio (rounded up: nothing of the voice is dropped).
+
+**Idle loop**: the frames an avatar shows while it speaks repeat over a range of source frames (``loop_range``
+``"a-b"``, frames a..b inclusive; every frame by default) either ping-pong (``ping_pong``, the original's cycle,
+spec musetalk §1.6 and §2 "Cycles") or from the start again (``forward``). The avatar keeps a default in its
+manifest, set at preparation and changed in place (:meth:`Avatar.set_default_loop`: the latents do not depend on
+it); every speech may override it.
+
+**Prepared again under a live reference**: each preparation has an identity (``prepare_id``). An :class:`Avatar`
+checks at every :meth:`Avatar.start` (and a live speech when it starts) that its folder still holds its preparation:
+a newer valid one is loaded transparently (logged, and noted in the report), a removed one is an error naming the
+avatar and the fix.
 
 Differences from the original's real-time mode, deliberately: a clip with face-less frames can be prepared (the
 original fails, #224), nothing prompts, the clip's own fps is kept (not forced to 25), the last frame is kept, and the
@@ -14,63 +24,87 @@ precision follows the runtime (not forced fp16).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..lipsync.plan import LOOP_CHOICES, Plan, loop_frame
 from ..media.frames import Frames
 from ..runtime import Runtime
 from ..types import Detection, Face, FaceSequence, FrameFaces
 from . import store
-from .store import AvatarError
+from .store import AvatarError, file_identity, frames_identity, is_current, weights_identity  # noqa: F401 (API)
 
-LOOP = "ping-pong"   # the original's frame cycle (spec musetalk §1.6); the plan's follow_audio policy
-
-
-# ---- identity: when an avatar must be prepared again --------------------------------------------------------------
-def file_identity(path: str) -> Dict:
-    """What identifies a source file: absolute path, size and modification time."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": int(st.st_size), "mtime": float(st.st_mtime)}
+DEFAULT_LOOP = LOOP_CHOICES[0]          # ping_pong: the original's cycle
+WHOLE_CLIP = ("", "all")                # loop_range texts meaning every frame
+LoopRange = Union[str, Tuple[int, int], List[int], None]
 
 
-def frames_identity(frames: Frames) -> Dict:
-    """What identifies frames given in memory (an IMAGE batch): a digest of their pixels."""
-    digest = hashlib.sha1()
-    for batch in frames.iter_batches(32):
-        digest.update(np.ascontiguousarray(batch.rgb).tobytes())
-    return {"sha1": digest.hexdigest(), "frames": len(frames), "width": frames.width, "height": frames.height}
+# ---- the idle loop: which stored frames repeat while the avatar speaks -------------------------------------------
+@dataclass(frozen=True)
+class IdleLoop:
+    loop: str        # one of LOOP_CHOICES
+    first: int       # source frames first..last, inclusive
+    last: int
+
+    def frame(self, k: int) -> int:
+        """The source frame output frame ``k`` shows."""
+        return loop_frame(k, self.first, self.last, self.loop)
+
+    def plan(self, plan: Plan) -> Plan:
+        """``plan`` (follow_audio: as long as the voice) showing this loop's frames."""
+        source = np.array([self.frame(k) for k in range(plan.num_frames)], np.int64)
+        return Plan(source, plan.num_audio_frames, plan.policy, [f"idle loop: {self.text()}"])
+
+    def text(self) -> str:
+        return f"{self.loop} over frames {self.first}-{self.last}"
 
 
-def weights_identity() -> Dict:
-    """The files the stored latents and masks depend on: the VAE (latents) and the face parser (masks)."""
-    from ...models import registry
+def check_loop(loop: str, loop_range: LoopRange, num_frames: int, name: str) -> Tuple[str, Optional[List[int]]]:
+    """``(loop, [first, last] or None for every frame)`` after checking both against an avatar of ``num_frames``.
 
-    out = {}
-    for key in ("sd_vae.weights", "sd_vae.weights_bin", "face_parse.bisenet"):
-        path = registry.find(key)
-        if path:
-            out[key] = {"file": os.path.basename(path), "size": int(os.path.getsize(path))}
-    return out
+    ``loop_range``: ``"a-b"`` (source frames a..b, inclusive), ``(a, b)``, or ``""``/``"all"``/None: every frame."""
+    if loop not in LOOP_CHOICES:
+        raise AvatarError(f"avatar {name!r}: loop {loop!r} is not an idle loop; use one of {', '.join(LOOP_CHOICES)}.")
+    if loop_range is None or (isinstance(loop_range, str) and loop_range.strip().lower() in WHOLE_CLIP):
+        return loop, None
+    try:
+        a, b = ([int(v) for v in loop_range.strip().split("-")] if isinstance(loop_range, str)
+                else [int(v) for v in loop_range])
+    except (TypeError, ValueError):
+        a, b = -1, -1
+    if not 0 <= a <= b < num_frames:
+        raise AvatarError(f"avatar {name!r}: loop_range {loop_range!r} is not a range of its frames; give 'a-b' with "
+                          f"0 <= a <= b <= {num_frames - 1} (source frames a to b, inclusive), or leave it empty "
+                          "for every frame.")
+    return loop, [a, b]
+
+
+def stored_loop(manifest: Dict) -> str:
+    """The avatar's default idle loop (``ping-pong`` in avatars made before the choice existed)."""
+    loop = manifest.get("loop", DEFAULT_LOOP)
+    return DEFAULT_LOOP if loop == "ping-pong" else loop
 
 
 # ---- preparing -----------------------------------------------------------------------------------------------------
 def prepare_avatar(name: str, frames: Frames, faces: FaceSequence, runtime: Optional[Runtime] = None, *,
                    source: Dict, settings: Dict, engine=None, parser=None, blend_mode: str = "auto",
-                   auto_download: bool = True, root: Optional[str] = None) -> "Avatar":
+                   auto_download: bool = True, root: Optional[str] = None, loop: str = DEFAULT_LOOP,
+                   loop_range: LoopRange = None) -> "Avatar":
     """Store ``frames`` with their ``faces`` as avatar ``name``: frames, face decisions, VAE latents and blend masks
     (streamed, bounded memory). ``source`` and ``settings`` identify what it was made from (see
-    :func:`is_current`). ``engine``/``parser`` override model loading (tests)."""
+    :func:`is_current`); ``loop``/``loop_range`` are its default idle loop (:func:`check_loop`).
+    ``engine``/``parser`` override model loading (tests)."""
     from ..backends.blending import load_face_parser, resolve_blend_mode
     from ..backends.musetalk_engine import load_musetalk
 
     runtime = runtime or Runtime()
     faces.check_matches(len(frames), frames.width, frames.height)
+    idle = check_loop(loop, loop_range, len(frames), name)
     mode = resolve_blend_mode(blend_mode)
     engine = engine or load_musetalk(runtime, auto_download, posterior="mode")
     if mode != "feather" and parser is None:
@@ -78,7 +112,7 @@ def prepare_avatar(name: str, frames: Frames, faces: FaceSequence, runtime: Opti
     staging = store.staging_dir(name, root)
     try:
         latents, masks = _store_frames(staging, frames, faces, engine, parser, mode, runtime)
-        _save(staging, latents, masks, _manifest(name, frames, faces, source, settings, mode, masks))
+        _save(staging, latents, masks, _manifest(name, frames, faces, source, settings, mode, masks, idle))
         store.commit(staging, name, root)
     except BaseException:
         import shutil
@@ -117,7 +151,7 @@ def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, pars
 
 
 def _manifest(name: str, frames: Frames, faces: FaceSequence, source: Dict, settings: Dict, mode: str,
-              masks: Dict) -> Dict:
+              masks: Dict, idle: Tuple[str, Optional[List[int]]]) -> Dict:
     per_frame = []
     for ff in faces.frames:
         if ff.face is None:
@@ -127,8 +161,9 @@ def _manifest(name: str, frames: Frames, faces: FaceSequence, source: Dict, sett
                               "track": int(ff.face.track_id),
                               "mask_box": [int(v) for v in masks[ff.index].crop_box]})
     return {"format": store.FORMAT, "version": store.VERSION, "name": name, "created": time.time(),
-            "fps": float(frames.fps), "width": int(frames.width), "height": int(frames.height),
-            "num_frames": len(frames), "loop": LOOP, "blend_mode": mode, "source": source,
+            "prepare_id": store.new_prepare_id(), "fps": float(frames.fps), "width": int(frames.width),
+            "height": int(frames.height), "num_frames": len(frames), "loop": idle[0], "loop_range": idle[1],
+            "blend_mode": mode, "source": source,
             "settings": settings, "weights": weights_identity(), "frames": per_frame,
             "face_params": {k: v for k, v in (faces.params or {}).items() if isinstance(v, (str, int, float))}}
 
@@ -142,18 +177,7 @@ def _save(folder: str, latents: Dict[int, torch.Tensor], masks: Dict, manifest: 
               os.path.join(folder, store.LATENTS_FILE))
     save_file({f"mask.{i}": torch.from_numpy(np.ascontiguousarray(m.mask)) for i, m in masks.items()} or
               {"none": torch.zeros(0, dtype=torch.uint8)}, os.path.join(folder, store.MASKS_FILE))
-    with open(os.path.join(folder, store.MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-
-
-def is_current(name: str, source: Dict, settings: Dict, root: Optional[str] = None) -> bool:
-    """True when avatar ``name`` exists, is readable, and was made from this source with these settings and the
-    weight files present now: then preparing it again would change nothing."""
-    try:
-        m = store.read_manifest(name, root)
-    except AvatarError:
-        return False
-    return m.get("source") == source and m.get("settings") == settings and m.get("weights") == weights_identity()
+    store.write_manifest(folder, manifest)
 
 
 # ---- speaking ------------------------------------------------------------------------------------------------------
@@ -181,19 +205,66 @@ class AvatarFrames(Frames):
 
 
 class Avatar:
-    """A prepared avatar (checked when opened): ``frames``, ``faces``, and :meth:`speak`."""
+    """A prepared avatar (checked when opened): ``frames``, ``faces``, its default idle loop, and :meth:`speak`."""
 
     def __init__(self, name: str, root: Optional[str] = None):
-        self.name = name
+        self.name, self.root = name, root
         self.folder = store.avatar_dir(name, root)
-        self.manifest = store.read_manifest(name, root)
-        m = self.manifest
+        self.reload_notes: List[str] = []     # "prepared again, reloaded", until the next speech reports it
+        self._load(store.read_manifest(name, root))
+
+    def _load(self, manifest: Dict) -> None:
+        m = self.manifest = manifest
+        if len(m["frames"]) != m["num_frames"]:
+            raise AvatarError(f"avatar {self.name!r}: its manifest lists {len(m['frames'])} frames for "
+                              f"{m['num_frames']}. Prepare the avatar again.")
+        self.prepare_id = store.prepare_id(m)
         self.fps = float(m["fps"])
         self.frames = AvatarFrames(self.folder, m["num_frames"], self.fps, m["width"], m["height"])
         self.faces = _faces_from_manifest(m)
-        if len(m["frames"]) != m["num_frames"]:
-            raise AvatarError(f"avatar {name!r}: its manifest lists {len(m['frames'])} frames for "
-                              f"{m['num_frames']}. Prepare the avatar again.")
+
+    # -- the folder may have been prepared again (ComfyUI caches node outputs; the CLI may run meanwhile) ----------
+    def ensure_current(self, runtime: Optional[Runtime] = None) -> bool:
+        """Check the folder still holds this preparation. A newer valid one is loaded (logged, kept in
+        ``reload_notes`` for the next speech's report; returns True); a removed avatar is an :class:`AvatarError`
+        naming the fix; the same preparation refreshes the manifest (its default idle loop may have changed)."""
+        if not os.path.isfile(os.path.join(self.folder, store.MANIFEST)):
+            raise AvatarError(f"avatar {self.name!r}: its folder {self.folder} was removed after the avatar was "
+                              "loaded. Prepare it again (Prepare Avatar node, or `avatar prepare --video ... --name "
+                              f"{self.name}`), or speak another avatar.")
+        fresh = store.read_manifest(self.name, self.root)
+        if store.prepare_id(fresh) == self.prepare_id:
+            self.manifest = fresh
+            return False
+        self._load(fresh)
+        self.reload_notes.append(f"avatar {self.name}: its folder was prepared again after it was loaded; "
+                                 "reloaded the new preparation")
+        (runtime or Runtime()).log(self.reload_notes[-1])
+        return True
+
+    def take_reload_notes(self) -> List[str]:
+        notes, self.reload_notes = self.reload_notes, []
+        return notes
+
+    # -- the idle loop ---------------------------------------------------------------------------------------------
+    def idle_loop(self, loop: Optional[str] = None, loop_range: LoopRange = None) -> IdleLoop:
+        """The idle loop of one speech: ``loop``/``loop_range`` where given (a ``loop_range`` of ``""`` or ``"all"``
+        means every frame), the avatar's stored default otherwise."""
+        rng = self.manifest.get("loop_range") if loop_range is None else loop_range
+        mode, rng = check_loop(loop or stored_loop(self.manifest), rng, len(self.frames), self.name)
+        first, last = rng or (0, len(self.frames) - 1)
+        return IdleLoop(mode, first, last)
+
+    def set_default_loop(self, loop: str = DEFAULT_LOOP, loop_range: LoopRange = None) -> bool:
+        """Store a new default idle loop in the manifest (nothing is prepared again: it is a speaking-time choice).
+        Returns False when it was already the default."""
+        self.ensure_current()
+        mode, rng = check_loop(loop, loop_range, len(self.frames), self.name)
+        if (self.manifest.get("loop"), self.manifest.get("loop_range")) == (mode, rng):
+            return False
+        self.manifest = {**self.manifest, "loop": mode, "loop_range": rng}
+        store.write_manifest(self.folder, self.manifest)
+        return True
 
     def check_weights(self) -> None:
         """The latents and masks are only valid with the VAE and face parser they were made with."""
@@ -237,13 +308,17 @@ class Avatar:
         return backend
 
     def start(self, features, runtime: Optional[Runtime] = None, engine=None, batch_size: int = 8,
-              auto_download: bool = True) -> "AvatarRun":
-        """A run of the avatar speaking ``features`` (whisper features at the avatar's fps, MuseTalk layout): its
-        ``plan`` and ``audio`` (the voice cut to the output's length) are ready, ``into(sink)`` runs it."""
+              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None) -> "AvatarRun":
+        """A run of the avatar speaking ``features`` (whisper features at the avatar's fps, MuseTalk layout) over its
+        idle loop (:meth:`idle_loop`): its ``plan`` and ``audio`` (the voice cut to the output's length) are ready,
+        ``into(sink)`` runs it."""
         from ..backends.selection import MUSETALK, BackendSpec
         from ..lipsync import LipSyncRun
 
         runtime = runtime or Runtime()
+        self.ensure_current(runtime)
+        notes = self.take_reload_notes()
+        idle = self.idle_loop(loop, loop_range)
         if abs(float(features.fps) - self.fps) > 1e-6:
             raise AvatarError(f"avatar {self.name!r}: the voice features are timed at {features.fps:g} fps but the "
                               f"avatar plays at {self.fps:g} fps; compute them at the avatar's fps.")
@@ -253,25 +328,27 @@ class Avatar:
         backend = self.speaking_backend(runtime, engine, auto_download)
         run = LipSyncRun(self.frames, self.faces, features, BackendSpec(choice=MUSETALK, auto_download=auto_download),
                          length_policy="follow_audio", batch_size=batch_size, blend_mode=backend.blend_mode)
-        return AvatarRun(self, run, backend, runtime)
+        run.plan = idle.plan(run.plan)      # the same length, the frames of the idle loop
+        return AvatarRun(self, run, backend, runtime, notes)
 
     def speak(self, features, sink, runtime: Optional[Runtime] = None, engine=None, batch_size: int = 8,
-              auto_download: bool = True):
+              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None):
         """:meth:`start` + ``into(sink)``: returns ``(report, the voice cut to the output's length)``."""
-        run = self.start(features, runtime, engine, batch_size, auto_download)
+        run = self.start(features, runtime, engine, batch_size, auto_download, loop, loop_range)
         return run.into(sink), run.audio
 
 
 class AvatarRun:
     """One speech of an avatar: ``plan`` and ``audio`` at once, :meth:`into` lip-syncs into a sink."""
 
-    def __init__(self, avatar: Avatar, run, backend, runtime: Runtime):
+    def __init__(self, avatar: Avatar, run, backend, runtime: Runtime, notes: Optional[List[str]] = None):
         self.avatar, self.run, self.backend, self.runtime = avatar, run, backend, runtime
-        self.plan, self.audio = run.plan, run.audio
+        self.plan, self.audio, self.notes = run.plan, run.audio, list(notes or [])
 
     def into(self, sink):
         report = self.run.into(sink, self.runtime, engine_factory=lambda name: self.backend)
         report.notes.append(f"avatar {self.avatar.name}: {len(self.avatar.frames)} frames, faces from its cache")
+        report.notes.extend(self.notes)
         return report
 
 
@@ -298,8 +375,10 @@ def describe(manifest: Dict) -> str:
     faces = sum(1 for f in manifest["frames"] if "crop_box" in f)
     src = manifest.get("source", {})
     return (f"{manifest['name']}: {n} frames {manifest['width']}x{manifest['height']} @ {manifest['fps']:g} fps, "
-            f"{faces} with a face, {n - faces} cutaway; from {src.get('path', 'an IMAGE batch')}")
+            f"{faces} with a face, {n - faces} cutaway; idle loop {stored_loop(manifest)} over frames "
+            f"{'-'.join(str(v) for v in manifest.get('loop_range') or (0, n - 1))}; "
+            f"from {src.get('path', 'an IMAGE batch')}")
 
 
-__all__ = ["Avatar", "AvatarRun", "AvatarError", "prepare_avatar", "is_current", "file_identity", "frames_identity",
-           "describe"]
+__all__ = ["Avatar", "AvatarRun", "AvatarError", "IdleLoop", "prepare_avatar", "check_loop", "is_current",
+           "file_identity", "frames_identity", "describe", "DEFAULT_LOOP"]

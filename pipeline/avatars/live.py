@@ -5,11 +5,15 @@ output frames whose audio window is complete; :meth:`LiveSpeech.close` returns t
 reads whisper rows up to ``floor(k*50/fps) + 10 - 2m`` (spec musetalk.md §1.2: 120 ms after its time at 25 fps), so a
 frame is ready once that much voice has arrived.
 
-The whisper features are computed on the voice received so far, as if it ended there (MuseTalk's layout encodes 30 s
-windows zero-padded to 30 s): a frame made before the whole voice is known can differ slightly from the same frame
-made offline, the price of not waiting. Pushed in one piece, the voice gives exactly :meth:`.avatar.Avatar.speak`'s
-frames (tested). Frame order, count (``ceil(seconds * fps)``), the ping-pong loop and the cutaway frames (untouched)
+The whisper features are those of the voice received so far, as if it ended there (:class:`LiveVoice`): a frame made
+before the whole voice is known can differ slightly from the same frame made offline, the price of not waiting.
+Pushed in one piece, the voice gives exactly :meth:`.avatar.Avatar.speak`'s frames (tested). Frame order, count
+(``ceil(seconds * fps)``), the idle loop (the avatar's default, or the one given) and the cutaway frames (untouched)
 are those of the offline run.
+
+Cost per push: the new voice plus one 30 s whisper window (two when a window has just been completed), whatever the
+length of the speech; MuseTalk encodes each 30 s window alone (spec musetalk.md §1.2 steps 2-3: zero-padded to 30 s,
+log-mel maximum per window, no context across the seam), so a complete window's states never change and are kept.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..audio_features import (ROWS_PER_SECOND, ROWS_PER_SEGMENT, SEGMENT_SAMPLES, WINDOW_ROWS, AudioFeatures,
+                              compute_audio_features, musetalk_frame_count, musetalk_pad_unit)
 from ..media.audio import Audio
 from ..runtime import Runtime
 from .store import AvatarError
@@ -26,19 +32,76 @@ from .store import AvatarError
 SAMPLE_RATE = 16000
 
 
+class LiveVoice:
+    """The voice received so far and its whisper states (MuseTalk layout at ``fps``). Complete 30 s windows are
+    encoded once and kept; the open window is encoded again, as if the voice ended there, when :meth:`features` is
+    asked for after new voice arrived. ``windows_encoded`` counts the 30 s windows that went through the encoder."""
+
+    def __init__(self, fps: float, encoder=None, runtime: Optional[Runtime] = None):
+        self.fps, self.encoder, self.runtime = float(fps), encoder, runtime or Runtime()
+        self.samples = 0                          # voice received, 16 kHz samples
+        self.tail = np.zeros(0, np.float32)       # the samples after the kept windows
+        self.kept = 0                             # complete 30 s windows encoded for good
+        self.hidden: Optional[torch.Tensor] = None   # [capacity, 5, d]: the kept windows' rows, then the open one's
+        self.rows = 0                             # rows of ``hidden`` that are valid
+        self.fresh = True                         # ``hidden`` covers every sample received
+        self.windows_encoded = 0
+
+    def add(self, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self.tail = np.concatenate([self.tail, pcm])
+            self.samples += len(pcm)
+            self.fresh = False
+
+    def features(self) -> AudioFeatures:
+        """The features of all the voice so far (rows ``floor(samples*50/16000)``, spec musetalk.md §1.2 step 4)."""
+        if not self.fresh:
+            self._encode_tail()
+        hidden = self.hidden[:self.rows] if self.hidden is not None else torch.zeros((0, 5, 384))
+        return AudioFeatures(layout="musetalk", fps=self.fps, num_frames=musetalk_frame_count(self.samples, self.fps),
+                             hidden=hidden, audio=None, num_samples_16k=self.samples)
+
+    def _encode_tail(self) -> None:
+        """Encode the samples after the kept windows (the windows completed since, and the open one); keep the
+        complete ones. Their rows start at ``kept * 1500``: a 30 s window is exactly 1500 rows."""
+        part = compute_audio_features(Audio(self.tail[None], SAMPLE_RATE), self.fps, "musetalk", self.encoder,
+                                      self.runtime)
+        self.windows_encoded += int(part.info["windows_30s"])
+        base = self.kept * ROWS_PER_SEGMENT
+        self._store(base, part.hidden)
+        self.rows = base + part.rows
+        complete = len(self.tail) // SEGMENT_SAMPLES
+        self.kept += complete
+        self.tail = self.tail[complete * SEGMENT_SAMPLES:].copy()
+        self.fresh = True
+
+    def _store(self, base: int, states: torch.Tensor) -> None:
+        need = base + states.shape[0]
+        if self.hidden is None or need > self.hidden.shape[0]:      # grow by doubling: amortised O(new rows)
+            old = 0 if self.hidden is None else self.hidden.shape[0]
+            grown = torch.empty((max(need, 2 * old, ROWS_PER_SEGMENT),) + tuple(states.shape[1:]), dtype=states.dtype)
+            if self.hidden is not None:
+                grown[:base] = self.hidden[:base]
+            self.hidden = grown
+        self.hidden[base:need] = states.to(self.hidden.dtype)
+
+
 class LiveSpeech:
     """One live speech of ``avatar``; ``encoder``/``engine`` override model loading (tests, a server's shared
-    models)."""
+    models); ``loop``/``loop_range`` override the avatar's default idle loop (:meth:`.avatar.Avatar.idle_loop`)."""
 
     def __init__(self, avatar, runtime: Optional[Runtime] = None, engine=None, encoder=None, batch_size: int = 4,
-                 sample_rate: int = SAMPLE_RATE):
+                 sample_rate: int = SAMPLE_RATE, loop: Optional[str] = None, loop_range=None):
         if sample_rate != SAMPLE_RATE:
             raise AvatarError(f"live speech takes {SAMPLE_RATE} Hz mono PCM (got {sample_rate} Hz); resample the "
                               "voice first.")
         self.avatar, self.runtime = avatar, runtime or Runtime()
+        avatar.ensure_current(self.runtime)             # prepared again since it was loaded? then reloaded
+        self.notes = avatar.take_reload_notes()
+        self.idle = avatar.idle_loop(loop, loop_range)
         self.backend = avatar.speaking_backend(self.runtime, engine)
-        self.encoder, self.batch_size = encoder, max(1, int(batch_size))
-        self.pcm = np.zeros(0, np.float32)
+        self.voice = LiveVoice(avatar.fps, encoder, self.runtime)
+        self.batch_size = max(1, int(batch_size))
         self.next = 0          # the next output frame to make
         self.closed = False
 
@@ -46,8 +109,7 @@ class LiveSpeech:
         """Add voice samples; returns ``[(output frame index, uint8 [H, W, 3])]`` of the frames now ready."""
         if self.closed:
             raise AvatarError(f"avatar {self.avatar.name!r}: this live speech is closed; start a new one.")
-        chunk = np.asarray(pcm, np.float32).reshape(-1)
-        self.pcm = np.concatenate([self.pcm, chunk])
+        self.voice.add(np.asarray(pcm, np.float32).reshape(-1))
         return self._make(self._ready(final=False))
 
     def close(self) -> List[Tuple[int, np.ndarray]]:
@@ -57,13 +119,11 @@ class LiveSpeech:
 
     # -- which frames are ready ---------------------------------------------------------------------------------------
     def _ready(self, final: bool) -> int:
-        from ..audio_features import ROWS_PER_SECOND, WINDOW_ROWS, musetalk_pad_unit
-
-        fps = self.avatar.fps
-        total = max(1, int(math.ceil(len(self.pcm) / SAMPLE_RATE * fps - 1e-6)))   # as the plan: rounded up
+        fps, samples = self.avatar.fps, self.voice.samples
+        total = max(1, int(math.ceil(samples / SAMPLE_RATE * fps - 1e-6)))   # as the plan: rounded up
         if final:
-            return total if len(self.pcm) else 0
-        rows = len(self.pcm) * ROWS_PER_SECOND // SAMPLE_RATE
+            return total if samples else 0
+        rows = samples * ROWS_PER_SECOND // SAMPLE_RATE
         last = rows - WINDOW_ROWS + 2 * musetalk_pad_unit(fps)   # the latest window start the rows cover
         if last < 0:
             return 0
@@ -71,12 +131,9 @@ class LiveSpeech:
 
     # -- making frames ------------------------------------------------------------------------------------------------
     def _make(self, ready: int) -> List[Tuple[int, np.ndarray]]:
-        from ..audio_features import compute_audio_features
-
         if ready <= self.next:
             return []
-        features = compute_audio_features(Audio(self.pcm[None], SAMPLE_RATE), self.avatar.fps, "musetalk",
-                                          self.encoder, self.runtime)
+        features = self.voice.features()
         out = []
         while self.next < ready:
             ks = list(range(self.next, min(ready, self.next + self.batch_size)))
@@ -86,11 +143,10 @@ class LiveSpeech:
         return out
 
     def _unit(self, ks, features) -> List[Tuple[int, np.ndarray]]:
-        from ..lipsync.plan import ping_pong
         from ..lipsync.sinks import compose
 
         frames, faces = self.avatar.frames, self.avatar.faces
-        srcs = [ping_pong(k, len(frames)) for k in ks]
+        srcs = [self.idle.frame(k) for k in ks]
         uniq = sorted(set(srcs))
         u8 = dict(zip(uniq, frames.read(uniq)))
         face_ks = [k for k, s in zip(ks, srcs) if faces.frames[s].face is not None]

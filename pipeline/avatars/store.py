@@ -4,9 +4,11 @@ An avatar is a folder ``<root>/<name>/`` (root: ``$MUSETALK_AVATARS_DIR``, else 
 ``avatars/``: ``ComfyUI/models/musetalk/avatars`` in ComfyUI, ``~/.cache/musetalk_enhanced/models/musetalk/avatars``
 standalone):
 
-* ``avatar.json`` — the manifest: format and version, the source (path, size, modification time), the settings it
-  was prepared with, the weight files its latents and masks came from, frame size and rate, and per frame either
-  the crop box and blend-mask box of its face or the reason it is a cutaway;
+* ``avatar.json`` — the manifest: format and version, the preparation's identity (``prepare_id``, new at every
+  preparation), the source (path, size, modification time), the settings it was prepared with, the weight files its
+  latents and masks came from, frame size and rate, the default idle loop (``loop``, ``loop_range``: a speaking-time
+  choice, changed in place without preparing again), and per frame either the crop box and blend-mask box of its
+  face or the reason it is a cutaway;
 * ``frames/NNNNNN.png`` — every source frame, lossless (cutaway frames are spoken bit-identical);
 * ``latents.safetensors`` — MuseTalk's VAE latents of each face frame (``latents`` [F, 8, 32, 32] float32 and
   ``face_frames`` [F] int64, the frame each row belongs to);
@@ -18,10 +20,12 @@ preparation never leaves a half avatar behind; an avatar that fails any check is
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import uuid
 from typing import Dict, List, Optional
 
 FORMAT = "musetalk-enhanced-avatar"
@@ -86,6 +90,24 @@ def read_manifest(name: str, root: Optional[str] = None) -> Dict:
     return manifest
 
 
+def write_manifest(folder: str, manifest: Dict) -> None:
+    """Write ``avatar.json`` whole or not at all (a temporary file renamed over it)."""
+    path = os.path.join(folder, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def new_prepare_id() -> str:
+    """The identity of one preparation: an avatar object knows it is stale when its folder holds another."""
+    return uuid.uuid4().hex
+
+
+def prepare_id(manifest: Dict) -> str:
+    """The preparation a manifest belongs to (avatars prepared before ids existed: their creation time)."""
+    return str(manifest.get("prepare_id") or f"created {manifest.get('created')}")
+
+
 def list_avatars(root: Optional[str] = None) -> List[str]:
     """Names of the avatar folders under ``root`` that hold a manifest, sorted."""
     root = root or avatars_root()
@@ -104,6 +126,47 @@ def remove_avatar(name: str, root: Optional[str] = None) -> str:
     return folder
 
 
+# ---- identity: when an avatar must be prepared again --------------------------------------------------------------
+def file_identity(path: str) -> Dict:
+    """What identifies a source file: absolute path, size and modification time."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": int(st.st_size), "mtime": float(st.st_mtime)}
+
+
+def frames_identity(frames) -> Dict:
+    """What identifies frames given in memory (an IMAGE batch): a digest of their pixels."""
+    import numpy as np
+
+    digest = hashlib.sha1()
+    for batch in frames.iter_batches(32):
+        digest.update(np.ascontiguousarray(batch.rgb).tobytes())
+    return {"sha1": digest.hexdigest(), "frames": len(frames), "width": frames.width, "height": frames.height}
+
+
+def weights_identity() -> Dict:
+    """The files the stored latents and masks depend on: the VAE (latents) and the face parser (masks)."""
+    from ...models import registry
+
+    out = {}
+    for key in ("sd_vae.weights", "sd_vae.weights_bin", "face_parse.bisenet"):
+        path = registry.find(key)
+        if path:
+            out[key] = {"file": os.path.basename(path), "size": int(os.path.getsize(path))}
+    return out
+
+
+def is_current(name: str, source: Dict, settings: Dict, root: Optional[str] = None) -> bool:
+    """True when avatar ``name`` exists, is readable, and was made from this source with these settings and the
+    weight files present now: then preparing it again would change nothing (the idle loop is not part of this: it
+    is a speaking-time choice)."""
+    try:
+        m = read_manifest(name, root)
+    except AvatarError:
+        return False
+    return m.get("source") == source and m.get("settings") == settings and m.get("weights") == weights_identity()
+
+
+# ---- writing a new avatar ------------------------------------------------------------------------------------------
 def staging_dir(name: str, root: Optional[str] = None) -> str:
     """A fresh temporary folder next to the avatar's, to be renamed into place by :func:`commit`."""
     import tempfile

@@ -18,6 +18,7 @@ from ..media.audio import Audio
 from ..types import LipSyncError
 
 LENGTH_POLICIES = ("follow_audio", "follow_video", "shortest")
+LOOP_CHOICES = ("ping_pong", "forward")   # how frames first..last repeat: the original's cycle, or start over
 
 
 def ping_pong(k: int, n: int) -> int:
@@ -26,6 +27,15 @@ def ping_pong(k: int, n: int) -> int:
         return 0
     r = k % (2 * n)
     return r if r < n else 2 * n - 1 - r
+
+
+def loop_frame(k: int, first: int, last: int, loop: str = "ping_pong") -> int:
+    """The source frame output frame ``k`` shows when the frames ``first..last`` (inclusive) repeat: ``ping_pong``
+    (:func:`ping_pong` over them, the original's cycle) or ``forward`` (``first..last, first..last, ...``)."""
+    if loop not in LOOP_CHOICES:
+        raise LipSyncError(f"loop: unknown value {loop!r}; use one of {', '.join(LOOP_CHOICES)}.")
+    n = last - first + 1
+    return first + (k % n if loop == "forward" else ping_pong(k, n))
 
 
 @dataclass
