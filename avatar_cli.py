@@ -111,7 +111,8 @@ def prepare(args) -> None:
     print(f"avatar {args.name}: prepared in {time.time() - t0:.1f} s -> {avatar.folder}")
 
 
-def speak(args) -> None:
+def speak(args):
+    """Speak --audio through the avatar into --out; returns the report (the server keeps it with the job)."""
     from .cli import make_runtime
     from .pipeline.audio_features import compute_audio_features
     from .pipeline.avatars import Avatar
@@ -136,3 +137,4 @@ def speak(args) -> None:
     writer.close()
     print(report.text())
     print(f"wrote {out} ({report.num_frames} frames)")
+    return report
