@@ -70,7 +70,8 @@ async def submit_job(request: web.Request) -> web.Response:
     job_id = store.new_folder()
     try:
         fields = await read_job_fields(request, store.folder(job_id, "inputs"), config)
-        kind, inputs = job_inputs(fields, config)
+        # decoding the inputs once (to refuse corrupt files now) runs beside the event loop, not on it
+        kind, inputs = await asyncio.get_running_loop().run_in_executor(None, job_inputs, fields, config)
         options = fields.get("options") or {}
         check_options(kind, options, placeholder_argv(kind))
         if store.count("queued") >= config.max_queue:
