@@ -272,8 +272,11 @@ async function boot() {
     const { avatars } = await api("/v1/avatars");
     for (const sel of [$("avatar"), $("live-avatar")]) {
       sel.innerHTML = "";
-      for (const a of avatars.filter((a) => !a.error)) sel.add(new Option(`${a.name} (${a.frames} frames, ${a.fps} fps)`, a.name));
+      const usable = avatars.filter((a) => !a.error);
+      for (const a of usable) sel.add(new Option(`${a.name} (${a.frames} frames, ${a.fps} fps)`, a.name));
+      if (!usable.length) sel.add(new Option("none prepared yet", ""));
     }
+    $("live-hint").hidden = avatars.some((a) => !a.error);
     document.body.dataset.ready = "1";
   } catch (e) { $("dub-error").textContent = e.message; }
 }
