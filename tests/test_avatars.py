@@ -363,8 +363,15 @@ def test_idle_loop_frame_order_for_each_mode_and_range(fps, avatar, avatar30, vo
     assert list(default[26:32]) == [26, 27, 27, 26, 25, 24]
 
 
-def test_a_forward_loop_over_a_range_keeps_its_cutaways_bit_identical(avatar, clip, voice, engine, runtime):
+def test_a_forward_loop_over_a_range_keeps_its_cutaways_bit_identical(avatar, clip, voice, engine, runtime,
+                                                                     monkeypatch):
+    from musetalk_enhanced.pipeline.avatars.store import AvatarFrames
+
+    decoded = []
+    original = AvatarFrames._decode
+    monkeypatch.setattr(AvatarFrames, "_decode", lambda self, k: decoded.append(k) or original(self, k))
     out, report, run = speak_image(avatar, features_for(voice), engine, runtime, loop="forward", loop_range="8-16")
+    assert sorted(decoded) == list(range(8, 17))             # each frame of the loop decoded once per speech
     assert list(run.plan.source[:11]) == [8, 9, 10, 11, 12, 13, 14, 15, 16, 8, 9]
     for k, s in enumerate(run.plan.source):
         if 10 <= s <= 14:                                  # the rocket cutaway
@@ -372,6 +379,23 @@ def test_a_forward_loop_over_a_range_keeps_its_cutaways_bit_identical(avatar, cl
         else:
             assert not np.array_equal(out[k], clip[s]), k  # a face frame is spoken
     assert "idle loop: forward over frames 8-16" in report.text()
+
+
+def test_stored_frames_decode_only_what_is_asked_once_per_speech(avatar, clip, monkeypatch):
+    from musetalk_enhanced.pipeline.avatars.store import AvatarFrames
+
+    decoded = []
+    original = AvatarFrames._decode
+    monkeypatch.setattr(AvatarFrames, "_decode", lambda self, k: decoded.append(k) or original(self, k))
+    view = avatar.frames.speech_view(8 * 256 * 256 * 3)      # room for 8 frames
+    assert np.array_equal(view.read([27, 0, 1, 0]), clip[[27, 0, 1, 0]]) and sorted(decoded) == [0, 1, 27]
+    assert np.array_equal(view.read([1, 27]), clip[[1, 27]]) and len(decoded) == 3       # from the cache
+    view.read(range(2, 10))                                   # 8 more: the least recently used (0) is dropped
+    view.read([0])
+    assert len(decoded) == 3 + 8 + 1
+    assert np.array_equal(avatar.frames.read([5]), clip[[5]]) and len(decoded) == 13    # the avatar's own: no cache
+    with pytest.raises(IndexError, match="frame 28 out of range"):
+        view.read([28])
 
 
 def test_loop_choices_are_checked_with_the_fix(avatar, root, clip, faces, feats, engine, runtime):

@@ -37,9 +37,10 @@ from ..media.frames import Frames
 from ..runtime import Runtime
 from ..types import Detection, Face, FaceSequence, FrameFaces
 from . import store
-from .store import AvatarError, file_identity, frames_identity, is_current, weights_identity  # noqa: F401 (API)
+from .store import AvatarError, AvatarFrames, file_identity, frames_identity, is_current, weights_identity  # noqa: F401
 
 DEFAULT_LOOP = LOOP_CHOICES[0]          # ping_pong: the original's cycle
+SPEECH_FRAME_CACHE = 512 << 20          # bytes of decoded frames one speech keeps (a loop decodes each PNG once)
 WHOLE_CLIP = ("", "all")                # loop_range texts meaning every frame
 LoopRange = Union[str, Tuple[int, int], List[int], None]
 
@@ -135,7 +136,7 @@ def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, pars
     masks: Dict[int, object] = {}
     for batch in frames.iter_batches(batch_size):
         for j, rgb in enumerate(batch.rgb):
-            if not cv2.imwrite(store.frame_file(folder, batch.start + j), np.ascontiguousarray(rgb[..., ::-1])):
+            if not cv2.imwrite(store.frame_file(folder, batch.start + j), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
                 raise AvatarError(f"could not write frame {batch.start + j} into {folder} (disk full?)")
         face_idx = [batch.start + j for j in range(len(batch)) if faces.frames[batch.start + j].face is not None]
         if face_idx:
@@ -181,29 +182,6 @@ def _save(folder: str, latents: Dict[int, torch.Tensor], masks: Dict, manifest: 
 
 
 # ---- speaking ------------------------------------------------------------------------------------------------------
-class AvatarFrames(Frames):
-    """The stored frames of an avatar (PNG, read on demand)."""
-
-    def __init__(self, folder: str, n: int, fps: float, width: int, height: int):
-        self.folder, self.n = folder, int(n)
-        self.fps, self.width, self.height = float(fps), int(width), int(height)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _read_range(self, start: int, stop: int) -> np.ndarray:
-        import cv2
-
-        out = np.empty((stop - start, self.height, self.width, 3), np.uint8)
-        for k in range(start, stop):
-            bgr = cv2.imread(store.frame_file(self.folder, k), cv2.IMREAD_COLOR)
-            if bgr is None or bgr.shape[:2] != (self.height, self.width):
-                raise AvatarError(f"avatar frame {k} in {self.folder} is missing or damaged. Prepare the avatar "
-                                  "again.")
-            out[k - start] = bgr[..., ::-1]
-        return out
-
-
 class Avatar:
     """A prepared avatar (checked when opened): ``frames``, ``faces``, its default idle loop, and :meth:`speak`."""
 
@@ -326,8 +304,9 @@ class Avatar:
             raise AvatarError(f"avatar {self.name!r}: avatars speak with MuseTalk; compute the voice features in "
                               f"the 'musetalk' layout (got {features.layout!r}).")
         backend = self.speaking_backend(runtime, engine, auto_download)
-        run = LipSyncRun(self.frames, self.faces, features, BackendSpec(choice=MUSETALK, auto_download=auto_download),
-                         length_policy="follow_audio", batch_size=batch_size, blend_mode=backend.blend_mode)
+        run = LipSyncRun(self.frames.speech_view(SPEECH_FRAME_CACHE), self.faces, features,
+                         BackendSpec(choice=MUSETALK, auto_download=auto_download), length_policy="follow_audio",
+                         batch_size=batch_size, blend_mode=backend.blend_mode)
         run.plan = idle.plan(run.plan)      # the same length, the frames of the idle loop
         return AvatarRun(self, run, backend, runtime, notes)
 

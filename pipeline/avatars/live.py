@@ -27,6 +27,7 @@ from ..audio_features import (ROWS_PER_SECOND, ROWS_PER_SEGMENT, SEGMENT_SAMPLES
                               compute_audio_features, musetalk_frame_count, musetalk_pad_unit)
 from ..media.audio import Audio
 from ..runtime import Runtime
+from .avatar import SPEECH_FRAME_CACHE
 from .store import AvatarError
 
 SAMPLE_RATE = 16000
@@ -100,6 +101,7 @@ class LiveSpeech:
         self.notes = avatar.take_reload_notes()
         self.idle = avatar.idle_loop(loop, loop_range)
         self.backend = avatar.speaking_backend(self.runtime, engine)
+        self.frames = avatar.frames.speech_view(SPEECH_FRAME_CACHE)     # each looped frame decoded once
         self.voice = LiveVoice(avatar.fps, encoder, self.runtime)
         self.batch_size = max(1, int(batch_size))
         self.next = 0          # the next output frame to make
@@ -145,7 +147,7 @@ class LiveSpeech:
     def _unit(self, ks, features) -> List[Tuple[int, np.ndarray]]:
         from ..lipsync.sinks import compose
 
-        frames, faces = self.avatar.frames, self.avatar.faces
+        frames, faces = self.frames, self.avatar.faces
         srcs = [self.idle.frame(k) for k in ks]
         uniq = sorted(set(srcs))
         u8 = dict(zip(uniq, frames.read(uniq)))

@@ -1,4 +1,4 @@
-"""Where avatars live on disk, and what an avatar folder holds.
+"""Where avatars live on disk, what an avatar folder holds, and reading its frames back.
 
 An avatar is a folder ``<root>/<name>/`` (root: ``$MUSETALK_AVATARS_DIR``, else the ``musetalk`` model folder's
 ``avatars/``: ``ComfyUI/models/musetalk/avatars`` in ComfyUI, ``~/.cache/musetalk_enhanced/models/musetalk/avatars``
@@ -25,8 +25,15 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
-from typing import Dict, List, Optional
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..media.frames import Frames
 
 FORMAT = "musetalk-enhanced-avatar"
 VERSION = 1
@@ -106,6 +113,76 @@ def new_prepare_id() -> str:
 def prepare_id(manifest: Dict) -> str:
     """The preparation a manifest belongs to (avatars prepared before ids existed: their creation time)."""
     return str(manifest.get("prepare_id") or f"created {manifest.get('created')}")
+
+
+class AvatarFrames(Frames):
+    """The stored frames of an avatar (``frames/NNNNNN.png``), read on demand: only the frames asked for, decoded in
+    parallel (PNG decoding releases the GIL), through an LRU of decoded frames of up to ``cache_bytes`` (0: none) so
+    a speech that loops over the frames decodes each of them once. :meth:`speech_view` gives one speech its own."""
+
+    _pool: Optional[ThreadPoolExecutor] = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, folder: str, n: int, fps: float, width: int, height: int, cache_bytes: int = 0):
+        self.folder, self.n = folder, int(n)
+        self.fps, self.width, self.height = float(fps), int(width), int(height)
+        self.capacity = int(cache_bytes) // max(1, self.width * self.height * 3)
+        self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def speech_view(self, cache_bytes: int) -> "AvatarFrames":
+        """The same frames with a fresh cache of ``cache_bytes`` (dropped with the speech that holds it)."""
+        return AvatarFrames(self.folder, self.n, self.fps, self.width, self.height, cache_bytes)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if not 0 <= i < self.n]
+        if bad:
+            raise IndexError(f"frame {bad[0]} out of range (0..{self.n - 1})")
+        decoded = self._decoded(sorted(set(idx)))
+        out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = decoded[i]
+        return out
+
+    def _read_range(self, start: int, stop: int) -> np.ndarray:
+        return self.read(range(start, stop))
+
+    def _decoded(self, wanted: List[int]) -> Dict[int, np.ndarray]:
+        with self._lock:
+            got = {i: self._cache[i] for i in wanted if i in self._cache}
+            for i in got:
+                self._cache.move_to_end(i)
+        missing = [i for i in wanted if i not in got]
+        if len(missing) > 1:
+            got.update(zip(missing, self._decoder_pool().map(self._decode, missing)))
+        elif missing:
+            got[missing[0]] = self._decode(missing[0])
+        if self.capacity:
+            with self._lock:
+                for i in missing:
+                    self._cache[i] = got[i]
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        return got
+
+    def _decode(self, k: int) -> np.ndarray:
+        import cv2
+
+        bgr = cv2.imread(frame_file(self.folder, k), cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape[:2] != (self.height, self.width):
+            raise AvatarError(f"avatar frame {k} in {self.folder} is missing or damaged. Prepare the avatar again.")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    @classmethod
+    def _decoder_pool(cls) -> ThreadPoolExecutor:
+        with cls._pool_lock:
+            if cls._pool is None:
+                cls._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="avatar-png")
+            return cls._pool
 
 
 def list_avatars(root: Optional[str] = None) -> List[str]:
