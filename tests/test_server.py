@@ -102,7 +102,8 @@ def test_upload_job_runs_to_a_result_with_progress_and_report(server, media, tmp
 
 
 def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
-    status, body = sk.call("POST", server.url + "/v1/jobs", {"avatar": "host", "audio": "voice.wav"})
+    status, body = sk.call("POST", server.url + "/v1/jobs", {"avatar": "host", "audio": "voice.wav",
+                                                             "options": {"loop": "forward", "loop_range": "0-7"}})
     assert status == 202, body
     job = sk.wait_for(server.url, body["id"])
     assert job["state"] == "done" and job["kind"] == "avatar", job
@@ -124,6 +125,7 @@ def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
     ({"audio": "voice.wav"}, "video", "missing"),
     ({"avatar": "nobody", "audio": "voice.wav"}, "avatar", "nobody"),
     ({"avatar": "host", "video": "talk.mp4", "audio": "voice.wav"}, "avatar", "not both"),
+    ({"avatar": "host", "audio": "voice.wav", "options": {"loop": "sideways"}}, "options.loop", "invalid choice"),
 ])
 def test_bad_requests_name_the_field_and_the_fix(server, media, payload, field, words):
     link = media / "outside.mp4"
