@@ -547,3 +547,16 @@ def test_an_avatar_prepared_again_is_reloaded_and_a_removed_one_refused(root, cl
         held.start(feats, runtime, engine=engine)
     with pytest.raises(AvatarError, match="was removed"):
         LiveSpeech(held, runtime, engine=engine)
+
+
+def test_an_avatar_prepared_again_during_a_speech_stops_it_instead_of_mixing(root, clip, faces, feats, engine,
+                                                                             runtime):
+    held = prepare_at(root, "midway", clip, faces, engine, runtime, FPS)
+    run = held.start(feats, runtime, engine=engine, batch_size=4)
+    assert held.set_default_loop("forward")                 # a new default loop is no new preparation
+    sink = ImageSink(run.plan.num_frames, held.frames.height, held.frames.width)
+    run.into(sink)
+    run = held.start(feats, runtime, engine=engine, batch_size=4)
+    prepare_at(root, "midway", np.ascontiguousarray(clip[::-1]), faces, engine, runtime, FPS)   # forced, mid-speech
+    with pytest.raises(AvatarError, match="avatar 'midway' was prepared again or removed while it was speaking"):
+        run.into(ImageSink(run.plan.num_frames, held.frames.height, held.frames.width))

@@ -123,8 +123,10 @@ class AvatarFrames(Frames):
     _pool: Optional[ThreadPoolExecutor] = None
     _pool_lock = threading.Lock()
 
-    def __init__(self, folder: str, n: int, fps: float, width: int, height: int, cache_bytes: int = 0):
-        self.folder, self.n = folder, int(n)
+    def __init__(self, folder: str, n: int, fps: float, width: int, height: int, cache_bytes: int = 0,
+                 name: str = ""):
+        self.folder, self.n, self.name = folder, int(n), name or os.path.basename(folder)
+        self._stamp = None            # a speech's view: the manifest file its frames belong to (see speech_view)
         self.fps, self.width, self.height = float(fps), int(width), int(height)
         self.capacity = int(cache_bytes) // max(1, self.width * self.height * 3)
         self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
@@ -134,8 +136,12 @@ class AvatarFrames(Frames):
         return self.n
 
     def speech_view(self, cache_bytes: int) -> "AvatarFrames":
-        """The same frames with a fresh cache of ``cache_bytes`` (dropped with the speech that holds it)."""
-        return AvatarFrames(self.folder, self.n, self.fps, self.width, self.height, cache_bytes)
+        """The same frames with a fresh cache of ``cache_bytes`` (dropped with the speech that holds it). The view
+        remembers which preparation it reads: if the folder is prepared again (or removed) while the speech runs,
+        its next read of a frame not yet decoded stops with an error instead of mixing two preparations' frames."""
+        view = AvatarFrames(self.folder, self.n, self.fps, self.width, self.height, cache_bytes, self.name)
+        view._stamp = (manifest_stamp(self.folder), _folder_prepare_id(self.folder))
+        return view
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         idx = [int(i) for i in indices]
@@ -157,6 +163,8 @@ class AvatarFrames(Frames):
             for i in got:
                 self._cache.move_to_end(i)
         missing = [i for i in wanted if i not in got]
+        if missing and self._stamp is not None:
+            self._check_same_preparation()
         if len(missing) > 1:
             got.update(zip(missing, self._decoder_pool().map(self._decode, missing)))
         elif missing:
@@ -168,6 +176,18 @@ class AvatarFrames(Frames):
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
         return got
+
+    def _check_same_preparation(self) -> None:
+        """A stat per batch; the manifest is read only when its file changed (a new default loop rewrites it
+        without a new preparation)."""
+        now = manifest_stamp(self.folder)
+        if now == self._stamp[0]:
+            return
+        pid = _folder_prepare_id(self.folder) if now is not None else None
+        if pid is None or pid != self._stamp[1]:
+            raise AvatarError(f"avatar {self.name!r} was prepared again or removed while it was speaking; nothing "
+                              "of that speech is kept. Speak again (prepare between speeches, not during one).")
+        self._stamp = (now, pid)
 
     def _decode(self, k: int) -> np.ndarray:
         import cv2
@@ -253,6 +273,23 @@ def staging_dir(name: str, root: Optional[str] = None) -> str:
     path = tempfile.mkdtemp(prefix=f".{check_name(name)}.", dir=root)
     os.makedirs(os.path.join(path, FRAMES_DIR))
     return path
+
+
+def manifest_stamp(folder: str):
+    """Which file ``avatar.json`` is now (a new preparation writes a new one; None when the folder is gone)."""
+    try:
+        st = os.stat(os.path.join(folder, MANIFEST))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _folder_prepare_id(folder: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            return prepare_id(json.load(f))
+    except (OSError, ValueError):
+        return None
 
 
 def commit(staging: str, name: str, root: Optional[str] = None) -> str:
