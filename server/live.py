@@ -31,11 +31,12 @@ HEADER = struct.Struct("<Id")
 FORMATS = {"f32": np.float32, "s16": np.int16}
 
 
-def decode_pcm(data: bytes, fmt: str) -> np.ndarray:
+def decode_pcm(data: bytes, fmt: str) -> Tuple[np.ndarray, bytes]:
+    """Samples in ``data`` as float32, and the bytes of a sample split across messages (kept for the next one)."""
     dtype = FORMATS[fmt]
     usable = len(data) - len(data) % np.dtype(dtype).itemsize
     pcm = np.frombuffer(data[:usable], dtype=np.dtype(dtype).newbyteorder("<"))
-    return pcm.astype(np.float32) / 32768.0 if fmt == "s16" else pcm.astype(np.float32)
+    return (pcm.astype(np.float32) / 32768.0 if fmt == "s16" else pcm.astype(np.float32)), data[usable:]
 
 
 def encode_frame(index: int, fps: float, rgb: np.ndarray, quality: int = 85) -> bytes:
@@ -72,13 +73,15 @@ class LiveSession:
     def __init__(self, speech, fps: float, fmt: str):
         self.speech, self.fps, self.fmt = speech, fps, fmt
         self.pending: List[np.ndarray] = []
+        self.split_sample = b""
         self.frames = FrameQueue()
         self.made, self.ended, self.abandoned = 0, False, False
         self.wake = asyncio.Event()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-speech")
 
     def add_voice(self, data: bytes) -> None:
-        self.pending.append(decode_pcm(data, self.fmt))
+        pcm, self.split_sample = decode_pcm(self.split_sample + data, self.fmt)
+        self.pending.append(pcm)
         self.wake.set()
 
     def end(self) -> None:

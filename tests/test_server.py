@@ -365,6 +365,19 @@ def test_live_websocket_streams_every_frame_in_order(server, media):
     assert status == 404 and body["error"]["field"] == "name"
 
 
+def test_live_pcm_split_anywhere_between_messages_is_read_whole():
+    from musetalk_enhanced.server import live
+
+    samples = (np.sin(np.arange(801) / 7.0) * 0.5).astype(np.float32)
+    for fmt, data in (("s16", (samples * 32768).astype("<i2").tobytes()), ("f32", samples.astype("<f4").tobytes())):
+        session = live.LiveSession(None, 25.0, fmt)
+        for a, b in ((0, 3), (3, 4), (4, 1001), (1001, len(data))):       # cuts inside samples
+            session.add_voice(data[a:b])
+        got = np.concatenate(session.pending)
+        assert len(got) == 801 and np.allclose(got, samples, atol=1 / 32768) and session.split_sample == b""
+        session.close()
+
+
 def test_a_slow_live_client_loses_old_frames_not_memory():
     from musetalk_enhanced.server import live
 
