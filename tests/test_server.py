@@ -189,6 +189,30 @@ def test_limits_and_bearer_token(tmp_path, models_dir, avatars_dir, media):
         assert not os.listdir(os.path.join(srv.data_dir, "jobs"))
 
 
+def test_a_full_queue_answers_429_and_frees_up_on_cancel(tmp_path, media):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from musetalk_enhanced.server.app import make_app
+    from musetalk_enhanced.server.config import ServerConfig
+
+    async def scenario():
+        config = ServerConfig(data_dir=str(tmp_path), media_dir=str(media), devices=(), max_queue=2)  # no worker
+        async with TestClient(TestServer(make_app(config))) as client:
+            ids = []
+            for _ in range(2):
+                r = await client.post("/v1/jobs", json={"video": "talk.mp4"})
+                assert r.status == 202
+                ids.append((await r.json())["id"])
+            r = await client.post("/v1/jobs", json={"video": "talk.mp4"})
+            body = await r.json()
+            assert r.status == 429 and r.headers["Retry-After"] and "queue is full" in body["error"]["message"]
+            assert len(os.listdir(os.path.join(str(tmp_path), "jobs"))) == 2     # the refused job left nothing
+            assert (await (await client.delete(f"/v1/jobs/{ids[0]}")).json())["state"] == "cancelled"
+            assert (await client.post("/v1/jobs", json={"video": "talk.mp4"})).status == 202
+
+    asyncio.run(scenario())
+
+
 # -- the job store after a stop --------------------------------------------------------------------------------------
 def test_job_store_recovery_and_pruning(tmp_path):
     from musetalk_enhanced.server.config import MAX_ATTEMPTS
@@ -432,7 +456,8 @@ def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
     with sync_api.sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=chromium_path(),
-                                        args=["--autoplay-policy=no-user-gesture-required"])
+                                        args=["--autoplay-policy=no-user-gesture-required",
+                                              "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         except sync_api.Error as exc:          # the machine's browser, not the page, is at fault
             pytest.skip(f"Chromium at {chromium_path()} did not start: {str(exc)[:300]}")
         try:
@@ -463,6 +488,11 @@ def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
             dropped = int(page.text_content("#live-dropped"))
             assert frames + dropped == n and frames > 0
             assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 192
+            page.evaluate("document.getElementById('live-status').dataset.ended = ''")
+            page.click("#live-mic")                  # Chromium's fake microphone (a beep), streamed live
+            page.wait_for_function("Number(document.getElementById('live-frames').textContent) > 0", timeout=300000)
+            page.click("#live-stop")
+            page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
             assert not errors, errors
         finally:
             browser.close()
