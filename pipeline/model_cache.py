@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 T = TypeVar("T")
 
 _ENTRIES: Dict[str, "OrderedDict[tuple, object]"] = {}
+_LOADS: Dict[str, int] = {}          # how many times each kind was built (a server shows it: loaded once, reused)
 _LOCK = threading.RLock()
 
 
@@ -36,7 +37,14 @@ def cached(kind: str, key: tuple, build: Callable[[], T], keep: int = 1) -> T:
             entries.popitem(last=False)   # free the old one before loading the new one
         value = build()
         entries[key] = value
+        _LOADS[kind] = _LOADS.get(kind, 0) + 1
         return value
+
+
+def load_counts() -> Dict[str, int]:
+    """``{kind: times built}`` since the process started (``clear`` does not reset it)."""
+    with _LOCK:
+        return dict(_LOADS)
 
 
 def clear(kind: Optional[str] = None) -> None:

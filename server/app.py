@@ -260,8 +260,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     workers = [{"device": w.device, "job": w.current or None, "alive": w.is_alive()} for w in request.app[WORKERS]]
+    from ..pipeline.model_cache import load_counts
+
     return web.json_response({"ok": all(w["alive"] for w in workers), "workers": workers,
-                              "queued": request.app[STORE].count("queued")})
+                              "queued": request.app[STORE].count("queued"), "model_loads": load_counts()})
 
 
 # -- the application -----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def models_dir(small_models_dir):
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
-    clip = mk.edited_clip((192, 192), (("astronaut", 8), ("rocket", 3), ("astronaut", 3)))
+    clip = mk.edited_clip((256, 256), (("astronaut", 8), ("rocket", 3), ("astronaut", 3)))
     mk.write_video(str(d / "talk.mp4"), clip, 25, crf=14)
     if mk.have_espeak():
         mk.speech(str(d / "voice.wav"), "Hello friend", speed=220)
@@ -89,6 +89,7 @@ def test_upload_job_runs_to_a_result_with_progress_and_report(server, media, tmp
     assert job["state"] == "done", job
     n = expected_frames(media / "voice.wav")
     assert job["progress"] == {"stage": "lip-sync", "done": n, "total": n}
+    assert job["report"]["synced"].get("musetalk-v1.5", 0) > 0, job["report"]
     assert job["report"]["frames"] == n and sum(job["report"]["synced"].values()) + \
         len(job["report"]["passed_through"]) == n and job["report"]["passed_through"]      # the rocket cutaway
     assert job["inputs"] == {"video": "video_talk.mp4", "audio": "audio_voice.wav"}       # no server paths shown
@@ -107,6 +108,8 @@ def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
     assert status == 202, body
     job = sk.wait_for(server.url, body["id"])
     assert job["state"] == "done" and job["kind"] == "avatar", job
+    n = expected_frames(media / "voice.wav")      # loop_range 0-7: the face shot only, no rocket cutaway
+    assert job["report"]["synced"] == {"musetalk-v1.5": n} and job["report"]["passed_through"] == [], job["report"]
     check_result(server.url, job, expected_frames(media / "voice.wav"), tmp_path)
     avatars = sk.call("GET", server.url + "/v1/avatars")[1]["avatars"]
     assert [(a["name"], a["frames"], a["fps"]) for a in avatars] == [("host", 14, 25.0)]
@@ -273,7 +276,8 @@ def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, mo
                 results[i] = ("refused", status, body["error"]["field"])
                 return
             job = sk.wait_for(srv.url, body["id"], timeout=600)
-            results[i] = (job["state"], job["id"], job["progress"]["done"])
+            results[i] = (job["state"], job["id"], job["progress"]["done"],
+                          (job["report"] or {}).get("synced", {}).get("musetalk-v1.5"))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
 
@@ -285,15 +289,17 @@ def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, mo
             t.join(900)
         assert not errors, errors
         assert results[7] == ("refused", 400, "video")
+        loads = sk.call("GET", srv.url + "/v1/health")[1]["model_loads"]
+        assert loads.get("backends.musetalk") == 1 and loads.get("audio.whisper") == 1, loads   # once, 19 jobs
         done = [r for i, r in results.items() if i != 7]
-        assert len(done) == 19 and all(r[0] == "done" and r[2] == 6 for r in done), results
+        assert len(done) == 19 and all(r[0] == "done" and r[2] == 6 and r[3] == 6 for r in done), results
         assert sk.call("GET", srv.url + "/v1/health")[1]["ok"]
 
 
 def long_job(srv, media, batch_size):
     long_voice = media / "long.wav"
     if not long_voice.exists():
-        mk.write_wav(str(long_voice), mk.tone(150, 6.0, 16000), 16000)
+        mk.write_wav(str(long_voice), mk.tone(150, 4.0, 16000), 16000)
     status, body = sk.submit(srv.url, {**files(media, "talk.mp4", "long.wav"),
                                        "options": json.dumps({**FACE, "batch_size": batch_size})})
     assert status == 202, body
@@ -323,7 +329,7 @@ def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, mo
         assert sk.request("GET", f"{srv2.url}/v1/jobs/{quick}/result")[0] == 200
         for job_id in (victim, queued):
             finished = sk.wait_for(srv2.url, job_id, timeout=600)
-            assert finished["state"] == "done" and finished["progress"]["done"] == 150, finished
+            assert finished["state"] == "done" and finished["progress"]["done"] == 100, finished
         assert sk.call("GET", f"{srv2.url}/v1/jobs/{victim}")[1]["attempts"] == 2
 
 
@@ -379,12 +385,27 @@ def test_live_websocket_streams_every_frame_in_order(server, media):
     voice = to_mono(load_audio_file(str(media / "voice.wav")), 16000)
     ready, frames, texts = asyncio.run(live_session(server.url, voice))
     n = int(np.ceil(len(voice) / 16000 * 25 - 1e-6))
-    assert ready == {"type": "ready", "avatar": "host", "fps": 25.0, "width": 192, "height": 192}
+    assert ready == {"type": "ready", "avatar": "host", "fps": 25.0, "width": 256, "height": 256}
     assert texts[-1] == {"type": "end", "frames": n, "dropped": 0}
     heads = [struct.unpack("<Id", f[:12]) for f in frames]
     assert [h[0] for h in heads] == list(range(n)) and heads[-1][1] == pytest.approx((n - 1) / 25)
-    img = cv2.imdecode(np.frombuffer(frames[0][12:], np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (192, 192, 3)
+    from musetalk_enhanced.pipeline.avatars import Avatar
+    from musetalk_enhanced.pipeline.lipsync.plan import ping_pong
+
+    os.environ["MUSETALK_AVATARS_DIR"] = server.avatars_dir
+    try:
+        avatar = Avatar("host")
+    finally:
+        del os.environ["MUSETALK_AVATARS_DIR"]
+    changed = {}
+    for k, f in enumerate(frames):
+        img = cv2.cvtColor(cv2.imdecode(np.frombuffer(f[12:], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        s = ping_pong(k, len(avatar.frames))
+        changed[k] = (avatar.faces.frames[s].face is not None,
+                      float(np.abs(img.astype(int) - avatar.frames.read([s])[0].astype(int)).mean()))
+    cutaway = [d for face, d in changed.values() if not face]
+    synced = [d for face, d in changed.values() if face]
+    assert cutaway and synced and max(cutaway) < 2.5 < min(synced), changed   # JPEG only vs a new mouth
     status, body = sk.call("GET", server.url + "/v1/avatars/nobody/live")
     assert status == 404 and body["error"]["field"] == "name"
 
@@ -487,7 +508,7 @@ def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
             frames = int(page.text_content("#live-frames"))
             dropped = int(page.text_content("#live-dropped"))
             assert frames + dropped == n and frames > 0
-            assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 192
+            assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 256
             page.evaluate("document.getElementById('live-status').dataset.ended = ''")
             page.click("#live-mic")                  # Chromium's fake microphone (a beep), streamed live
             page.wait_for_function("Number(document.getElementById('live-frames').textContent) > 0", timeout=300000)
