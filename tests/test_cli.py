@@ -11,11 +11,6 @@ from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def models_dir(small_models_dir):
-    return small_models_dir
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     clip = mk.edited_clip((256, 256), (("astronaut", 8), ("rocket", 4), ("astronaut", 4)))
@@ -38,7 +33,7 @@ def run_cli(args, monkeypatch, models_dir):
     return cli.main(args + ["--quiet", "--no-download", "--min-face-size", "30"])
 
 
-def test_cli_end_to_end(inputs, models_dir, monkeypatch, tmp_path):
+def test_cli_end_to_end(inputs, small_models_dir, monkeypatch, tmp_path):
     from musetalk_enhanced.pipeline.media.audio import load_audio_file
     from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
@@ -46,7 +41,7 @@ def test_cli_end_to_end(inputs, models_dir, monkeypatch, tmp_path):
     out = str(tmp_path / "out.mp4")
     report = str(tmp_path / "report.json")
     rc = run_cli(["--video", video, "--audio", voice, "--out", out, "--length-policy", "follow_audio",
-                  "--report-json", report, "--blend-mode", "feather"], monkeypatch, models_dir)
+                  "--report-json", report, "--blend-mode", "feather"], monkeypatch, small_models_dir)
     assert rc == 0
     r = json.load(open(report))
     src = VideoFileFrames(video)
@@ -89,7 +84,7 @@ def test_cli_bad_video(monkeypatch, tmp_path, capsys):
     assert rc == 2 and "--video" in err and "cannot open" in err, err
 
 
-def test_demo_dubs_the_example_clip(models_dir, monkeypatch, tmp_path, capsys):
+def test_demo_dubs_the_example_clip(small_models_dir, monkeypatch, tmp_path, capsys):
     """README's first command ends with ``python . --demo``: the example clip the pack ships, dubbed with its example
     voice, written to output/demo/ under the current folder (a new name each run) and named at the end."""
     from musetalk_enhanced.pipeline.media.audio import load_audio_file
@@ -98,7 +93,7 @@ def test_demo_dubs_the_example_clip(models_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     outs = []
     for _ in range(2):
-        assert run_cli(["--demo", "--backend", "musetalk-v1.5"], monkeypatch, models_dir) == 0
+        assert run_cli(["--demo", "--backend", "musetalk-v1.5"], monkeypatch, small_models_dir) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert last.startswith("wrote ")
         outs.append(last.split()[1])
@@ -125,7 +120,7 @@ def test_video_and_out_are_required_without_demo(capsys):
     assert "--out required" in capsys.readouterr().err
 
 
-def test_cli_builds_the_detector_like_the_face_detect_node(inputs, models_dir, monkeypatch, tmp_path):
+def test_cli_builds_the_detector_like_the_face_detect_node(inputs, small_models_dir, monkeypatch, tmp_path):
     """One rule for the detector's options (pipeline.faces.detectors.detector_options): the CLI searches faces at the
     same sizes as the node, so a clip gets the same face decisions (and speed) in both."""
     from musetalk_enhanced.nodes import face_nodes
@@ -139,7 +134,7 @@ def test_cli_builds_the_detector_like_the_face_detect_node(inputs, models_dir, m
         raise ValueError("stop here")
     monkeypatch.setattr(detectors, "create_detector", capture)
     rc = run_cli(["--video", video, "--audio", voice, "--out", str(tmp_path / "o.mp4"), "--landmarks", "dlib"],
-                 monkeypatch, models_dir)   # (run_cli adds --min-face-size 30)
+                 monkeypatch, small_models_dir)   # (run_cli adds --min-face-size 30)
     assert rc == 2
     assert seen == face_nodes.detector_options("mtcnn", 30, 256, 256, "dlib") == {"min_face_size": 24.0,
                                                                                 "landmarks": "dlib"}

@@ -23,11 +23,6 @@ FACE = {"min_face_size": 30}
 
 
 @pytest.fixture(scope="module")
-def models_dir(small_models_dir):
-    return small_models_dir
-
-
-@pytest.fixture(scope="module")
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("media")
     clip = mk.edited_clip((256, 256), (("astronaut", 8), ("rocket", 3), ("astronaut", 3)))
@@ -41,19 +36,19 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def avatars_dir(tmp_path_factory, models_dir, media):
+def avatars_dir(tmp_path_factory, small_models_dir, media):
     d = str(tmp_path_factory.mktemp("avatars"))
     env = dict(os.environ, MUSETALK_AVATARS_DIR=d)
     r = subprocess.run([sys.executable, ROOT, "avatar", "prepare", "--video", str(media / "talk.mp4"), "--name",
-                        "host", "--models-dir", models_dir, "--no-download", "--quiet", "--min-face-size", "30"],
+                        "host", "--models-dir", small_models_dir, "--no-download", "--quiet", "--min-face-size", "30"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return d
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, models_dir, avatars_dir, media):
-    srv = sk.Server(str(tmp_path_factory.mktemp("server")), models_dir, avatars_dir, "--media-dir", str(media),
+def server(tmp_path_factory, small_models_dir, avatars_dir, media):
+    srv = sk.Server(str(tmp_path_factory.mktemp("server")), small_models_dir, avatars_dir, "--media-dir", str(media),
                     "--max-seconds", "30")
     with srv:
         yield srv
@@ -169,14 +164,14 @@ def test_openapi_describes_the_options_the_server_accepts(server):
 
 
 # -- limits and tokens -----------------------------------------------------------------------------------------------
-def test_limits_and_bearer_token(tmp_path, models_dir, avatars_dir, media):
+def test_limits_and_bearer_token(tmp_path, small_models_dir, avatars_dir, media):
     from musetalk_enhanced.server.config import ServerConfig
 
     with pytest.raises(ValueError, match="--token"):
         ServerConfig(host="0.0.0.0").check()
     ServerConfig(host="0.0.0.0", token="long-enough-secret").check()
     token = "s3cret-token"
-    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir, "--token", token, "--max-upload-mb", "0.01",
+    with sk.Server(str(tmp_path / "srv"), small_models_dir, avatars_dir, "--token", token, "--max-upload-mb", "0.01",
                    "--max-seconds", "0.3", "--max-queue", "1") as srv:
         assert sk.call("GET", srv.url + "/v1/jobs")[0] == 401
         assert sk.call("GET", srv.url + "/v1/jobs", headers={"Authorization": "Bearer wrong-token"})[0] == 401
@@ -261,7 +256,7 @@ def test_job_store_recovery_and_pruning(tmp_path):
 
 
 # -- reliability -----------------------------------------------------------------------------------------------------
-def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, models_dir, avatars_dir, media):
+def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, small_models_dir, avatars_dir, media):
     short = media / "short.wav"
     if not short.exists():
         mk.write_wav(str(short), mk.tone(180, 0.24, 16000), 16000)
@@ -281,7 +276,7 @@ def test_twenty_concurrent_clients_and_a_corrupt_upload_fails_alone(tmp_path, mo
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
 
-    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir, "--max-queue", "32") as srv:
+    with sk.Server(str(tmp_path / "srv"), small_models_dir, avatars_dir, "--max-queue", "32") as srv:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
         for t in threads:
             t.start()
@@ -306,9 +301,9 @@ def long_job(srv, media, batch_size):
     return body["id"]
 
 
-def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, models_dir, avatars_dir, media):
+def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, small_models_dir, avatars_dir, media):
     data = str(tmp_path / "srv")
-    srv = sk.Server(data, models_dir, avatars_dir).start()
+    srv = sk.Server(data, small_models_dir, avatars_dir).start()
     try:
         quick = sk.submit(srv.url, {**files(media), "options": json.dumps(FACE)})[1]["id"]
         assert sk.wait_for(srv.url, quick)["state"] == "done"
@@ -321,7 +316,7 @@ def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, mo
     finally:
         srv.stop(signal.SIGKILL)
     assert not os.path.exists(os.path.join(data, "jobs", victim, "result.mp4"))
-    with sk.Server(data, models_dir, avatars_dir) as srv2:
+    with sk.Server(data, small_models_dir, avatars_dir) as srv2:
         job = sk.call("GET", f"{srv2.url}/v1/jobs/{victim}")[1]
         assert job["state"] in ("queued", "running") and "re-queued" in job["error"] and job["result"] is None
         assert sk.call("GET", f"{srv2.url}/v1/jobs/{victim}/result")[0] == 409
@@ -333,8 +328,8 @@ def test_sigkill_mid_job_then_restart_keeps_every_record_consistent(tmp_path, mo
         assert sk.call("GET", f"{srv2.url}/v1/jobs/{victim}")[1]["attempts"] == 2
 
 
-def test_cancel_mid_job_stops_within_a_batch(tmp_path, models_dir, avatars_dir, media):
-    with sk.Server(str(tmp_path / "srv"), models_dir, avatars_dir) as srv:
+def test_cancel_mid_job_stops_within_a_batch(tmp_path, small_models_dir, avatars_dir, media):
+    with sk.Server(str(tmp_path / "srv"), small_models_dir, avatars_dir) as srv:
         job_id = long_job(srv, media, 2)
         deadline = time.time() + 300
         while time.time() < deadline:
