@@ -220,10 +220,12 @@ async def cancel_job(request: web.Request) -> web.Response:
         return web.json_response({"id": job.id, "deleted": True})
     if store.cancel_queued(job.id):
         return web.json_response({"id": job.id, "state": "cancelled"})
+    progress = None
     for w in request.app[WORKERS]:
         if w.current == job.id:
             w.cancel_requests.add(job.id)
-    return web.json_response({"id": job.id, "state": "cancelling"}, status=202)
+            progress = dict(w.progress)      # where it stands now: it stops before the next batch is recorded
+    return web.json_response({"id": job.id, "state": "cancelling", "progress": progress}, status=202)
 
 
 # -- avatars -------------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Worker(threading.Thread):
         self.store, self.device, self.wake, self.auto_download = store, device, wake, auto_download
         self.cancel_requests: Set[str] = set()
         self.current: str = ""
+        self.progress = {"stage": None, "done": 0, "total": 0}   # the running job's, unthrottled
         self._stopping = False
 
     def stop(self) -> None:
@@ -74,6 +75,7 @@ class Worker(threading.Thread):
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         state, report, error = "done", None, None
+        self.progress = {"stage": None, "done": 0, "total": 0}
         try:
             report = self.execute(job, os.path.join(work, "result.mp4"))
             os.replace(os.path.join(work, "result.mp4"), self.store.result_path(job.id))
@@ -84,6 +86,8 @@ class Worker(threading.Thread):
             state, error = "failed", _explain(exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if self.progress["stage"]:                       # the last progress, not only the last throttled write
+            self.store.progress(job.id, self.progress["stage"], self.progress["done"], self.progress["total"])
         if state == "cancelled" and self._stopping:   # the server is shutting down: the job waits for the next start
             self.store.requeue(job.id, "re-queued: the server was stopped while this job ran", False)
         else:
@@ -97,6 +101,7 @@ class Worker(threading.Thread):
         last = [0.0]
 
         def on_progress(stage: str, done: int, total: int) -> None:
+            self.progress = {"stage": stage, "done": done, "total": total}
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_S or done >= total:
                 last[0] = now

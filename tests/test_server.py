@@ -337,12 +337,13 @@ def test_cancel_mid_job_stops_within_a_batch(tmp_path, small_models_dir, avatars
             if job["progress"]["stage"] == "lip-sync" and job["progress"]["done"] >= 4:
                 break
             time.sleep(0.05)
-        at_cancel = job["progress"]["done"]
         status, body = sk.call("DELETE", f"{srv.url}/v1/jobs/{job_id}")
-        assert status == 202 and body["state"] == "cancelling"
+        assert status == 202 and body["state"] == "cancelling" and body["progress"]["stage"] == "lip-sync"
+        at_cancel = body["progress"]["done"]
         job = sk.wait_for(srv.url, job_id, timeout=60)
         assert job["state"] == "cancelled" and job["result"] is None
-        assert job["progress"]["done"] - at_cancel <= 2 * 2, (at_cancel, job["progress"])  # a batch (+ one write)
+        assert 0 <= job["progress"]["done"] - at_cancel <= 2, (at_cancel, job["progress"])    # within one batch
+        assert job["progress"]["done"] < job["progress"]["total"]
         assert not os.path.exists(os.path.join(srv.data_dir, "jobs", job_id, "result.mp4"))
         assert not os.path.exists(os.path.join(srv.data_dir, "jobs", job_id, "work"))
         queued = long_job(srv, media, 2)          # the worker goes on
