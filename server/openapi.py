@@ -67,7 +67,9 @@ def _job_routes() -> Dict:
                 "200": {"description": "the job", "content": job}, **_errors(401, 404)}},
             "delete": {"summary": "cancel a queued or running job (running: stops at the next batch); delete a "
                                   "finished job and its files", "responses": {
-                "200": {"description": "cancelled or deleted"}, "202": {"description": "cancelling: {id, state, progress at the request}; the job stops before its next batch is recorded"},
+                "200": {"description": "cancelled or deleted"},
+                "202": {"description": "cancelling: {id, state, progress at the request}; the job stops before its "
+                                       "next batch is recorded"},
                 **_errors(401, 404)}}},
         "/v1/jobs/{id}/result": {"get": {"summary": "the dubbed mp4 (?download=1: as an attachment); Range supported",
                                          "responses": {"200": {"description": "video/mp4"}, **_errors(401, 404, 409)}}},
