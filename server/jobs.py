@@ -138,7 +138,8 @@ class JobStore:
     def claim(self, device: str) -> Optional[Job]:
         """The oldest queued job, now running on ``device`` (None when the queue is empty)."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created, rowid LIMIT 1").fetchone()
+            row = self._db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created, rowid "
+                                   "LIMIT 1").fetchone()
             if row is None:
                 return None
             self._db.execute("UPDATE jobs SET state='running', started=?, device=?, attempts=attempts+1, stage=NULL,"

@@ -168,7 +168,8 @@ async def live_route(request):
 
     fmt = request.query.get("format", "f32")
     if fmt not in FORMATS:
-        raise bad_request("format", f"unknown PCM format {fmt!r}", "use f32 (float32 LE) or s16 (int16 LE), 16 kHz mono")
+        raise bad_request("format", f"unknown PCM format {fmt!r}",
+                          "use f32 (float32 LE) or s16 (int16 LE), 16 kHz mono")
     sessions = request.app[LIVE]
     if len(sessions) >= request.app[CONFIG].max_live:
         raise ApiError(429, None, f"{len(sessions)} live sessions are running, the most this server allows",

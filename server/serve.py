@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-live", type=int, default=C.DEFAULT_MAX_LIVE, help="live avatar sessions at once")
     p.add_argument("--keep-days", type=float, default=C.DEFAULT_KEEP_DAYS,
                    help="remove finished jobs and their files this many days after they end (0: keep all)")
-    p.add_argument("--models-dir", help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
+    p.add_argument("--models-dir",
+                   help="models root (default $MUSETALK_MODELS_DIR or ~/.cache/musetalk_enhanced/models)")
     p.add_argument("--no-download", action="store_true", help="never download weights (jobs fail naming the files)")
     return p
 
