@@ -164,9 +164,21 @@ def checked_avatar(name) -> str:
     try:
         read_manifest(name)
     except AvatarError as exc:
-        raise ApiError(404 if "no avatar" in str(exc).lower() or "not found" in str(exc).lower() else 400,
-                       "avatar", str(exc), "GET /v1/avatars lists the prepared avatars")
+        raise avatar_refusal("avatar", name, exc)
     return name
+
+
+def avatar_refusal(field: str, name: str, exc: Exception) -> ApiError:
+    """Why an avatar cannot be used: not a valid name (400), no such avatar (404), or its folder is unusable (409)."""
+    from ..pipeline.avatars import AvatarError
+    from ..pipeline.avatars.store import avatar_dir
+
+    try:
+        exists = os.path.isdir(avatar_dir(name))
+    except AvatarError:
+        return ApiError(400, field, str(exc), "avatar names are letters, digits, _ . -; GET /v1/avatars lists them")
+    return ApiError(409 if exists else 404, field, str(exc),
+                    "GET /v1/avatars lists the prepared avatars; prepare it again if it changed")
 
 
 def placeholder_argv(kind: str):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
@@ -217,7 +216,7 @@ def open_speech(name: str, device: str, batch_size: str):
     from ..pipeline.avatars import Avatar, AvatarError
     from ..pipeline.avatars.live import LiveSpeech
     from ..pipeline.runtime import Runtime, pick_device
-    from .errors import ApiError, bad_request
+    from .errors import bad_request
 
     try:
         size = int(batch_size)
@@ -227,15 +226,6 @@ def open_speech(name: str, device: str, batch_size: str):
         avatar = Avatar(name)
         return LiveSpeech(avatar, Runtime(device=pick_device(device), show_progress=False), batch_size=size)
     except AvatarError as exc:
-        status = 404 if not os.path.isdir(exc_folder(name)) else 409
-        raise ApiError(status, "name", str(exc), "GET /v1/avatars lists the prepared avatars; prepare it again "
-                                                 "if it changed")
+        from .app import avatar_refusal
 
-
-def exc_folder(name: str) -> str:
-    from ..pipeline.avatars.store import avatar_dir
-
-    try:
-        return avatar_dir(name)
-    except Exception:
-        return ""
+        raise avatar_refusal("name", name, exc)
