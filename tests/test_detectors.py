@@ -115,6 +115,48 @@ def test_1080p_frame_finds_the_face_at_the_right_place(mt):
     _check_face_landmarks(dets[0])
 
 
+# ---- the 5 points re-read over shifted and mirrored windows (models/mtcnn_refine.py) --------------------------------
+def test_refinement_is_exactly_mirror_symmetric(mt):
+    """Readings of a face and of its mirror image are one set (the windows are left-right symmetric and each is read
+    both ways), so the refined points of the mirror image are the mirrored points, eyes and mouth corners swapped.
+    A wrong sign in un-mirroring the mirrored readings breaks this."""
+    from musetalk_enhanced.models.mtcnn_refine import refine
+
+    astro = skdata.astronaut()
+    width = astro.shape[1]
+    box = np.array([[170.0, 50.0, 275.0, 180.0]])
+    images = torch.from_numpy(np.stack([astro, np.ascontiguousarray(astro[:, ::-1])])).permute(0, 3, 1, 2).float()
+    mirrored_box = np.array([[width - box[0, 2], box[0, 1], width - box[0, 0], box[0, 3]]])
+    boxes, points = refine(mt.model, images, np.array([0, 1]), np.concatenate([box, mirrored_box]))
+    back = points[1].copy()
+    back[:, 0] = width - back[:, 0]
+    assert np.allclose(back[[1, 0, 2, 4, 3]], points[0], atol=0.02), (back, points[0])
+    assert np.allclose([width - boxes[1, 2], boxes[1, 1], width - boxes[1, 0], boxes[1, 3]], boxes[0], atol=0.02)
+
+
+def test_refinement_stays_on_the_face_and_is_used_only_for_the_estimate(mt):
+    """The refined points stay within a few % of the eye distance of the cascade's (they average out its noise,
+    they do not move the face), and only the 5-point-estimate mode refines: the cascade's own output is unchanged
+    when a 68-point model will read the box."""
+    from musetalk_enhanced.models.mtcnn_refine import refine
+
+    astro = skdata.astronaut()
+    raw = mt.model.detect(torch.from_numpy(astro[None]).permute(0, 3, 1, 2).float())[0]
+    boxes, points = refine(mt.model, torch.from_numpy(astro[None]).permute(0, 3, 1, 2).float(), np.array([0]),
+                           raw["boxes"])
+    eye_distance = np.linalg.norm(raw["landmarks"][0, 1] - raw["landmarks"][0, 0])
+    moved = np.linalg.norm(points[0] - raw["landmarks"][0], axis=1) / eye_distance
+    assert moved.max() < 0.12 and moved.mean() > 1e-4, moved
+    assert _iou(boxes[0], raw["boxes"][0]) > 0.85
+    det = mt.detect(astro)[0][0]
+    assert np.allclose(det.landmarks, points[0], atol=1e-3) and np.allclose(det.box, boxes[0], atol=1e-3)
+    pytest.importorskip("dlib")
+    with_68 = create_detector("mtcnn", _runtime(), auto_download=False, landmarks="dlib")
+    if with_68.landmarks is None:
+        pytest.skip("dlib's 68-point predictor file is not installed")
+    assert np.allclose(with_68.detect(astro)[0][0].box, raw["boxes"][0], atol=1e-3)
+
+
 def test_mtcnn_weights_from_model_folder_first(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV_MODELS_DIR, str(tmp_path))
     if mtcnn.wheel_weight_paths() is not None:

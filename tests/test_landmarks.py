@@ -33,7 +33,8 @@ def measured():
     samples = g.samples(False)
     if not samples:
         pytest.skip("no reference landmarks (dlib missing)")
-    return g, samples, g.detect_5([img for _, img, _ in samples])
+    images = [img for _, img, _ in samples]
+    return g, samples, {"cascade": g.detect_5(images, refined=False), "refined": g.detect_5(images)}
 
 
 # ---- the default path on real photos ---------------------------------------------------------------------------
@@ -44,7 +45,7 @@ def test_default_path_matches_real_landmarks(measured):
     g, samples, dets = measured
     source, _ = lmk.open_landmark_source("auto", Runtime(device="cpu"))
     assert source is not None and source.name == "dlib-68"
-    r = g.measure(source, samples, dets)
+    r = g.measure(source, samples, dets["cascade"])
     assert r["faces"] >= 35 and r["missed"] == 0, r
     assert r["iou_mean"] >= 0.95 and r["iou_min"] >= 0.90, r
     assert r["align_mean_pct"] <= 3.0, r
@@ -52,11 +53,12 @@ def test_default_path_matches_real_landmarks(measured):
 
 @needs_dlib
 def test_five_point_estimate_is_recalibrated(measured):
-    """The last resort, measured the same way: better than the mean-face-only estimate of the first release (crop IoU
-    0.74 on these photos), still clearly worse than real landmarks (README states both)."""
+    """Issue goal for the last resort, measured the same way: crop IoU mean >= 0.90 (the mean-face-only estimate of
+    the first release had 0.74 on these photos), still clearly worse than real landmarks (README states both). The
+    model's fit includes these photos; its held-out score (each person left out) is checked in test_cropbox.py."""
     g, samples, dets = measured
-    r = g.measure(None, samples, dets)
-    assert r["iou_mean"] >= 0.89 and r["iou_min"] >= 0.6, r
+    r = g.measure(None, samples, dets["refined"])
+    assert r["iou_mean"] >= 0.90 and r["iou_min"] >= 0.6, r
 
 
 @needs_dlib

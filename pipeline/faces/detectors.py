@@ -175,6 +175,8 @@ class MTCNNDetector(FaceDetector):
         self.landmark_notes = list(self.landmark_notes) + ([why] if why else [])
         self.landmark_kind = (self.landmarks.name if self.landmarks is not None else ESTIMATE) + (
             f"; LatentSync alignment: {ALIGN_106}" if self.align is not None else "")
+        # the 5 points are the crop's only source: re-read them over several windows (models/mtcnn_refine.py)
+        self.refine_points = self.landmarks is None
 
         if len(tuple(thresholds)) != 3:
             raise ValueError("mtcnn: thresholds must be three numbers (P-Net, R-Net, O-Net)")
@@ -194,17 +196,21 @@ class MTCNNDetector(FaceDetector):
     def _detect_batch(self, frames: torch.Tensor) -> List[List[Detection]]:
         n, height, width = frames.shape[:3]
         images = _to_device_float(frames, self.model.device, torch.float32)
-        images, sx, sy = _downscale(images, self.detect_short_side)
-        results = self.model.detect(images.to(self.model.dtype))
+        small, sx, sy = _downscale(images, self.detect_short_side)
+        results = self.model.detect(small.to(self.model.dtype))
         scale = np.array([sx, sy], dtype=np.float64)
+        for r in results:                                              # back to the frames' pixels
+            r["boxes"] = r["boxes"].astype(np.float64) * np.tile(scale, 2)
+            r["landmarks"] = r["landmarks"].astype(np.float64) * scale
+        if self.refine_points:
+            results = self._refined(images, results)
         out = []
         for r in results:
             dets = []
             for box, score, pts in zip(r["boxes"], r["scores"], r["landmarks"]):
-                clipped = _clip_box(box.astype(np.float64) * np.tile(scale, 2), width, height)
+                clipped = _clip_box(box, width, height)
                 if clipped is not None:
-                    dets.append(Detection(box=clipped, score=float(score),
-                                          landmarks=(pts.astype(np.float64) * scale).astype(np.float32),
+                    dets.append(Detection(box=clipped, score=float(score), landmarks=pts.astype(np.float32),
                                           landmark_kind="mtcnn5"))
             out.append(dets)
         if self.landmarks is None and self.align is None:
@@ -212,6 +218,20 @@ class MTCNNDetector(FaceDetector):
         from .landmarks import add_landmarks
 
         return add_landmarks(self.landmarks, frames.cpu().numpy(), out, self.align)
+
+    def _refined(self, images: torch.Tensor, results: List[dict]) -> List[dict]:
+        """The 5 points are the crop's only source (no 68-point model): O-Net re-reads them over shifted and
+        mirrored windows at full resolution (models/mtcnn_refine.py), and the boxes with them."""
+        from ...models.mtcnn_refine import refine
+
+        index = np.concatenate([np.full(len(r["boxes"]), b, np.int64) for b, r in enumerate(results)])
+        boxes, points = refine(self.model, images, index, np.concatenate([r["boxes"] for r in results]))
+        start = 0
+        for r in results:
+            end = start + len(r["boxes"])
+            r["boxes"], r["landmarks"] = boxes[start:end], points[start:end]
+            start = end
+        return results
 
 
 # ---- S3FD + FAN 68 -------------------------------------------------------------------------------------------------
