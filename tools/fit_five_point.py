@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,6 +98,8 @@ def _download(registry: str, package: str) -> str:
                    folder, package]
         else:
             cmd = ["npm", "pack", "--silent", "--pack-destination", folder, package]
+        if shutil.which(cmd[0]) is None and cmd[0] == "npm":
+            raise SystemExit(f"fit_five_point: fetching {package} needs npm (Debian: apt-get install npm)")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         found = glob.glob(os.path.join(folder, "*.t*gz"))
     if not found:
