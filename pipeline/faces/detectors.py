@@ -196,14 +196,15 @@ class MTCNNDetector(FaceDetector):
     def _detect_batch(self, frames: torch.Tensor) -> List[List[Detection]]:
         n, height, width = frames.shape[:3]
         images = _to_device_float(frames, self.model.device, torch.float32)
-        small, sx, sy = _downscale(images, self.detect_short_side)
-        results = self.model.detect(small.to(self.model.dtype))
+        full = images if self.refine_points else None                # full resolution only for the refinement
+        images, sx, sy = _downscale(images, self.detect_short_side)
+        results = self.model.detect(images.to(self.model.dtype))
         scale = np.array([sx, sy], dtype=np.float64)
         for r in results:                                              # back to the frames' pixels
             r["boxes"] = r["boxes"].astype(np.float64) * np.tile(scale, 2)
             r["landmarks"] = r["landmarks"].astype(np.float64) * scale
-        if self.refine_points:
-            results = self._refined(images, results)
+        if full is not None:
+            results = self._refined(full, results)
         out = []
         for r in results:
             dets = []
@@ -224,13 +225,12 @@ class MTCNNDetector(FaceDetector):
         mirrored windows at full resolution (models/mtcnn_refine.py), and the boxes with them."""
         from ...models.mtcnn_refine import refine
 
-        index = np.concatenate([np.full(len(r["boxes"]), b, np.int64) for b, r in enumerate(results)])
-        boxes, points = refine(self.model, images, index, np.concatenate([r["boxes"] for r in results]))
-        start = 0
-        for r in results:
-            end = start + len(r["boxes"])
-            r["boxes"], r["landmarks"] = boxes[start:end], points[start:end]
-            start = end
+        counts = [len(r["boxes"]) for r in results]
+        boxes, points = refine(self.model, images, np.repeat(np.arange(len(results)), counts),
+                               np.concatenate([r["boxes"] for r in results]))
+        splits = np.cumsum(counts)[:-1]
+        for r, b, p in zip(results, np.split(boxes, splits), np.split(points, splits)):
+            r["boxes"], r["landmarks"] = b, p
         return results
 
 
