@@ -1,20 +1,45 @@
-"""``python <pack folder> ...`` or ``python -m musetalk_enhanced ...``: the command-line lip-sync (see cli.py)."""
+"""``python <pack folder> ...`` or ``python -m musetalk_enhanced ...``: the commands, each a thin front end that
+builds a typed request (pipeline/jobs) and runs it.
+
+    python <pack> --video in.mp4 --audio voice.wav --out out.mp4 [options]   one dub            (cli.py)
+    python <pack> batch JOBS [options]                                        a folder or list   (batch_cli.py)
+    python <pack> avatar prepare|speak|list|remove ...                        avatars            (avatar_cli.py)
+    python <pack> serve [--port 8288]                                         the dubbing server (server/serve.py)
+"""
 import importlib.util
 import os
 import sys
 
-if __package__:  # python -m <package>
-    from .cli import main
-else:  # python <pack folder>: import the folder as a package first (relative imports inside)
-    _root = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0]) == _root:
-        sys.path.pop(0)  # never shadow other modules with the pack's own folders (nodes, models...)
-    _spec = importlib.util.spec_from_file_location("musetalk_enhanced", os.path.join(_root, "__init__.py"),
-                                                   submodule_search_locations=[_root])
-    _pack = importlib.util.module_from_spec(_spec)
-    sys.modules["musetalk_enhanced"] = _pack
-    _spec.loader.exec_module(_pack)
-    from musetalk_enhanced.cli import main
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else ""
+    if command == "avatar":
+        from .avatar_cli import main as run_command
+    elif command == "batch":
+        from .batch_cli import main as run_command
+    elif command == "serve":
+        from .server.serve import main as run_command
+    else:
+        from .cli import main as dub
+
+        return dub(argv)
+    return run_command(argv[1:])
+
+
+def _import_pack():
+    """``python <pack folder>``: import the folder as the package ``musetalk_enhanced`` (relative imports inside),
+    never shadowing other modules with the pack's own folders (nodes, models...)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0]) == root:
+        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("musetalk_enhanced", os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["musetalk_enhanced"] = pack
+    spec.loader.exec_module(pack)
+    return importlib.import_module("musetalk_enhanced.__main__")
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit((main if __package__ else _import_pack().main)())

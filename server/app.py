@@ -18,7 +18,7 @@ from aiohttp import web
 from .config import ServerConfig
 from .errors import ApiError, bad_request, not_found
 from .jobs import FINISHED, JobStore
-from .options import check_options
+from .options import build_request
 from .safety import (AUDIO_EXTS, VIDEO_EXTS, check_duration, confined_path, media_seconds, save_upload, token_ok,
                      unauthorized, upload_name)
 from .worker import Worker
@@ -73,7 +73,7 @@ async def submit_job(request: web.Request) -> web.Response:
         # decoding the inputs once (to refuse corrupt files now) runs beside the event loop, not on it
         kind, inputs = await asyncio.get_running_loop().run_in_executor(None, job_inputs, fields, config)
         options = fields.get("options") or {}
-        check_options(kind, options, placeholder_argv(kind))
+        build_request(kind, options, inputs, out="result.mp4")
         if store.count("queued") >= config.max_queue:
             raise ApiError(429, None, "the queue is full", "retry after a job finishes", {"Retry-After": "10"})
         job = store.create(job_id, kind, inputs, options)
@@ -179,12 +179,6 @@ def avatar_refusal(field: str, name: str, exc: Exception) -> ApiError:
         return ApiError(400, field, str(exc), "avatar names are letters, digits, _ . -; GET /v1/avatars lists them")
     return ApiError(409 if exists else 404, field, str(exc),
                     "GET /v1/avatars lists the prepared avatars; prepare it again if it changed")
-
-
-def placeholder_argv(kind: str):
-    if kind == "dub":
-        return ["--video", "v.mp4", "--out", "o.mp4"]
-    return ["--name", "n", "--audio", "a.wav", "--out", "o.mp4"]
 
 
 def job_or_404(request: web.Request):

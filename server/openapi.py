@@ -1,5 +1,5 @@
-"""``GET /openapi.json``: the routes, their fields and the live protocol, built from the same option list the server
-checks (server/options.py) so the description cannot drift from what is accepted."""
+"""``GET /openapi.json``: the routes, their fields and the live protocol, built from the same request fields the server
+checks (pipeline/jobs, server/options.py) so the description cannot drift from what is accepted."""
 from __future__ import annotations
 
 from typing import Dict
@@ -10,26 +10,10 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _option_schema(kind: str) -> Dict:
-    from .options import allowed_options
+    from ..pipeline.jobs import REQUESTS
+    from ..pipeline.jobs.schema import options_schema
 
-    props = {}
-    for dest, action in sorted(allowed_options(kind).items()):
-        if action.nargs == 0:
-            schema = {"type": "boolean"}
-        elif action.type is int:
-            schema = {"type": "integer"}
-        elif action.type is float:
-            schema = {"type": "number"}
-        else:
-            schema = {"type": "string"}
-        if action.choices:
-            schema["enum"] = list(action.choices)
-        if action.default not in (None, False):
-            schema["default"] = action.default
-        if action.help:
-            schema["description"] = action.help % {"default": action.default} if "%(" in action.help else action.help
-        props[dest] = schema
-    return {"type": "object", "properties": props, "additionalProperties": False}
+    return options_schema(REQUESTS[kind])
 
 
 def _errors(*codes: int) -> Dict:

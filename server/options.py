@@ -1,78 +1,34 @@
-"""A job's options are the CLI's flags (``{"batch_size": 4}`` is ``--batch-size 4``), checked by the CLI's own
-parser so the server, the CLI and the nodes share every default and choice list.
+"""A job's options are the option fields of the pipeline's typed request (pipeline/jobs): ``{"batch_size": 4}`` is
+``DubRequest.batch_size``; the older names the command line used (``steps``, ``no_smooth_boxes``) still work. The
+request's own coercion and checks refuse a bad value, and their ``{field, message, fix}`` becomes the 400.
 
-Options that belong to the server, not to a job (inputs, output, device, weights folder, downloads) are refused.
+Inputs, the output, the device and downloads belong to the server, not to a job's options: naming them is refused.
 """
 from __future__ import annotations
 
-import argparse
-from typing import Dict, List
+from typing import Dict
 
+from ..pipeline.jobs import REQUESTS, Request, RequestError
+from ..pipeline.jobs.fields import OPTION, names_table
 from .errors import bad_request
 
-# Set by the server or the job's inputs, never by a job's options.
-SERVER_OWNED = {"help", "video", "audio", "out", "demo", "report_json", "models_dir", "no_download", "quiet",
-                "device", "name", "command"}
 
-
-class _Refused(Exception):
-    pass
-
-
-class _CheckingParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print and exit the process
-        raise _Refused(message)
-
-
-def _parser(kind: str) -> argparse.ArgumentParser:
-    """The CLI parser whose options a ``kind`` job takes ('dub': the lip-sync CLI; 'avatar': ``avatar speak``)."""
-    if kind == "dub":
-        from ..cli import build_parser
-        parser = build_parser()
-    else:
-        from ..avatar_cli import build_parser
-        parser = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["speak"]
-    parser.__class__ = _CheckingParser
-    return parser
-
-
-def allowed_options(kind: str) -> Dict[str, argparse.Action]:
-    return {a.dest: a for a in _parser(kind)._actions if a.dest not in SERVER_OWNED and a.option_strings}
-
-
-def option_argv(kind: str, options: Dict) -> List[str]:
-    """``options`` as command-line flags, each checked (unknown names, wrong types, values outside the choices)."""
+def build_request(kind: str, options, inputs: Dict[str, str], out: str) -> Request:
+    """The request of a ``kind`` job ('dub' or 'avatar'), checked; a refusal names ``options.<name>`` for an
+    option and the input's own field otherwise."""
     if not isinstance(options, dict):
         raise bad_request("options", "options must be a JSON object", 'e.g. {"batch_size": 4, "backend": "musetalk"}')
-    allowed = allowed_options(kind)
-    argv: List[str] = []
-    for key, value in options.items():
-        action = allowed.get(key.replace("-", "_"))
-        if action is None:
-            raise bad_request(f"options.{key}", f"{key!r} is not an option of a {kind} job",
-                              f"use one of: {', '.join(sorted(allowed))}")
-        flag = action.option_strings[-1]
-        if action.nargs == 0:               # a switch: true turns it on
-            if not isinstance(value, bool):
-                raise bad_request(f"options.{key}", f"{key} is a switch; got {value!r}", "send true or false")
-            argv += [flag] if value else []
-        elif isinstance(value, (dict, list)) or value is None:
-            raise bad_request(f"options.{key}", f"{key} takes one value; got {value!r}", "send a number or a string")
-        else:
-            argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
-
-
-def check_options(kind: str, options: Dict, required: List[str]) -> None:
-    """Parse ``required`` (the inputs' flags, placeholders) + the options exactly as the job will."""
-    argv = option_argv(kind, options)
+    request_type = REQUESTS[kind]
     try:
-        _parser(kind).parse_args(required + argv)
-    except _Refused as exc:
-        field = next((f"options.{k}" for k in options if f"--{k.replace('_', '-')}" in str(exc)), "options")
-        raise bad_request(field, str(exc), "see GET /openapi.json or the CLI's --help for the accepted values")
+        request = request_type.from_mapping(options, roles=(OPTION,), prefix="options.")
+        return request.replace(**inputs, out=out).validate()
+    except RequestError as exc:
+        raise bad_request(_field(request_type, exc.field, options), exc.message, exc.fix) from None
 
 
-def parse_job_args(kind: str, options: Dict, required: List[str]) -> argparse.Namespace:
-    """The Namespace the CLI would build for this job."""
-    return _parser(kind).parse_args(required + option_argv(kind, options))
+def _field(request_type, field: str, options: Dict) -> str:
+    """``options.<the name the client sent>`` for an option, the field itself for an input."""
+    if field.startswith("options."):
+        return field
+    sent = [k for k in options if names_table(request_type).get(str(k).replace("-", "_"), ("",))[0] == field]
+    return f"options.{sent[0]}" if sent else field

@@ -1,6 +1,6 @@
-"""One worker per device: takes the oldest queued job, runs it on the CLI's pipeline with the models loaded once
-(pipeline/model_cache.py keeps them between jobs), reports progress, honours cancel, and moves the result into
-place before marking the job done."""
+"""One worker per device: takes the oldest queued job, builds its typed request (server/options.py) and runs it
+(pipeline/jobs) with the models loaded once (pipeline/model_cache.py keeps them between jobs), reports progress,
+honours cancel, and moves the result into place before marking the job done."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +9,11 @@ import shutil
 import threading
 import time
 import traceback
-from typing import Callable, Dict, List, Set
+from typing import Dict, Set
 
 from .jobs import Job, JobStore
-from .options import parse_job_args
+from ..pipeline.jobs.run import explain
+from .options import build_request
 
 log = logging.getLogger("musetalk_enhanced.server")
 PROGRESS_EVERY_S = 0.25        # how often a running job's progress is written to the store
@@ -20,19 +21,6 @@ PROGRESS_EVERY_S = 0.25        # how often a running job's progress is written t
 
 class JobCancelled(Exception):
     pass
-
-
-def job_runtime(device: str, on_progress: Callable[[str, int, int], None], cancelled: Callable[[], bool]):
-    """A pipeline Runtime on ``device`` that reports progress to the job and stops at the next batch on cancel."""
-    from ..pipeline.runtime import Runtime, pick_device, pick_dtype
-
-    class JobRuntime(Runtime):
-        def progress(self, stage: str, done: int, total: int) -> None:
-            super().progress(stage, done, total)     # the cancel point
-            on_progress(stage, done, total)
-
-    dev = pick_device(device)
-    return JobRuntime(device=dev, dtype=pick_dtype(dev), show_progress=False, cancel_flag=cancelled)
 
 
 class Worker(threading.Thread):
@@ -83,7 +71,7 @@ class Worker(threading.Thread):
             state, error = "cancelled", "cancelled while running"
         except Exception as exc:   # any failure is this job's alone: the worker goes on with the next
             log.info("job %s failed: %s", job.id, traceback.format_exc(limit=4))
-            state, error = "failed", _explain(exc)
+            state, error = "failed", explain(exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if self.progress["stage"]:                       # the last progress, not only the last throttled write
@@ -95,7 +83,7 @@ class Worker(threading.Thread):
 
     def execute(self, job: Job, out: str) -> Dict:
         """Run the job into ``out``; returns the report as JSON."""
-        from ..cli import report_dict
+        from ..pipeline.jobs import make_runtime, run
         from ..pipeline.runtime import Cancelled
 
         last = [0.0]
@@ -107,43 +95,11 @@ class Worker(threading.Thread):
                 last[0] = now
                 self.store.progress(job.id, stage, done, total)
 
-        runtime = job_runtime(self.device, on_progress, lambda: job.id in self.cancel_requests)
-        args = parse_job_args(job.kind, job.options, job_argv(job, out))
-        args.runtime, args.no_download, args.quiet = runtime, not self.auto_download, True
+        request = build_request(job.kind, job.options, job.inputs, out).replace(
+            device=self.device, auto_download=self.auto_download)
+        runtime = make_runtime(request, on_progress, lambda: job.id in self.cancel_requests, show_progress=False)
         try:
-            report = _dub(args, out) if job.kind == "dub" else _speak(args)
+            result = run(request, runtime)
         except (Cancelled, KeyboardInterrupt):
             raise JobCancelled() from None
-        return report_dict(os.path.basename(self.store.result_path(job.id)), report)
-
-
-def job_argv(job: Job, out: str) -> List[str]:
-    """The input flags of the job's CLI command."""
-    i = job.inputs
-    if job.kind == "dub":
-        return ["--video", i["video"], "--out", out] + (["--audio", i["audio"]] if i.get("audio") else [])
-    return ["--name", i["avatar"], "--audio", i["audio"], "--out", out]
-
-
-def _dub(args, out: str):
-    from ..cli import dub
-
-    return dub(args, out)
-
-
-def _speak(args):
-    from ..avatar_cli import speak
-
-    return speak(args)
-
-
-def _explain(exc: BaseException) -> str:
-    """The user-facing reason: the pipeline's own errors already name the input and the fix."""
-    from ..models.registry import MissingWeightsError
-    from ..pipeline.media.audio import AudioError
-    from ..pipeline.media.video import VideoError
-    from ..pipeline.types import LipSyncError
-
-    if isinstance(exc, (MissingWeightsError, VideoError, AudioError, LipSyncError, ValueError)):
-        return str(exc)
-    return f"internal error ({type(exc).__name__}: {exc}); the server log has the details"
+        return result.as_dict(os.path.basename(self.store.result_path(job.id)))

@@ -192,7 +192,7 @@ def test_cli_prepare_reuse_speak_list_remove(tmp_path, monkeypatch, capsys):
     the avatar's fps with every frame, ``list``, ``remove``; a bad name is a clear error."""
     from test_weights import musetalk_unet as tw_unet, vae as tw_vae, whisper as tw_whisper
 
-    from musetalk_enhanced import cli
+    from musetalk_enhanced.__main__ import main
     from musetalk_enhanced.models import registry
     from musetalk_enhanced.pipeline.media.audio import load_audio_file
     from musetalk_enhanced.pipeline.media.video import VideoFileFrames
@@ -212,35 +212,35 @@ def test_cli_prepare_reuse_speak_list_remove(tmp_path, monkeypatch, capsys):
     common = ["--quiet", "--no-download"]
     prep = ["avatar", "prepare", "--video", video, "--name", "host", "--min-face-size", "30", "--blend-mode",
             "feather"] + common
-    assert cli.main(prep) == 0 and "prepared" in capsys.readouterr().out
-    assert cli.main(prep) == 0 and "up to date" in capsys.readouterr().out
-    assert cli.main(prep + ["--loop", "forward", "--loop-range", "2-9"]) == 0       # no new preparation
+    assert main(prep) == 0 and "prepared" in capsys.readouterr().out
+    assert main(prep) == 0 and "up to date" in capsys.readouterr().out
+    assert main(prep + ["--loop", "forward", "--loop-range", "2-9"]) == 0       # no new preparation
     assert "up to date" in capsys.readouterr().out
-    assert cli.main(["avatar", "list"]) == 0 and "idle loop forward over frames 2-9" in capsys.readouterr().out
-    assert cli.main(prep + ["--loop-range", "2-16"]) == 2
+    assert main(["avatar", "list"]) == 0 and "idle loop forward over frames 2-9" in capsys.readouterr().out
+    assert main(prep + ["--loop-range", "2-16"]) == 2
     assert "loop_range '2-16' is not a range of its frames; give 'a-b' with 0 <= a <= b <= 15" in \
         capsys.readouterr().err
-    assert cli.main(prep[:-2] + ["--bbox-shift", "3"] + common) == 0 and "prepared" in capsys.readouterr().out
+    assert main(prep[:-2] + ["--bbox-shift", "3"] + common) == 0 and "prepared" in capsys.readouterr().out
     out = str(tmp_path / "spoken.mp4")
-    assert cli.main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", out] + common) == 0
+    assert main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", out] + common) == 0
     spoken = VideoFileFrames(out)
     duration = load_audio_file(voice).duration
     assert spoken.fps == pytest.approx(24.0) and len(spoken) == int(np.ceil(duration * 24 - 1e-6))
-    assert cli.main(["avatar", "list"]) == 0 and "host: 16 frames 256x256 @ 24 fps" in capsys.readouterr().out
-    assert cli.main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", out] + common) == 2
+    assert main(["avatar", "list"]) == 0 and "host: 16 frames 256x256 @ 24 fps" in capsys.readouterr().out
+    assert main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", out] + common) == 2
     assert "already exists" in capsys.readouterr().err
     looped = str(tmp_path / "looped.mp4")
-    assert cli.main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", looped, "--loop", "forward",
+    assert main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", looped, "--loop", "forward",
                      "--loop-range", "4-6"] + common) == 0
     assert "idle loop: forward over frames 4-6" in capsys.readouterr().out and len(VideoFileFrames(looped)) == \
         len(spoken)
-    assert cli.main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", looped + "2.mp4",
+    assert main(["avatar", "speak", "--name", "host", "--audio", voice, "--out", looped + "2.mp4",
                      "--loop-range", "7"] + common) == 2
-    assert "loop_range '7'" in capsys.readouterr().err
-    assert cli.main(["avatar", "speak", "--name", "nobody", "--audio", voice, "--out", out + "2.mp4"] + common) == 2
+    assert "--loop-range: '7' is not a frame range" in capsys.readouterr().err
+    assert main(["avatar", "speak", "--name", "nobody", "--audio", voice, "--out", out + "2.mp4"] + common) == 2
     assert "Prepare it first" in capsys.readouterr().err
-    assert cli.main(["avatar", "remove", "--name", "host"]) == 0
-    assert cli.main(["avatar", "list"]) == 0 and "no avatars" in capsys.readouterr().out
+    assert main(["avatar", "remove", "--name", "host"]) == 0
+    assert main(["avatar", "list"]) == 0 and "no avatars" in capsys.readouterr().out
 
 
 def test_nodes_prepare_reuse_and_speak(tmp_path, monkeypatch, clip, faces):

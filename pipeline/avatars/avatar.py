@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..backends.selection import DEFAULT_BATCH_SIZE
 from ..lipsync.plan import LOOP_CHOICES, Plan, loop_frame
 from ..media.frames import Frames
 from ..runtime import Runtime
@@ -124,7 +125,7 @@ def prepare_avatar(name: str, frames: Frames, faces: FaceSequence, runtime: Opti
 
 
 def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, parser, mode: str,
-                  runtime: Runtime, batch_size: int = 8):
+                  runtime: Runtime, batch_size: int = DEFAULT_BATCH_SIZE):
     """Write every frame as PNG; encode the face frames' latents and blend masks. Returns ({frame: latent},
     {frame: BlendMask})."""
     import cv2
@@ -285,7 +286,7 @@ class Avatar:
                                            masks[f"mask.{i}"].numpy()))
         return backend
 
-    def start(self, features, runtime: Optional[Runtime] = None, engine=None, batch_size: int = 8,
+    def start(self, features, runtime: Optional[Runtime] = None, engine=None, batch_size: int = DEFAULT_BATCH_SIZE,
               auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None) -> "AvatarRun":
         """A run of the avatar speaking ``features`` (whisper features at the avatar's fps, MuseTalk layout) over its
         idle loop (:meth:`idle_loop`): its ``plan`` and ``audio`` (the voice cut to the output's length) are ready,
@@ -310,7 +311,7 @@ class Avatar:
         run.plan = idle.plan(run.plan)      # the same length, the frames of the idle loop
         return AvatarRun(self, run, backend, runtime, notes)
 
-    def speak(self, features, sink, runtime: Optional[Runtime] = None, engine=None, batch_size: int = 8,
+    def speak(self, features, sink, runtime: Optional[Runtime] = None, engine=None, batch_size: int = DEFAULT_BATCH_SIZE,
               auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None):
         """:meth:`start` + ``into(sink)``: returns ``(report, the voice cut to the output's length)``."""
         run = self.start(features, runtime, engine, batch_size, auto_download, loop, loop_range)

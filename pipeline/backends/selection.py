@@ -12,8 +12,9 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..runtime import Runtime, is_oom
 from ..types import LipSyncError
@@ -23,6 +24,7 @@ from .latentsync_engine import DEFAULT_SEED
 
 BACKEND_CHOICES = ("auto", musetalk.NAME) + latentsync.VERSIONS
 MUSETALK = musetalk.NAME
+DEFAULT_BATCH_SIZE = 8             # frames per model call (a MuseTalk batch); out of memory halves it
 MAX_FAILURES = 3                   # LatentSync units that may fail before MuseTalk takes over the rest
 
 Factory = Callable[[str], Backend]
@@ -102,6 +104,27 @@ def ensure_weights(spec: BackendSpec, detector: str = "mtcnn", blend_mode: str =
     need = missing_weights(spec, detector, blend_mode)
     if need:
         registry.ensure(need, auto_download=spec.auto_download, log=log)
+
+
+def weights_in_use(spec: BackendSpec, detector: str = "mtcnn", blend_mode: str = "auto") -> Dict[str, Dict]:
+    """The weight files a run would read now, ``{registry key: {file, size, mtime}}``: the backends of the chain, both
+    whisper-tiny files, the detector's and the face parser's. A finished job is only the same job while these are
+    the same files (pipeline/jobs/batch.py)."""
+    from ...models import mtcnn, registry
+    from ..whisper_encoder import whisper_weight_keys
+
+    keys = [k for alternatives in musetalk.required_weights(blend_mode) for k in alternatives]
+    keys += whisper_weight_keys(musetalk.AUDIO_LAYOUT) + whisper_weight_keys(latentsync.AUDIO_LAYOUT)
+    keys += list(mtcnn.REGISTRY_KEYS.values()) if detector == "mtcnn" else ["s3fd", "fan68"]
+    keys += [k for name, _ in spec.chain() if name in latentsync.VERSIONS
+             for alternatives in latentsync.required_weights(name) for k in alternatives]
+    out = {}
+    for key in dict.fromkeys(keys):
+        path = registry.find(key) if key in registry.REGISTRY else None
+        if path:
+            st = os.stat(path)
+            out[key] = {"file": os.path.basename(path), "size": int(st.st_size), "mtime": float(st.st_mtime)}
+    return out
 
 
 # ---- the chain at run time ----------------------------------------------------------------------------------------

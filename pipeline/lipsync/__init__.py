@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from ..backends.selection import BackendChain, BackendSpec, open_backend
+from ..backends.selection import DEFAULT_BATCH_SIZE, BackendChain, BackendSpec, open_backend
 from ..types import FaceSequence, LipSyncError
 from .loop import run_units
 from .plan import LENGTH_POLICIES, aligned_audio, make_plan
@@ -25,7 +25,7 @@ class LipSyncRun:
     or padded to exactly the output's length) are ready after construction."""
 
     def __init__(self, frames, faces: FaceSequence, features, spec: Optional[BackendSpec] = None,
-                 length_policy: str = "follow_audio", batch_size: int = 8, blend_mode: str = "auto"):
+                 length_policy: str = "follow_audio", batch_size: int = DEFAULT_BATCH_SIZE, blend_mode: str = "auto"):
         self.started = time.time()
         faces.check_matches(len(frames), frames.width, frames.height)
         if batch_size < 1:
@@ -67,7 +67,7 @@ class LipSyncRun:
         return any(self.faces.frames[int(s)].face is not None for s in set(self.plan.source.tolist()))
 
 
-def run_lipsync(frames, faces: FaceSequence, features, spec: BackendSpec, runtime, sink, batch_size: int = 8,
+def run_lipsync(frames, faces: FaceSequence, features, spec: BackendSpec, runtime, sink, batch_size: int = DEFAULT_BATCH_SIZE,
                 length_policy: str = "follow_audio", blend_mode: str = "auto",
                 engine_factory: Optional[Callable[[str], object]] = None, whisper_encoder=None):
     """:class:`LipSyncRun` in one call: returns ``(report, aligned audio)``."""

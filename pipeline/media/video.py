@@ -22,6 +22,7 @@ import numpy as np
 from .frames import Frames, FramesError
 
 Source = Union[str, BinaryIO]
+MAX_FORCE_RATE = 240.0      # frames per second a video may be resampled to (force_rate)
 
 
 class VideoError(FramesError):

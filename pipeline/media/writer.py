@@ -46,6 +46,8 @@ def unique_output_path(directory: str, prefix: str, ext: str = ".mp4") -> str:
 
 
 AUDIO_FIT = ("pad_or_trim_audio", "hold_last_frame", "keep_both")
+DEFAULT_CRF = 19                 # H.264 quality: visually transparent for faces, ~1/3 the size of crf 14
+CRF_RANGE = (0, 51)              # libx264: 0 = lossless
 
 
 class VideoWriter:
@@ -58,7 +60,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str, fps: float, width: int, height: int, audio: Optional[Audio] = None,
-                 crf: int = 19, preset: str = "medium", audio_fit: str = "pad_or_trim_audio",
+                 crf: int = DEFAULT_CRF, preset: str = "medium", audio_fit: str = "pad_or_trim_audio",
                  audio_bitrate: int = 192000, pix_fmt: str = "yuv420p"):
         import av
 
@@ -66,7 +68,7 @@ class VideoWriter:
             raise VideoError(f"fps: must be > 0 to write a video (got {fps}).")
         if audio_fit not in AUDIO_FIT:
             raise VideoError(f"audio_fit: unknown value {audio_fit!r}; use one of {', '.join(AUDIO_FIT)}.")
-        if not 0 <= int(crf) <= 51:
+        if not CRF_RANGE[0] <= int(crf) <= CRF_RANGE[1]:
             raise VideoError(f"crf: must be within 0..51 (got {crf}); lower is better quality, 17-23 is typical.")
         if os.path.exists(path) and os.path.getsize(path) > 0:
             raise VideoError(f"output: {path} already exists; refusing to overwrite it. Choose another name.")
@@ -216,7 +218,7 @@ class VideoWriter:
             pass
 
 
-def write_video(path: str, frames: Frames, audio: Optional[Audio] = None, crf: int = 19,
+def write_video(path: str, frames: Frames, audio: Optional[Audio] = None, crf: int = DEFAULT_CRF,
                 audio_fit: str = "pad_or_trim_audio", batch: int = 16, progress=None) -> str:
     """Encode a whole :class:`Frames` sequence (streaming) with optional audio; returns the path."""
     with VideoWriter(path, frames.fps, frames.width, frames.height, audio, crf=crf, audio_fit=audio_fit) as w:

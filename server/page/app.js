@@ -37,18 +37,23 @@ function renderOptions(kind) {
   const box = $("options");
   box.innerHTML = "";
   for (const [name, s] of Object.entries(schema.properties)) {
+    if (s.deprecated) continue;                       // older names of the same options
     const label = document.createElement("label");
     label.title = s.description || "";
     label.textContent = name.replaceAll("_", " ");
     let input;
     if (s.enum) {
       input = document.createElement("select");
+      if (s.nullable) input.add(new Option("(default)", "", false, s.default === undefined));
       for (const v of s.enum) input.add(new Option(v, v, false, v === s.default));
     } else {
       input = document.createElement("input");
       input.type = s.type === "boolean" ? "checkbox" : (s.type === "string" ? "text" : "number");
       if (s.type === "number") input.step = "any";
-      if (s.default !== undefined && s.type !== "boolean") input.value = s.default;
+      if (s.minimum !== undefined) input.min = s.minimum;
+      if (s.maximum !== undefined) input.max = s.maximum;
+      if (s.type === "boolean") input.checked = s.default === true;
+      else if (s.default !== undefined) input.value = s.default;
     }
     input.name = name;
     input.dataset.type = s.type;
@@ -61,7 +66,10 @@ function renderOptions(kind) {
 function chosenOptions() {
   const out = {};
   for (const input of $("options").querySelectorAll("input, select")) {
-    if (input.dataset.type === "boolean") { if (input.checked) out[input.name] = true; continue; }
+    if (input.dataset.type === "boolean") {
+      if (String(input.checked) !== input.dataset.default) out[input.name] = input.checked;
+      continue;
+    }
     if (input.value === "" || input.value === input.dataset.default) continue;
     out[input.name] = input.dataset.type === "integer" ? parseInt(input.value, 10)
       : input.dataset.type === "number" ? parseFloat(input.value) : input.value;

@@ -1,0 +1,285 @@
+"""The typed requests every front end builds: :class:`DubRequest` (a video re-synced to a voice),
+:class:`SpeakRequest` (a voice spoken through a prepared avatar) and :class:`PrepareRequest` (an avatar prepared from
+a video). Each holds every option with its default, range and choices; the defaults are read from the floor that
+owns them (``FaceOptions``, ``BackendSpec``, the writer), so nothing below this floor imports it.
+
+The command line's flags (pipeline/jobs/flags.py), the server's JSON options and OpenAPI (pipeline/jobs/schema.py),
+batch rows (pipeline/jobs/batch.py) and the nodes' widgets (nodes/common.py) are all read from these fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..avatars.avatar import DEFAULT_LOOP, WHOLE_CLIP
+from ..backends.blending import BLEND_CHOICES
+from ..backends.selection import BACKEND_CHOICES, DEFAULT_BATCH_SIZE, BackendSpec
+from ..faces.detectors import BACKENDS as DETECTORS, DEFAULT_BACKEND as DEFAULT_DETECTOR
+from ..faces.landmarks import LANDMARK_CHOICES
+from ..faces.options import SPEAKER_POLICIES, FaceOptions
+from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
+from ..media.video import MAX_FORCE_RATE
+from ..media.writer import CRF_RANGE, DEFAULT_CRF
+from ..runtime import DTYPE_CHOICES
+from .fields import INPUT, MACHINE, RequestError, check, coerce, names_table, option, specs
+
+BATCH_SIZE_RANGE = (1, 256)          # frames per model call (out of memory halves it at run time)
+SEED_RANGE = (0, 2 ** 31 - 1)
+
+
+@dataclass
+class MachineSettings:
+    """Where and how a job runs: set by whoever owns the machine (a server job cannot choose them)."""
+
+    device: str = option("auto", "torch device: auto (the GPU when there is one), cpu, cuda, cuda:1, mps",
+                         role=MACHINE)
+    dtype: str = option("auto", "compute precision: auto = fp16 on a GPU, bf16 on a CPU with native bf16, else fp32",
+                        choices=DTYPE_CHOICES)
+    auto_download: bool = option(True, "download missing weights on first use (off: a missing file is an error that "
+                                       "lists where to put it)", role=MACHINE, inverted_names=("no_download",))
+
+
+@dataclass
+class FaceSettings:
+    """Face Detect's options: which face, which frames are cutaways, where the crop box lies."""
+
+    detector: str = option(DEFAULT_DETECTOR, "face detector", choices=DETECTORS)
+    landmarks: str = option(LANDMARK_CHOICES[0], "68-point landmark source for the mtcnn boxes (auto: DWPose, FAN, "
+                                                 "then dlib, whichever is installed; else the 5-point estimate)",
+                            choices=LANDMARK_CHOICES)
+    min_face_size: float = option(FaceOptions.min_face_size, "smallest usable face width in pixels (0 = no size "
+                                                             "check)", range=(0, 2048))
+    min_score: float = option(0.0, "minimum detector confidence (0 = the detector's own default)", range=(0, 1))
+    speaker: str = option(FaceOptions.speaker, "which face to sync when several are visible", choices=SPEAKER_POLICIES)
+    track_index: int = option(FaceOptions.track_index, "with speaker track_index: which face of each shot, 0 = the "
+                                                       "first to appear", range=(0, 64))
+    user_box: str = option("", "with speaker user_box: x1,y1,x2,y2 in pixels, or fractions of the frame when all are "
+                               "<= 1")
+    shot_threshold: float = option(FaceOptions.shot_threshold, "shot-cut sensitivity (mean HSV difference 0-255; 0 = "
+                                                               "no cut detection)", range=(0, 255))
+    debounce_frames: int = option(FaceOptions.debounce_frames, "a face must be seen in this many frames of a shot to "
+                                                               "be used", range=(1, 100))
+    bridge_gap: int = option(FaceOptions.bridge_gap, "fill detector dropouts of up to this many frames inside a face "
+                                                     "track (0 = off)", range=(0, 50))
+    bbox_shift: int = option(FaceOptions.bbox_shift, "MuseTalk crop: move the crop centre down (+) or up (-) in "
+                                                     "pixels", range=(-100, 100))
+    extra_margin: int = option(FaceOptions.extra_margin, "MuseTalk v1.5 crop: pixels added below the chin",
+                               range=(0, 200))
+    smooth_boxes: bool = option(FaceOptions.smooth_boxes, "smooth crop boxes over time within each face track",
+                                inverted_names=("no_smooth_boxes",))
+
+    def face_options(self) -> FaceOptions:
+        """The face analysis' options (checked)."""
+        options = FaceOptions(min_score=self.min_score or None, min_face_size=float(self.min_face_size),
+                              shot_threshold=float(self.shot_threshold), debounce_frames=int(self.debounce_frames),
+                              bridge_gap=int(self.bridge_gap), speaker=self.speaker, track_index=int(self.track_index),
+                              user_box=self.user_box or None, bbox_shift=int(self.bbox_shift),
+                              extra_margin=int(self.extra_margin), smooth_boxes=bool(self.smooth_boxes))
+        try:
+            options.validate()
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise RequestError(field if field in names_table(FaceSettings) else "speaker", message or str(exc),
+                               "see the option's help") from None
+        return options
+
+    def identity(self) -> Dict[str, Any]:
+        """The face settings a prepared avatar depends on (pipeline/avatars: a change means preparing it again), in
+        the keys avatars were first stored with."""
+        out = {k: getattr(self, k) for k in ("detector", "landmarks", "min_face_size", "min_score", "speaker",
+                                             "track_index", "user_box", "shot_threshold", "bbox_shift",
+                                             "extra_margin")}
+        out["no_smooth_boxes"] = not self.smooth_boxes
+        for k in ("debounce_frames", "bridge_gap"):     # added later: stored only when changed
+            if getattr(self, k) != getattr(FaceOptions, k):
+                out[k] = getattr(self, k)
+        return out
+
+
+@dataclass
+class GeneratorSettings(MachineSettings):
+    """The lip-sync generator and its settings (the ``MUSETALK_BACKEND`` the UNet / Backend Selector node makes)."""
+
+    backend: str = option(BackendSpec.choice, "lip-sync generator: auto = LatentSync when its weights are present, "
+                                              "else MuseTalk v1.5", choices=BACKEND_CHOICES)
+    sample_latents: bool = option(BackendSpec.posterior == "sample", "MuseTalk: sample the VAE posterior like the "
+                                                                     "original (off: its mean, deterministic)",
+                                  inverted_names=("deterministic_latents",))
+    seed: int = option(BackendSpec.seed, "seed of LatentSync's noise and of posterior sampling", range=SEED_RANGE)
+    latentsync_steps: int = option(BackendSpec.latentsync_steps, "LatentSync DDIM steps", range=(1, 100),
+                                   old_names=("steps",))
+    latentsync_guidance: float = option(BackendSpec.latentsync_guidance, "LatentSync guidance scale (1 = off)",
+                                        range=(1.0, 5.0), old_names=("guidance",))
+    deepcache: bool = option(BackendSpec.deepcache, "LatentSync: reuse deep UNet features (about 2x faster)")
+
+    def backend_spec(self) -> BackendSpec:
+        return BackendSpec(choice=self.backend, device=self.device, dtype=self.dtype,
+                           auto_download=bool(self.auto_download),
+                           posterior="sample" if self.sample_latents else "mode", seed=int(self.seed),
+                           latentsync_steps=int(self.latentsync_steps),
+                           latentsync_guidance=float(self.latentsync_guidance), deepcache=bool(self.deepcache))
+
+
+class Request:
+    """What the three requests share: building from a mapping, checking, listing options."""
+
+    KIND = ""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], roles: Tuple[str, ...] = (INPUT, "option", MACHINE),
+                     prefix: str = ""):
+        """A request from ``{name: value}`` (JSON, a CSV row, parsed argv). Names are field names or the older ones
+        (``steps``, ``no_smooth_boxes``); values are coerced to the field's type. Unknown names, names of another
+        role and values of the wrong type raise :class:`RequestError` (``prefix`` + the name as given)."""
+        table, by_name = names_table(cls), {s.name: s for s in specs(cls)}
+        allowed = sorted(n for n, (f, _) in table.items() if by_name[f].role in roles and n == f)
+        kwargs: Dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in table or by_name[table[name][0]].role not in roles:
+                raise RequestError(prefix + str(key), f"{key!r} is not an option of a {cls.KIND} job",
+                                   f"use one of: {', '.join(allowed)}")
+            field, inverted = table[name]
+            v = coerce(by_name[field], value, prefix + str(key))
+            kwargs[field] = (not v) if inverted and isinstance(v, bool) else v
+        return cls(**kwargs)
+
+    def validate(self):
+        """Every field's type, range and choices, then what a job of this kind needs; returns the request."""
+        for s in specs(self):
+            value = coerce(s, getattr(self, s.name))
+            check(s, value)
+            setattr(self, s.name, value)
+        self.check_inputs()
+        return self
+
+    def check_inputs(self) -> None:
+        raise NotImplementedError
+
+    def options(self) -> Dict[str, Any]:
+        """The option fields (no inputs, no machine settings): what a job's identity and a server job hold."""
+        return {s.name: getattr(self, s.name) for s in specs(self) if s.role == "option"}
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _required(value: Optional[str], field: str, fix: str) -> None:
+    if not value or not str(value).strip():
+        raise RequestError(field, "is required", fix)
+    if "\x00" in str(value):
+        raise RequestError(field, "contains a NUL byte", "give a plain file name")
+
+
+def _check_out(out: str) -> None:
+    _required(out, "out", "name the .mp4 to write")
+    if not out.lower().endswith(".mp4"):
+        raise RequestError("out", f"{os.path.basename(out)!r} is not an .mp4 name", "end the output name with .mp4")
+
+
+def _check_loop_range(value: Optional[str], field: str = "loop_range") -> None:
+    if value is None or value.strip().lower() in WHOLE_CLIP:
+        return
+    a, sep, b = value.strip().partition("-")
+    if not (sep and a.strip().isdigit() and b.strip().isdigit() and int(a) <= int(b)):
+        raise RequestError(field, f"{value!r} is not a frame range", "write A-B (frames A to B, from 0), or all")
+
+
+@dataclass
+class DubRequest(FaceSettings, GeneratorSettings, Request):
+    """Re-sync the lips in ``video`` to ``audio`` (default: the video's own sound) into the mp4 ``out``."""
+
+    KIND = "dub"
+    video: str = option("", "the video to dub (any format FFmpeg reads)", role=INPUT)
+    audio: Optional[str] = option(None, "the voice track (any format); default: the video's own audio", kind=str,
+                                  role=INPUT)
+    out: str = option("", "the mp4 to write (never overwritten)", role=INPUT)
+    length_policy: str = option(LENGTH_POLICIES[0], "follow_audio: as long as the voice (the video ping-pongs); "
+                                                    "follow_video: as long as the video; shortest",
+                                choices=LENGTH_POLICIES)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
+                             range=BATCH_SIZE_RANGE)
+    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth is pasted (auto: jaw with the face parser, else "
+                                               "feather)", choices=BLEND_CHOICES)
+    force_rate: float = option(0.0, "resample the video to this frame rate first (0 = keep)",
+                               range=(0, MAX_FORCE_RATE))
+    compat_int_fps: bool = option(False, "reproduce the original's int(fps) audio timing (drifts at 29.97 fps)")
+    crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
+
+    def check_inputs(self) -> None:
+        _required(self.video, "video", "name the video to dub")
+        if self.audio is not None and "\x00" in self.audio:
+            raise RequestError("audio", "contains a NUL byte", "give a plain file name")
+        _check_out(self.out)
+        self.face_options()
+
+
+@dataclass
+class SpeakRequest(MachineSettings, Request):
+    """Speak ``audio`` through the prepared avatar ``avatar`` into the mp4 ``out``."""
+
+    KIND = "avatar"
+    avatar: str = option("", "the prepared avatar's name", role=INPUT, flag="--name")
+    audio: str = option("", "the voice to speak (any format FFmpeg reads)", role=INPUT)
+    out: str = option("", "the mp4 to write (never overwritten)", role=INPUT)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
+                             range=BATCH_SIZE_RANGE)
+    crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
+    loop: Optional[str] = option(None, "idle loop: ping_pong (forward then back) or forward (start over); default: "
+                                       "the avatar's", kind=str, choices=LOOP_CHOICES)
+    loop_range: Optional[str] = option(None, "the source frames the idle loop uses, A-B inclusive from 0, or all; "
+                                             "default: the avatar's", kind=str)
+
+    def check_inputs(self) -> None:
+        from ..avatars.store import check_name
+        from ..avatars import AvatarError
+
+        _required(self.avatar, "avatar", "name a prepared avatar (avatar list shows them)")
+        try:
+            check_name(self.avatar)
+        except AvatarError as exc:
+            raise RequestError("avatar", str(exc), "avatar names are letters, digits, _ . -") from None
+        _required(self.audio, "audio", "name the voice to speak")
+        _check_out(self.out)
+        _check_loop_range(self.loop_range)
+
+
+@dataclass
+class PrepareRequest(FaceSettings, MachineSettings, Request):
+    """Prepare (or reuse, when nothing changed) the avatar ``name`` from ``video``."""
+
+    KIND = "prepare"
+    video: str = option("", "the face video (any format FFmpeg reads)", role=INPUT)
+    name: str = option("", "the avatar's name (letters, digits, _ . -)", role=INPUT)
+    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth will be pasted", choices=BLEND_CHOICES)
+    force: bool = option(False, "prepare again even when nothing changed")
+    loop: str = option(DEFAULT_LOOP, "the avatar's default idle loop (changing it later does not prepare again)",
+                       choices=LOOP_CHOICES)
+    loop_range: str = option("", "the source frames the idle loop uses, A-B inclusive from 0 (default: every frame)")
+    force_rate: float = option(0.0, "resample the video to this frame rate first (0 = keep)",
+                               range=(0, MAX_FORCE_RATE))
+
+    def check_inputs(self) -> None:
+        from ..avatars.store import check_name
+        from ..avatars import AvatarError
+
+        _required(self.video, "video", "name the face video")
+        _required(self.name, "name", "name the avatar")
+        try:
+            check_name(self.name)
+        except AvatarError as exc:
+            raise RequestError("name", str(exc), "avatar names are letters, digits, _ . -") from None
+        _check_loop_range(self.loop_range)
+        self.face_options()
+
+    def settings(self) -> Dict[str, Any]:
+        """What the prepared avatar depends on (pipeline/avatars: ``is_current``)."""
+        return {**self.identity(), "force_rate": self.force_rate, "blend_mode": self.blend_mode}
+
+
+REQUESTS = {r.KIND: r for r in (DubRequest, SpeakRequest, PrepareRequest)}

@@ -1,0 +1,205 @@
+"""Running a request: ``run(request, runtime, progress, cancel) -> JobResult`` (the output path and the report).
+
+The command line, the server's workers, batch and the avatar commands all come here; each step of a job is one
+short function, in the order of a dub (pipeline/__init__.py): open the inputs, check the weights, analyse the faces,
+compute the voice features, lip-sync into the one encode.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from ..runtime import Runtime, pick_device, pick_dtype
+from .fields import RequestError
+from .requests import DubRequest, PrepareRequest, Request, SpeakRequest
+
+Progress = Callable[[str, int, int], None]
+Log = Callable[[str], None]
+
+
+@dataclass
+class JobResult:
+    """What a job made: ``output`` (the mp4, or the avatar's folder) and the run's report (None for a reused
+    avatar)."""
+
+    kind: str
+    output: str
+    report: Any = None
+    seconds: float = 0.0
+    message: str = ""
+
+    def as_dict(self, output_name: Optional[str] = None) -> Dict:
+        """The report as JSON (``--report-json``, the server's job records, batch's results file)."""
+        out = {"output": output_name or self.output, "seconds": round(self.seconds, 3)}
+        r = self.report
+        if r is not None:
+            out.update({"frames": r.num_frames, "synced": {k: len(v) for k, v in r.synced.items()},
+                        "passed_through": r.passed_through, "fallbacks": r.fallbacks, "notes": r.notes,
+                        "seconds": r.seconds, "text": r.text()})
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+def make_runtime(request: Request, progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
+                 show_progress: bool = True) -> Runtime:
+    """A Runtime on the request's device and dtype that also reports progress to ``progress`` and stops at the next
+    progress point once ``cancel()`` is true."""
+    device = pick_device(request.device)
+
+    class JobRuntime(Runtime):
+        def progress(self, stage: str, done: int, total: int) -> None:
+            super().progress(stage, done, total)     # the cancel point
+            if progress is not None:
+                progress(stage, done, total)
+
+    return JobRuntime(device=device, dtype=pick_dtype(device, request.dtype), show_progress=show_progress,
+                      cancel_flag=cancel or (lambda: False))
+
+
+def run(request: Request, runtime: Optional[Runtime] = None, progress: Optional[Progress] = None,
+        cancel: Optional[Callable[[], bool]] = None, log: Optional[Log] = None) -> JobResult:
+    """Check ``request`` and run it. Without ``runtime`` one is made from the request (``progress``, ``cancel``).
+    Raises :class:`RequestError` before any work for a bad request, the pipeline's own errors (missing weights,
+    unreadable media) during it, and :class:`~pipeline.runtime.Cancelled` when cancelled."""
+    request.validate()
+    if isinstance(request, (DubRequest, SpeakRequest)):
+        check_output(request.out)
+    runtime = runtime or make_runtime(request, progress, cancel, show_progress=False)
+    log = log or runtime.log
+    started = time.time()
+    if isinstance(request, DubRequest):
+        result = dub(request, runtime, log)
+    elif isinstance(request, SpeakRequest):
+        result = speak(request, runtime, log)
+    elif isinstance(request, PrepareRequest):
+        result = prepare(request, runtime, log)
+    else:
+        raise TypeError(f"not a request: {type(request).__name__}")
+    result.seconds = time.time() - started
+    return result
+
+
+def check_output(out: str) -> None:
+    """Before any work: the output is new and its folder exists and is writable (nothing is overwritten)."""
+    out = os.path.abspath(out)
+    folder = os.path.dirname(out)
+    if os.path.exists(out):
+        raise RequestError("out", f"{out} already exists", "choose another name (nothing is overwritten)")
+    if not os.path.isdir(folder):
+        raise RequestError("out", f"the folder {folder} does not exist", "create it first, or choose another folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RequestError("out", f"the folder {folder} is not writable", "choose a folder you can write to")
+
+
+# ---- a dub ---------------------------------------------------------------------------------------------------------
+def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
+    """1. open the inputs, 2. check every weight file, 3. analyse the faces, 4. the voice features, 5. lip-sync into
+    the one encode."""
+    from ..audio_features import compute_audio_features
+    from ..backends.selection import ensure_weights
+    from ..lipsync import LipSyncRun
+    from ..lipsync.sinks import WriterSink
+    from ..media.audio import load_audio_file
+    from ..media.video import VideoFileFrames
+    from ..media.writer import VideoWriter
+
+    frames = VideoFileFrames(request.video, force_rate=request.force_rate, name="video")
+    audio = load_audio_file(request.audio or request.video, name="audio" if request.audio else "video's audio")
+    log(f"video: {frames.describe()}; audio: {audio.duration:.2f} s, {audio.sample_rate} Hz, {audio.channels} ch; "
+        f"device {runtime.device}, {str(runtime.dtype).replace('torch.', '')}")
+    spec = request.backend_spec()
+    ensure_weights(spec, request.detector, request.blend_mode, log=log)   # one error listing every missing file
+    faces = analyse_faces(request, frames, runtime, log)
+    features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
+                                      compat=request.compat_int_fps, auto_download=request.auto_download)
+    run_ = LipSyncRun(frames, faces, features, spec, length_policy=request.length_policy,
+                      batch_size=request.batch_size, blend_mode=request.blend_mode)
+    out = os.path.abspath(request.out)
+    writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
+    try:
+        report = run_.into(WriterSink(writer), runtime)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return JobResult("dub", out, report)
+
+
+def analyse_faces(request, frames, runtime: Runtime, log: Log):
+    """Face Detect with the request's face settings (the node's rule for the detector's options), logging its
+    summary."""
+    from ..faces.detectors import create_detector, detector_options
+    from ..faces.preview import summarize
+    from ..faces.tracks import analyze_faces
+
+    options = request.face_options()
+    detector = create_detector(request.detector, runtime, auto_download=request.auto_download,
+                               **detector_options(request.detector, request.min_face_size, frames.width,
+                                                  frames.height, request.landmarks))
+    faces = analyze_faces(frames, detector, runtime, options=options)
+    log(summarize(faces))
+    return faces
+
+
+# ---- avatars -------------------------------------------------------------------------------------------------------
+def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
+    """The voice's features, then the avatar's run into the one encode."""
+    from ..audio_features import compute_audio_features
+    from ..avatars import Avatar
+    from ..lipsync.sinks import WriterSink
+    from ..media.audio import load_audio_file
+    from ..media.writer import VideoWriter
+
+    avatar = Avatar(request.avatar)
+    avatar.ensure_current(runtime)
+    voice = load_audio_file(request.audio, name="audio")
+    features = compute_audio_features(voice, avatar.fps, "musetalk", None, runtime,
+                                      auto_download=request.auto_download)
+    run_ = avatar.start(features, runtime, batch_size=request.batch_size, auto_download=request.auto_download,
+                        loop=request.loop, loop_range=request.loop_range)
+    out = os.path.abspath(request.out)
+    writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf)
+    try:
+        report = run_.into(WriterSink(writer))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return JobResult("avatar", out, report)
+
+
+def prepare(request: PrepareRequest, runtime: Runtime, log: Log) -> JobResult:
+    """Reuse the avatar when its video, settings and weights are unchanged (only the idle loop is updated), else
+    analyse the faces and store it."""
+    from ..avatars import Avatar, check_loop, file_identity, is_current, prepare_avatar
+    from ..media.video import VideoFileFrames
+
+    source, settings = file_identity(request.video), request.settings()
+    if is_current(request.name, source, settings) and not request.force:
+        changed = Avatar(request.name).set_default_loop(request.loop, request.loop_range)
+        message = (f"avatar {request.name}: up to date (same video, settings and weights); reused"
+                   + (f"; idle loop now {request.loop} over {request.loop_range or 'every frame'}" if changed else ""))
+        return JobResult("prepare", Avatar(request.name).folder, None, message=message)
+    frames = VideoFileFrames(request.video, force_rate=request.force_rate, name="video")
+    check_loop(request.loop, request.loop_range, len(frames), request.name)   # before the long face analysis
+    faces = analyse_faces(request, frames, runtime, log)
+    avatar = prepare_avatar(request.name, frames, faces, runtime, source=source, settings=settings,
+                            blend_mode=request.blend_mode, auto_download=request.auto_download, loop=request.loop,
+                            loop_range=request.loop_range)
+    return JobResult("prepare", avatar.folder, None, message=f"avatar {request.name}: prepared")
+
+
+def explain(exc: BaseException) -> str:
+    """A failed job's reason as a user reads it: the pipeline's own errors already name the input and the fix;
+    anything else is an internal error whose details belong in the log."""
+    from ...models.registry import MissingWeightsError
+    from ..media.audio import AudioError
+    from ..media.video import VideoError
+    from ..types import LipSyncError
+
+    if isinstance(exc, (MissingWeightsError, VideoError, AudioError, LipSyncError, ValueError)):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc}); the log has the details"
