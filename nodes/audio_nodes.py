@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from . import comfy
 from ..pipeline.whisper_encoder import LAYOUTS
-from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE
+from ..pipeline.jobs.requests import DubRequest
+from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE, widget
 
 CATEGORY = "MuseTalk/audio"
 FOLLOW_BACKEND = "follow backend"
@@ -46,15 +47,14 @@ class MuseTalkWhisperFeatures:
                                                              "(whole-file log-mel, no final LayerNorm). 'follow "
                                                              "backend' takes it from the backend input (MuseTalk "
                                                              "when none is connected)."}),
-                "compat_int_fps": ("BOOLEAN", {"default": False,
-                                               "tooltip": "Reproduce the original MuseTalk's int(fps) truncation "
-                                                          "(29.97 becomes 29, so audio and mouth drift apart by "
-                                                          "about 2 s per minute). Only for comparing with the "
-                                                          "original; leave off."}),
-                "auto_download": ("BOOLEAN", {"default": True,
-                                              "tooltip": "Download whisper-tiny (~150 MB for MuseTalk, ~75 MB for "
-                                                         "LatentSync) from Hugging Face on first use when it is not "
-                                                         "in the models folder. Either format is used if present."}),
+                "compat_int_fps": widget(DubRequest, "compat_int_fps",
+                                         "Reproduce the original MuseTalk's int(fps) truncation (29.97 becomes 29, so "
+                                         "audio and mouth drift apart by about 2 s per minute). Only for comparing "
+                                         "with the original; leave off."),
+                "auto_download": widget(DubRequest, "auto_download",
+                                        "Download whisper-tiny (~150 MB for MuseTalk, ~75 MB for LatentSync) from "
+                                        "Hugging Face on first use when it is not in the models folder. Either format "
+                                        "is used if present."),
             },
             "optional": {
                 "backend": (BACKEND_TYPE, {"tooltip": "The lip-sync backend these features will drive; used when "
@@ -73,7 +73,8 @@ class MuseTalkWhisperFeatures:
                    "one 50x384 window per video frame, placed by true time (no drift at 29.97 fps). Long audio is "
                    "encoded 30 s at a time with bounded memory.")
 
-    def encode(self, audio, fps=25.0, layout=FOLLOW_BACKEND, compat_int_fps=False, auto_download=True, backend=None,
+    def encode(self, audio, fps=25.0, layout=FOLLOW_BACKEND, compat_int_fps=DubRequest.compat_int_fps,
+               auto_download=DubRequest.auto_download, backend=None,
                unique_id=None):
         from ..pipeline.media.audio import from_comfy
         from ..pipeline.audio_features import compute_audio_features

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from . import comfy
-from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs
+from ..pipeline.jobs.fields import spec_of
+from ..pipeline.jobs.requests import PrepareRequest, SpeakRequest
+from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs, widget
 from .lipsync_nodes import node_outputs, output_sink
 
 AVATAR_TYPE = "MUSETALK_AVATAR"
@@ -17,10 +19,6 @@ RANGE_TOOLTIP = ("The source frames the idle loop uses, 'a-b' (frames a to b, in
 class MuseTalkPrepareAvatar:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.avatars import DEFAULT_LOOP
-        from ..pipeline.backends.blending import BLEND_CHOICES
-        from ..pipeline.lipsync.plan import LOOP_CHOICES
-
         return {
             "required": {
                 "name": ("STRING", {"default": "my_avatar", "tooltip": "The avatar's name (letters, digits, _ . -). "
@@ -28,22 +26,23 @@ class MuseTalkPrepareAvatar:
                                     "name, also after a restart."}),
                 "faces": (FACES_TYPE, {"tooltip": "Face Detect with Cutaways run on the same frames: frames without "
                                                   "a face are kept and stay untouched when the avatar speaks."}),
-                "blend_mode": (list(BLEND_CHOICES), {"default": "auto", "tooltip": "How the new mouth will be "
-                                                     "pasted (as Batched Lip-Sync): jaw/raw/neck use the BiSeNet "
-                                                     "face parser, feather needs no weights; auto = jaw when the "
-                                                     "parser weights are present."}),
-                "force": ("BOOLEAN", {"default": False, "tooltip": "Prepare again even when the frames, face "
-                                                                   "settings and weights are unchanged."}),
+                "blend_mode": widget(PrepareRequest, "blend_mode", "How the new mouth will be pasted (as Batched "
+                                                                   "Lip-Sync): jaw/raw/neck use the BiSeNet face "
+                                                                   "parser, feather needs no weights; auto = jaw when "
+                                                                   "the parser weights are present."),
+                "force": widget(PrepareRequest, "force", "Prepare again even when the frames, face settings and "
+                                                         "weights are unchanged."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "The avatar's frames as IMAGE (give 'images' or 'frames')."}),
                 "frames": (FRAMES_TYPE, {"tooltip": "The avatar's frames streamed from a video file (Load Video)."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 0.001, "max": 240.0, "step": 0.001,
                                   "tooltip": "Frame rate of 'images' (ignored with 'frames': it carries its own)."}),
-                "loop": (list(LOOP_CHOICES), {"default": DEFAULT_LOOP, "tooltip": LOOP_TOOLTIP + " Stored as the "
-                                              "avatar's default; changing it does not prepare the avatar again."}),
-                "loop_range": ("STRING", {"default": "", "tooltip": RANGE_TOOLTIP + " Stored as the avatar's "
-                                          "default; changing it does not prepare the avatar again."}),
+                "loop": widget(PrepareRequest, "loop", LOOP_TOOLTIP + " Stored as the avatar's default; changing "
+                                                          "it does not prepare the avatar again."),
+                "loop_range": widget(PrepareRequest, "loop_range", RANGE_TOOLTIP + " Stored as the avatar's "
+                                                                  "default; changing it does not prepare the avatar "
+                                                                  "again."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -57,14 +56,15 @@ class MuseTalkPrepareAvatar:
                    "included), MuseTalk's VAE latents and the blend masks. Reused as long as the frames, the face "
                    "settings and the weights are the same.")
 
-    def prepare(self, name, faces, blend_mode="auto", force=False, images=None, frames=None, fps=25.0,
-                loop=None, loop_range="", unique_id=None):
-        from ..pipeline.avatars import DEFAULT_LOOP, Avatar, is_current, prepare_avatar
+    def prepare(self, name, faces, blend_mode=PrepareRequest.blend_mode, force=PrepareRequest.force, images=None,
+                frames=None, fps=25.0, loop=PrepareRequest.loop, loop_range=PrepareRequest.loop_range,
+                unique_id=None):
+        from ..pipeline.avatars import Avatar, is_current, prepare_avatar
         from ..pipeline.avatars.avatar import describe
 
         seq = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Prepare Avatar")
         source, settings = _identity(seq), {"faces": _face_settings(faces), "blend_mode": blend_mode}
-        loop = loop or DEFAULT_LOOP
+        loop = loop or PrepareRequest.loop
         if not force and is_current(name, source, settings):
             avatar = Avatar(name)
             changed = avatar.set_default_loop(loop, loop_range)
@@ -78,21 +78,20 @@ class MuseTalkPrepareAvatar:
 class MuseTalkAvatarSpeak:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.lipsync.plan import LOOP_CHOICES
-
         return {
             "required": {
                 "audio": ("AUDIO", {"tooltip": "The voice to speak (any rate and channels)."}),
-                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Frames per model call; out "
-                                       "of memory halves it automatically."}),
+                "batch_size": widget(SpeakRequest, "batch_size", "Frames per model call; out of memory halves it "
+                                                                 "automatically."),
             },
             "optional": {
                 "avatar": (AVATAR_TYPE, {"tooltip": "From Prepare Avatar. Or leave it unconnected and type "
                                                     "'avatar_name'."}),
                 "avatar_name": ("STRING", {"default": "", "tooltip": "Name of an avatar prepared earlier (used when "
                                                                      "'avatar' is not connected)."}),
-                "loop": ([FROM_AVATAR] + list(LOOP_CHOICES), {"default": FROM_AVATAR, "tooltip": LOOP_TOOLTIP +
-                                                              f" '{FROM_AVATAR}': the loop stored with the avatar."}),
+                "loop": ([FROM_AVATAR] + list(spec_of(SpeakRequest, "loop").choices), {
+                    "default": FROM_AVATAR, "tooltip": LOOP_TOOLTIP + f" '{FROM_AVATAR}': the loop stored with the "
+                                                                      "avatar."}),
                 "loop_range": ("STRING", {"default": "", "tooltip": RANGE_TOOLTIP.replace(
                     "empty or 'all' = every frame", "'all' = every frame; empty = the range stored with the avatar")}),
             },
@@ -110,7 +109,7 @@ class MuseTalkAvatarSpeak:
                    "frame. Output at the avatar's fps, one frame per 1/fps of voice, the frames repeating in the "
                    "avatar's idle loop (or the one chosen here); cutaway frames untouched.")
 
-    def speak(self, audio, batch_size=8, avatar=None, avatar_name="", loop=FROM_AVATAR, loop_range="",
+    def speak(self, audio, batch_size=SpeakRequest.batch_size, avatar=None, avatar_name="", loop=FROM_AVATAR, loop_range="",
               unique_id=None):
         from ..pipeline.audio_features import compute_audio_features
         from ..pipeline.avatars import Avatar, AvatarError

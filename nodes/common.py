@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional, Tuple
 
 FRAMES_TYPE = "MUSETALK_FRAMES"
 FACES_TYPE = "MUSETALK_FACES"
@@ -35,3 +36,32 @@ def frames_from_inputs(images=None, frames=None, fps: float = 0.0, node: str = "
         raise FramesError(f"fps: {node} needs the frame rate of 'images' (connect the loader's fps output or type "
                           "it, e.g. 25).")
     return ImageFrames(images, fps)
+
+
+def widget(settings_type, field: str, tooltip: str, as_type: Optional[str] = None, inverted: bool = False,
+           **extra) -> Tuple:
+    """A node input read from a request field (pipeline/jobs): its type, default and range or choices, so a node
+    and the command line, server and batch share each default. ``as_type`` keeps a released widget's type (an INT
+    widget for a float field); ``inverted`` is a switch that means the opposite of the field
+    (``deterministic_latents`` = not ``sample_latents``)."""
+    from ..pipeline.jobs.fields import spec_of
+
+    s = spec_of(settings_type, field)
+    options = {"default": (not s.default) if inverted else s.default, "tooltip": tooltip}
+    if s.choices:
+        return (list(s.choices), {**options, **extra})
+    kind = as_type or {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}[s.kind]
+    if s.range:
+        cast = int if kind == "INT" else float
+        options.update(default=cast(options["default"]), min=cast(s.range[0]), max=cast(s.range[1]))
+        if kind == "INT":
+            options["step"] = 1
+    return (kind, {**options, **extra})
+
+
+def settings_from_widgets(settings_type, values: dict):
+    """``settings_type`` (a request's field group) from a node's widget values, checked; a widget left out (a direct
+    call) takes the field's default."""
+    from ..pipeline.jobs.fields import build, checked
+
+    return checked(build(settings_type, {k: v for k, v in values.items() if v is not None}))

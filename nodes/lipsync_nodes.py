@@ -4,53 +4,48 @@ from __future__ import annotations
 import os
 
 from . import comfy
-from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE, FACES_TYPE, FRAMES_TYPE, frames_from_inputs, log_warning
+from ..pipeline.jobs.fields import spec_of
+from ..pipeline.jobs.requests import GeneratorSettings, LipSyncSettings
+from .common import (AUDIO_FEATURES_TYPE, BACKEND_TYPE, FACES_TYPE, FRAMES_TYPE, frames_from_inputs, log_warning,
+                     settings_from_widgets, widget)
 
 CATEGORY = "MuseTalk/lipsync"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")   # the node's list; any torch device string works elsewhere
 OUTPUT_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4")) * (1 << 30))
 
 
 class MuseTalkUNetSelector:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.backends.selection import BACKEND_CHOICES, BackendSpec
-        from ..pipeline.runtime import DTYPE_CHOICES
-
         return {
             "required": {
-                "backend": (list(BACKEND_CHOICES), {"default": "auto",
-                                                    "tooltip": "auto: LatentSync 1.6 (or 1.5) when its weights are "
-                                                               "in models/latentsync, else MuseTalk v1.5. A chosen "
-                                                               "LatentSync falls back to MuseTalk (reported) when its "
-                                                               "weights are missing, it runs out of memory or fails."}),
-                "dtype": (list(DTYPE_CHOICES), {"default": "auto",
-                                                "tooltip": "Compute precision: auto = fp16 on a GPU (as the "
-                                                           "originals), bf16 on a CPU with native bf16 "
-                                                           "(AVX512-BF16/AMX: twice as fast), else fp32. "
-                                                           "fp32 = the original's exact numbers."}),
-                "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto",
-                                                            "tooltip": "auto = ComfyUI's device (the GPU when there "
-                                                                       "is one)."}),
-                "auto_download": ("BOOLEAN", {"default": True,
-                                              "tooltip": "Download missing weights from Hugging Face on first use. "
-                                                         "Off: a missing file is an error that lists where to put "
-                                                         "it."}),
-                "deterministic_latents": ("BOOLEAN", {"default": True,
-                                                      "tooltip": "MuseTalk: encode faces with the VAE mean "
-                                                                 "(deterministic, what training used). Off = sample "
-                                                                 "the posterior like the original inference script "
-                                                                 "(slight flicker, seeded)."}),
-                "seed": ("INT", {"default": BackendSpec.seed, "min": 0, "max": 2 ** 31 - 1,
-                                 "control_after_generate": False,
-                                 "tooltip": "Seed for LatentSync's initial noise and posterior sampling."}),
-                "latentsync_steps": ("INT", {"default": 20, "min": 1, "max": 100,
-                                             "tooltip": "LatentSync DDIM steps (the original uses 20)."}),
-                "latentsync_guidance": ("FLOAT", {"default": 1.5, "min": 1.0, "max": 5.0, "step": 0.1,
-                                                  "tooltip": "LatentSync classifier-free guidance on the audio (1.0 "
-                                                             "= off; 1.5 as the original; 2-3 stronger lips)."}),
-                "deepcache": ("BOOLEAN", {"default": False,
-                                          "tooltip": "LatentSync: reuse deep UNet features on 2 of every 3 steps "
-                                                     "(about 2x faster, slightly softer)."}),
+                "backend": widget(GeneratorSettings, "backend",
+                                  "auto: LatentSync 1.6 (or 1.5) when its weights are in models/latentsync, else "
+                                  "MuseTalk v1.5. A chosen LatentSync falls back to MuseTalk (reported) when its "
+                                  "weights are missing, it runs out of memory or fails."),
+                "dtype": widget(GeneratorSettings, "dtype",
+                                "Compute precision: auto = fp16 on a GPU (as the originals), bf16 on a CPU with "
+                                "native bf16 (AVX512-BF16/AMX: twice as fast), else fp32. fp32 = the original's exact "
+                                "numbers."),
+                "device": (list(DEVICE_CHOICES), {"default": spec_of(GeneratorSettings, "device").default,
+                                                  "tooltip": "auto = ComfyUI's device (the GPU when there is one)."}),
+                "auto_download": widget(GeneratorSettings, "auto_download",
+                                        "Download missing weights from Hugging Face on first use. Off: a missing "
+                                        "file is an error that lists where to put it."),
+                "deterministic_latents": widget(GeneratorSettings, "sample_latents",
+                                                "MuseTalk: encode faces with the VAE mean (deterministic, what "
+                                                "training used). Off = sample the posterior like the original "
+                                                "inference script (slight flicker, seeded).", inverted=True),
+                "seed": widget(GeneratorSettings, "seed", "Seed for LatentSync's initial noise and posterior "
+                                                          "sampling.", control_after_generate=False),
+                "latentsync_steps": widget(GeneratorSettings, "latentsync_steps",
+                                           "LatentSync DDIM steps (the original uses 20)."),
+                "latentsync_guidance": widget(GeneratorSettings, "latentsync_guidance",
+                                              "LatentSync classifier-free guidance on the audio (1.0 = off; 1.5 as "
+                                              "the original; 2-3 stronger lips).", step=0.1),
+                "deepcache": widget(GeneratorSettings, "deepcache",
+                                    "LatentSync: reuse deep UNet features on 2 of every 3 steps (about 2x faster, "
+                                    "slightly softer)."),
             },
         }
 
@@ -62,45 +57,33 @@ class MuseTalkUNetSelector:
     DESCRIPTION = ("Choose the lip-sync generator (MuseTalk v1.5, LatentSync 1.5/1.6 or auto) and its precision. "
                    "Nothing loads here: the lip-sync node loads the models once and reports which backend ran.")
 
-    def select(self, backend="auto", dtype="auto", device="auto", auto_download=True, deterministic_latents=True,
-               seed=None, latentsync_steps=20, latentsync_guidance=1.5, deepcache=False):
-        from ..pipeline.backends.selection import BackendSpec
-
-        return (BackendSpec(choice=backend, device=device, dtype=dtype, auto_download=bool(auto_download),
-                            posterior="mode" if deterministic_latents else "sample",
-                            seed=BackendSpec.seed if seed is None else int(seed),
-                            latentsync_steps=int(latentsync_steps), latentsync_guidance=float(latentsync_guidance),
-                            deepcache=bool(deepcache)),)
+    def select(self, backend=None, dtype=None, device=None, auto_download=None, deterministic_latents=None,
+               seed=None, latentsync_steps=None, latentsync_guidance=None, deepcache=None):
+        settings = settings_from_widgets(GeneratorSettings, dict(
+            backend=backend, dtype=dtype, device=device, auto_download=auto_download,
+            deterministic_latents=deterministic_latents, seed=seed, latentsync_steps=latentsync_steps,
+            latentsync_guidance=latentsync_guidance, deepcache=deepcache))
+        return (settings.backend_spec(),)
 
 
 class MuseTalkBatchedLipSync:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..pipeline.backends.blending import BLEND_CHOICES
-        from ..pipeline.lipsync.plan import LENGTH_POLICIES
-
         return {
             "required": {
                 "faces": (FACES_TYPE, {"tooltip": "Per-frame faces and cutaways from Face Detect with Cutaways (run "
                                                   "on the same frames)."}),
                 "audio_features": (AUDIO_FEATURES_TYPE, {"tooltip": "Whisper Audio Features of the voice track."}),
-                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256,
-                                       "tooltip": "Frames per model call. Higher is faster on a big GPU; out of "
-                                                  "memory halves it automatically."}),
-                "length_policy": (list(LENGTH_POLICIES), {"default": "follow_audio",
-                                                          "tooltip": "follow_audio: output as long as the audio "
-                                                                     "(the video ping-pongs if shorter, like the "
-                                                                     "original); follow_video: as long as the video "
-                                                                     "(frames after the audio are synced to "
-                                                                     "silence); shortest: the shorter of the two."}),
-                "blend_mode": (list(BLEND_CHOICES), {"default": "auto",
-                                                                            "tooltip": "How the new mouth is pasted: "
-                                                                                       "jaw/raw/neck use the BiSeNet "
-                                                                                       "face parser (the original v1.5 "
-                                                                                       "uses jaw); feather needs no "
-                                                                                       "extra weights; auto = jaw when "
-                                                                                       "the parser weights are "
-                                                                                       "present, else feather."}),
+                "batch_size": widget(LipSyncSettings, "batch_size", "Frames per model call. Higher is faster on a big "
+                                                               "GPU; out of memory halves it automatically."),
+                "length_policy": widget(LipSyncSettings, "length_policy",
+                                        "follow_audio: output as long as the audio (the video ping-pongs if shorter, "
+                                        "like the original); follow_video: as long as the video (frames after the "
+                                        "audio are synced to silence); shortest: the shorter of the two."),
+                "blend_mode": widget(LipSyncSettings, "blend_mode",
+                                     "How the new mouth is pasted: jaw/raw/neck use the BiSeNet face parser (the "
+                                     "original v1.5 uses jaw); feather needs no extra weights; auto = jaw when the "
+                                     "parser weights are present, else feather."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "The video frames (IMAGE batch). Use either this or 'frames'."}),
@@ -125,14 +108,17 @@ class MuseTalkBatchedLipSync:
                    "bit-identical; face frames change only inside the pasted mouth region; output frame k uses the "
                    "audio at k/fps. Progress and Cancel work per batch.")
 
-    def lipsync(self, faces, audio_features, batch_size=8, length_policy="follow_audio", blend_mode="auto",
+    def lipsync(self, faces, audio_features, batch_size=None, length_policy=None, blend_mode=None,
                 images=None, frames=None, fps=0.0, backend=None, unique_id=None):
         from ..pipeline.lipsync import LipSyncRun
 
+        settings = settings_from_widgets(LipSyncSettings, dict(batch_size=batch_size, length_policy=length_policy,
+                                                               blend_mode=blend_mode))
         if not fps and frames is None and images is not None:
             fps = float(audio_features.fps)
         seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
-        run = LipSyncRun(seq, faces, audio_features, backend, length_policy, batch_size, blend_mode)
+        run = LipSyncRun(seq, faces, audio_features, backend, settings.length_policy, settings.batch_size,
+                         settings.blend_mode)
         runtime = comfy.make_runtime(unique_id, run.spec.device, run.spec.dtype)
         sink, to_image = output_sink(seq, run.plan)
         report = run.into(sink, runtime)

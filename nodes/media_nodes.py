@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 from . import comfy
-from .common import (FRAMES_TYPE, MISSING_AUDIO_KEY, frames_from_inputs, log_warning)
+from ..pipeline.jobs.requests import DubRequest
+from .common import FRAMES_TYPE, MISSING_AUDIO_KEY, frames_from_inputs, log_warning, widget
 
 CATEGORY = "MuseTalk/media"
 IMAGE_OUTPUTS = ("auto", "all_frames", "first_frame_only")
@@ -45,9 +46,9 @@ class MuseTalkLoadVideo:
                 "video": (files or [""], {"video_upload": True,
                                           "tooltip": "Video file in ComfyUI's input folder (upload with the button). "
                                                      "Ignored when video_input is connected."}),
-                "force_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.001,
-                                         "tooltip": "Resample to this frame rate by timestamps (0 = keep the "
-                                                    "source rate). Variable-frame-rate sources stay in sync."}),
+                "force_rate": widget(DubRequest, "force_rate", "Resample to this frame rate by timestamps (0 = keep "
+                                                               "the source rate). Variable-frame-rate sources stay "
+                                                               "in sync.", step=0.001),
                 "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 10_000_000,
                                            "tooltip": "Load at most this many frames (0 = all)."}),
                 "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 10_000_000,
@@ -88,7 +89,7 @@ class MuseTalkLoadVideo:
     def IS_CHANGED(cls, video="", **kwargs):
         return _file_stamp(video)
 
-    def load(self, video="", force_rate=0.0, frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
+    def load(self, video="", force_rate=DubRequest.force_rate, frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
              images_output="auto", video_input=None):
         from ..pipeline.media.video import VideoFileFrames
 
@@ -211,8 +212,8 @@ class MuseTalkMuxVideo:
                 "filename_prefix": ("STRING", {"default": "MuseTalk/lipsync",
                                                "tooltip": "Output name under ComfyUI's output folder; a counter is "
                                                           "added and existing files are never overwritten."}),
-                "crf": ("INT", {"default": 19, "min": 0, "max": 51,
-                                "tooltip": "H.264 quality: lower is better and bigger (0 = lossless, 17-23 typical)."}),
+                "crf": widget(DubRequest, "crf", "H.264 quality: lower is better and bigger (0 = lossless, 17-23 "
+                                                 "typical)."),
                 "audio_fit": (list(AUDIO_FIT), {"default": "pad_or_trim_audio",
                                                 "tooltip": "When audio and video lengths differ: pad_or_trim_audio "
                                                            "(default) makes the audio exactly as long as the video; "
@@ -236,7 +237,7 @@ class MuseTalkMuxVideo:
     DESCRIPTION = ("Encode frames (IMAGE or streamed) to H.264 and mux the audio as AAC into an mp4 in the output "
                    "folder, frame by frame (bounded memory). Never overwrites an existing file.")
 
-    def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=19, audio_fit="pad_or_trim_audio", images=None,
+    def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=DubRequest.crf, audio_fit="pad_or_trim_audio", images=None,
             frames=None, audio=None):
         from ..pipeline.media.audio import from_comfy
         from ..pipeline.media.writer import unique_output_path, write_video

@@ -116,14 +116,17 @@ def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
     ({"video": "outside.mp4"}, "video", "leads out of the media folder"),
     ({"video": "nothere.mp4"}, "video", "no such file"),
     ({"video": "corrupt.mp4"}, "video", "not a readable media file"),
-    ({"video": "talk.mp4", "options": {"batch_size": "many"}}, "options.batch_size", "invalid int"),
-    ({"video": "talk.mp4", "options": {"backend": "magic"}}, "options.backend", "invalid choice"),
+    ({"video": "talk.mp4", "options": {"batch_size": "many"}}, "options.batch_size", "not a whole number"),
+    ({"video": "talk.mp4", "options": {"batch_size": 0}}, "options.batch_size", "out of range"),
+    ({"video": "talk.mp4", "options": {"bbox_shift": 1000000000}}, "options.bbox_shift", "out of range"),
+    ({"video": "talk.mp4", "options": {"steps": 500}}, "options.steps", "out of range"),
+    ({"video": "talk.mp4", "options": {"backend": "magic"}}, "options.backend", "not a choice"),
     ({"video": "talk.mp4", "options": {"out": "/tmp/x.mp4"}}, "options.out", "not an option"),
     ({"video": "talk.mp4", "colour": "red"}, "colour", "unknown field"),
     ({"audio": "voice.wav"}, "video", "missing"),
     ({"avatar": "nobody", "audio": "voice.wav"}, "avatar", "nobody"),
     ({"avatar": "host", "video": "talk.mp4", "audio": "voice.wav"}, "avatar", "not both"),
-    ({"avatar": "host", "audio": "voice.wav", "options": {"loop": "sideways"}}, "options.loop", "invalid choice"),
+    ({"avatar": "host", "audio": "voice.wav", "options": {"loop": "sideways"}}, "options.loop", "not a choice"),
 ])
 def test_bad_requests_name_the_field_and_the_fix(server, media, payload, field, words):
     link = media / "outside.mp4"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 INPUT, OPTION, MACHINE = "input", "option", "machine"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -94,6 +94,35 @@ def names_table(request_type) -> Dict[str, Tuple[str, bool]]:
         table.update({n: (s.name, False) for n in s.old_names})
         table.update({n: (s.name, True) for n in s.inverted_names})
     return table
+
+
+def build(settings_type, values: Mapping[str, Any], roles: Sequence[str] = (INPUT, OPTION, MACHINE),
+          prefix: str = "", kind: str = ""):
+    """``settings_type`` (a request, or a group of its fields such as ``FaceSettings``) from ``{name: value}``.
+    Names are field names or older ones (``steps``, ``no_smooth_boxes``); values are coerced to the field's type.
+    Unknown names, names of another role and values of the wrong type raise :class:`RequestError` naming
+    ``prefix`` + the name as given."""
+    table, by_name = names_table(settings_type), {s.name: s for s in specs(settings_type)}
+    allowed = sorted(n for n, (f, _) in table.items() if by_name[f].role in roles and n == f)
+    kwargs: Dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in table or by_name[table[name][0]].role not in roles:
+            raise RequestError(prefix + str(key), f"{key!r} is not an option of a {kind or 'this'} job",
+                               f"use one of: {', '.join(allowed)}")
+        field, inverted = table[name]
+        v = coerce(by_name[field], value, prefix + str(key))
+        kwargs[field] = (not v) if inverted and isinstance(v, bool) else v
+    return settings_type(**kwargs)
+
+
+def checked(settings):
+    """Every field of ``settings`` coerced to its type and checked against its range and choices; returns it."""
+    for s in specs(settings):
+        value = coerce(s, getattr(settings, s.name))
+        check(s, value)
+        setattr(settings, s.name, value)
+    return settings
 
 
 def coerce(spec: FieldSpec, value: Any, label: Optional[str] = None) -> Any:

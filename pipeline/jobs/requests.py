@@ -23,7 +23,7 @@ from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
 from ..media.video import MAX_FORCE_RATE
 from ..media.writer import CRF_RANGE, DEFAULT_CRF
 from ..runtime import DTYPE_CHOICES
-from .fields import INPUT, MACHINE, RequestError, check, coerce, names_table, option, specs
+from .fields import INPUT, MACHINE, OPTION, RequestError, build, checked, names_table, option, specs
 
 BATCH_SIZE_RANGE = (1, 256)          # frames per model call (out of memory halves it at run time)
 SEED_RANGE = (0, 2 ** 31 - 1)
@@ -122,36 +122,33 @@ class GeneratorSettings(MachineSettings):
                            latentsync_guidance=float(self.latentsync_guidance), deepcache=bool(self.deepcache))
 
 
+@dataclass
+class LipSyncSettings:
+    """The lip-sync run's options (the Batched Lip-Sync node's)."""
+
+    length_policy: str = option(LENGTH_POLICIES[0], "follow_audio: as long as the voice (the video ping-pongs); "
+                                                    "follow_video: as long as the video; shortest",
+                                choices=LENGTH_POLICIES)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
+                             range=BATCH_SIZE_RANGE)
+    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth is pasted (auto: jaw with the face parser, else "
+                                               "feather)", choices=BLEND_CHOICES)
+
+
 class Request:
     """What the three requests share: building from a mapping, checking, listing options."""
 
     KIND = ""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], roles: Tuple[str, ...] = (INPUT, "option", MACHINE),
+    def from_mapping(cls, values: Mapping[str, Any], roles: Tuple[str, ...] = (INPUT, OPTION, MACHINE),
                      prefix: str = ""):
-        """A request from ``{name: value}`` (JSON, a CSV row, parsed argv). Names are field names or the older ones
-        (``steps``, ``no_smooth_boxes``); values are coerced to the field's type. Unknown names, names of another
-        role and values of the wrong type raise :class:`RequestError` (``prefix`` + the name as given)."""
-        table, by_name = names_table(cls), {s.name: s for s in specs(cls)}
-        allowed = sorted(n for n, (f, _) in table.items() if by_name[f].role in roles and n == f)
-        kwargs: Dict[str, Any] = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in table or by_name[table[name][0]].role not in roles:
-                raise RequestError(prefix + str(key), f"{key!r} is not an option of a {cls.KIND} job",
-                                   f"use one of: {', '.join(allowed)}")
-            field, inverted = table[name]
-            v = coerce(by_name[field], value, prefix + str(key))
-            kwargs[field] = (not v) if inverted and isinstance(v, bool) else v
-        return cls(**kwargs)
+        """A request from ``{name: value}`` (JSON, a CSV row, parsed argv): :func:`.fields.build`."""
+        return build(cls, values, roles, prefix, cls.KIND)
 
     def validate(self):
         """Every field's type, range and choices, then what a job of this kind needs; returns the request."""
-        for s in specs(self):
-            value = coerce(s, getattr(self, s.name))
-            check(s, value)
-            setattr(self, s.name, value)
+        checked(self)
         self.check_inputs()
         return self
 
@@ -191,7 +188,7 @@ def _check_loop_range(value: Optional[str], field: str = "loop_range") -> None:
 
 
 @dataclass
-class DubRequest(FaceSettings, GeneratorSettings, Request):
+class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
     """Re-sync the lips in ``video`` to ``audio`` (default: the video's own sound) into the mp4 ``out``."""
 
     KIND = "dub"
@@ -199,13 +196,6 @@ class DubRequest(FaceSettings, GeneratorSettings, Request):
     audio: Optional[str] = option(None, "the voice track (any format); default: the video's own audio", kind=str,
                                   role=INPUT)
     out: str = option("", "the mp4 to write (never overwritten)", role=INPUT)
-    length_policy: str = option(LENGTH_POLICIES[0], "follow_audio: as long as the voice (the video ping-pongs); "
-                                                    "follow_video: as long as the video; shortest",
-                                choices=LENGTH_POLICIES)
-    batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
-                             range=BATCH_SIZE_RANGE)
-    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth is pasted (auto: jaw with the face parser, else "
-                                               "feather)", choices=BLEND_CHOICES)
     force_rate: float = option(0.0, "resample the video to this frame rate first (0 = keep)",
                                range=(0, MAX_FORCE_RATE))
     compat_int_fps: bool = option(False, "reproduce the original's int(fps) audio timing (drifts at 29.97 fps)")
