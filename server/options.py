@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict
 
 from ..pipeline.jobs import REQUESTS, Request, RequestError
-from ..pipeline.jobs.fields import OPTION, names_table
+from ..pipeline.jobs.fields import OPTION, as_sent
 from .errors import bad_request
 
 
@@ -23,12 +23,5 @@ def build_request(kind: str, options, inputs: Dict[str, str], out: str) -> Reque
         request = request_type.from_mapping(options, roles=(OPTION,), prefix="options.")
         return request.replace(**inputs, out=out).validate()
     except RequestError as exc:
-        raise bad_request(_field(request_type, exc.field, options), exc.message, exc.fix) from None
-
-
-def _field(request_type, field: str, options: Dict) -> str:
-    """``options.<the name the client sent>`` for an option, the field itself for an input."""
-    if field.startswith("options."):
-        return field
-    sent = [k for k in options if names_table(request_type).get(str(k).replace("-", "_"), ("",))[0] == field]
-    return f"options.{sent[0]}" if sent else field
+        exc = as_sent(exc, request_type, options, "options.")
+        raise bad_request(exc.field, exc.message, exc.fix) from None

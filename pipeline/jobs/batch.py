@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..runtime import Cancelled
-from .fields import INPUT, OPTION, RequestError, names_table
+from .fields import INPUT, OPTION, RequestError, as_sent, names_table
 from .requests import DubRequest, Request, SpeakRequest
 from .run import JobResult, explain, make_runtime, run
 
@@ -130,10 +130,11 @@ def make_job(label: str, row: Dict[str, Any], base: str, out_dir: str, defaults:
         row["out"] = os.path.join(out_dir, str(row.get("out") or default_out_name(row)))
         known = names_table(kind)
         options = {k: v for k, v in defaults.items() if k in known}
-        request = kind.from_mapping({**options, **row}, roles=(INPUT, OPTION)).replace(**machine)
+        values = {**options, **row}
+        request = kind.from_mapping(values, roles=(INPUT, OPTION)).replace(**machine)
         return BatchJob(label, request.validate())
     except RequestError as exc:
-        return BatchJob(label, error=exc)
+        return BatchJob(label, error=as_sent(exc, kind, row))
 
 
 def default_out_name(row: Dict[str, Any]) -> str:
@@ -149,7 +150,7 @@ def check_files(request: Request) -> None:
     for key in ("video", "audio"):
         path = getattr(request, key, None)
         if path and not os.path.isfile(path):
-            raise RequestError(key, f"{path} does not exist", "fix the path (relative paths start at the list's folder)")
+            raise RequestError(key, f"{path} does not exist", "fix the path; relative paths start at the list's folder")
     if isinstance(request, SpeakRequest):
         from ..avatars import AvatarError, read_manifest
 

@@ -116,6 +116,21 @@ def build(settings_type, values: Mapping[str, Any], roles: Sequence[str] = (INPU
     return settings_type(**kwargs)
 
 
+def as_sent(exc: RequestError, settings_type, values: Mapping[str, Any], prefix: str = "") -> RequestError:
+    """``exc`` naming the option the way the user wrote it in ``values`` (``steps`` rather than
+    ``latentsync_steps``) with ``prefix``; an input (``video``) keeps its own name."""
+    if exc.field.startswith(prefix) and prefix:
+        return exc
+    table = names_table(settings_type)
+    sent = [k for k in values if table.get(str(k).replace("-", "_"), ("",))[0] == exc.field]
+    roles = {s.name: s.role for s in specs(settings_type)}
+    if sent:
+        name = prefix + str(sent[0])
+    else:
+        name = prefix + exc.field if roles.get(exc.field, INPUT) != INPUT else exc.field
+    return RequestError(name, exc.message, exc.fix)
+
+
 def checked(settings):
     """Every field of ``settings`` coerced to its type and checked against its range and choices; returns it."""
     for s in specs(settings):
