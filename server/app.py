@@ -15,9 +15,10 @@ from typing import Dict, Optional
 
 from aiohttp import web
 
-from .config import ServerConfig
-from .errors import ApiError, bad_request, not_found
+from .config import CONFIG, LIVE, STORE, WAKE, WORKERS, ServerConfig
+from .errors import ApiError, avatar_refusal, bad_request, not_found
 from .jobs import FINISHED, JobStore
+from .live import live_route
 from .options import build_request
 from .safety import (AUDIO_EXTS, VIDEO_EXTS, check_duration, confined_path, media_seconds, save_upload, token_ok,
                      unauthorized, upload_name)
@@ -25,11 +26,6 @@ from .worker import Worker
 
 log = logging.getLogger("musetalk_enhanced.server")
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
-CONFIG = web.AppKey("config", ServerConfig)
-STORE = web.AppKey("store", JobStore)
-WORKERS = web.AppKey("workers", list)
-WAKE = web.AppKey("wake", threading.Event)
-LIVE = web.AppKey("live", dict)
 
 
 # -- middlewares ---------------------------------------------------------------------------------------------------
@@ -168,19 +164,6 @@ def checked_avatar(name) -> str:
     return name
 
 
-def avatar_refusal(field: str, name: str, exc: Exception) -> ApiError:
-    """Why an avatar cannot be used: not a valid name (400), no such avatar (404), or its folder is unusable (409)."""
-    from ..pipeline.avatars import AvatarError
-    from ..pipeline.avatars.store import avatar_dir
-
-    try:
-        exists = os.path.isdir(avatar_dir(name))
-    except AvatarError:
-        return ApiError(400, field, str(exc), "avatar names are letters, digits, _ . -; GET /v1/avatars lists them")
-    return ApiError(409 if exists else 404, field, str(exc),
-                    "GET /v1/avatars lists the prepared avatars; prepare it again if it changed")
-
-
 def job_or_404(request: web.Request):
     job = request.app[STORE].get(request.match_info["id"])
     if job is None:
@@ -250,8 +233,6 @@ async def list_avatars(request: web.Request) -> web.Response:
 
 
 async def live_avatar(request: web.Request) -> web.StreamResponse:
-    from .live import live_route
-
     return await live_route(request)
 
 

@@ -1,10 +1,16 @@
-"""The server's settings and their defaults: one home for every server default (the CLI reads them from here)."""
+"""The server's settings and their defaults: one home for every server default (the CLI reads them from here), and
+the keys under which a running server keeps its state."""
 from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
+
+from aiohttp import web
+
+from ..pipeline.jobs.requests import MachineSettings
 
 DEFAULT_HOST = "127.0.0.1"          # loopback: nothing outside this machine reaches the server by default
 DEFAULT_PORT = 8288                 # ComfyUI listens on 8188
@@ -44,7 +50,7 @@ class ServerConfig:
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_seconds: float = DEFAULT_MAX_SECONDS
     max_live: int = DEFAULT_MAX_LIVE
-    auto_download: bool = True
+    auto_download: bool = MachineSettings.auto_download
     keep_days: float = DEFAULT_KEEP_DAYS
 
     def check(self) -> None:
@@ -69,3 +75,12 @@ class ServerConfig:
     @property
     def db_path(self) -> str:
         return os.path.join(self.data_dir, "jobs.sqlite")
+
+
+# Where a running server keeps its state on the aiohttp application (app[CONFIG], ...), read by the routes and the
+# live socket.
+CONFIG = web.AppKey("config", ServerConfig)
+STORE = web.AppKey("store", object)          # jobs.JobStore
+WORKERS = web.AppKey("workers", list)        # worker.Worker, one per device
+WAKE = web.AppKey("wake", threading.Event)   # set when a job is queued
+LIVE = web.AppKey("live", dict)              # live sessions by id

@@ -1,6 +1,7 @@
 """The one error shape every route answers with: ``{"error": {"status", "field", "message", "fix"}}``."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 
@@ -23,3 +24,16 @@ def bad_request(field: str, message: str, fix: str) -> ApiError:
 
 def not_found(field: str, message: str, fix: str) -> ApiError:
     return ApiError(404, field, message, fix)
+
+
+def avatar_refusal(field: str, name: str, exc: Exception) -> ApiError:
+    """Why an avatar cannot be used: not a valid name (400), no such avatar (404), or its folder is unusable (409)."""
+    from ..pipeline.avatars import AvatarError
+    from ..pipeline.avatars.store import avatar_dir
+
+    try:
+        exists = os.path.isdir(avatar_dir(name))
+    except AvatarError:
+        return ApiError(400, field, str(exc), "avatar names are letters, digits, _ . -; GET /v1/avatars lists them")
+    return ApiError(409 if exists else 404, field, str(exc),
+                    "GET /v1/avatars lists the prepared avatars; prepare it again if it changed")

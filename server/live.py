@@ -24,7 +24,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .config import LIVE_QUEUE_FRAMES
+from .config import CONFIG, LIVE, LIVE_QUEUE_FRAMES, WORKERS
+from .errors import avatar_refusal
 
 HEADER = struct.Struct("<Id")
 FORMATS = {"f32": np.float32, "s16": np.int16}
@@ -162,7 +163,6 @@ async def live_route(request):
     """Open the avatar and its speech (404/429 before the upgrade), then run voice in / frames out together."""
     from aiohttp import web
 
-    from .app import CONFIG, LIVE, WORKERS
     from .errors import ApiError, bad_request
 
     fmt = request.query.get("format", "f32")
@@ -226,6 +226,5 @@ def open_speech(name: str, device: str, batch_size: str):
         avatar = Avatar(name)
         return LiveSpeech(avatar, Runtime(device=pick_device(device), show_progress=False), batch_size=size)
     except AvatarError as exc:
-        from .app import avatar_refusal
 
         raise avatar_refusal("name", name, exc)

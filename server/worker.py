@@ -26,7 +26,7 @@ class JobCancelled(Exception):
 class Worker(threading.Thread):
     """Runs jobs one at a time on ``device`` until :meth:`stop`."""
 
-    def __init__(self, store: JobStore, device: str, wake: threading.Event, auto_download: bool = True):
+    def __init__(self, store: JobStore, device: str, wake: threading.Event, auto_download: bool):
         from ..pipeline.runtime import pick_device
 
         device = str(pick_device(device))          # 'auto' shown as what it is: cpu, cuda, cuda:1, mps

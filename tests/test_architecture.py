@@ -17,7 +17,9 @@ FLOORS = [("shared", ("pipeline/types.py", "pipeline/runtime.py", "pipeline/mode
           ("backends", ("pipeline/backends/",)),
           ("lip-sync", ("pipeline/lipsync/",)),
           ("avatars", ("pipeline/avatars/",)),
+          ("jobs", ("pipeline/jobs/",)),
           ("front door", ("pipeline/__init__.py",))]
+COMMANDS = ("cli.py", "avatar_cli.py", "batch_cli.py")
 
 
 def floor_of(path: str) -> int:
@@ -34,10 +36,20 @@ def pipeline_modules():
     return sorted(out)
 
 
+def pack_modules():
+    """Every module of the pack (what ComfyUI and the commands import; not tests, tools or benchmarks)."""
+    out = []
+    for dirpath, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and
+                   (os.path.relpath(os.path.join(dirpath, d), ROOT) not in ("tests", "tools", "bench", "scripts"))]
+        out += [os.path.relpath(os.path.join(dirpath, n), ROOT).replace(os.sep, "/") for n in names if n.endswith(".py")]
+    return sorted(out)
+
+
 def imported_files(path: str):
     """Pipeline files a module imports (relative imports resolved; deferred imports inside functions included)."""
     tree = ast.parse(open(os.path.join(ROOT, path)).read())
-    package = os.path.dirname(path).split("/")
+    package = os.path.dirname(path).split("/") if os.path.dirname(path) else []
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom) or not node.level:
             continue
@@ -79,8 +91,36 @@ def test_every_server_module_is_on_the_page():
 def test_no_floor_imports_from_above(path):
     own = floor_of(path)
     for target in imported_files(path):
-        assert not target.startswith(("server/", "nodes/")) and target not in ("cli.py", "avatar_cli.py"), \
+        assert not target.startswith(("server/", "nodes/")) and target not in COMMANDS, \
             f"{path} imports {target}: the pipeline never imports the layer above it"
         if target.startswith("pipeline/"):
             assert floor_of(target) <= own, (f"{path} ({FLOORS[own][0]}) imports {target} "
                                              f"({FLOORS[floor_of(target)][0]}), a floor above it")
+
+
+def test_only_main_imports_the_commands():
+    """The commands are thin front ends: no module but ``__main__.py`` imports one (no cli -> server -> cli)."""
+    offenders = [(path, target) for path in pack_modules() if path != "__main__.py"
+                 for target in imported_files(path) if target in COMMANDS]
+    assert not offenders, offenders
+
+
+def test_the_import_graph_has_no_circle():
+    """No module imports itself through others (deferred imports inside functions included)."""
+    graph = {path: set(imported_files(path)) for path in pack_modules()}
+    assert len(graph) > 80
+    state, circles = {}, []
+
+    def visit(path, trail):
+        state[path] = "open"
+        for target in sorted(graph.get(path, ())):
+            if state.get(target) == "open":
+                circles.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[path] = "done"
+
+    for path in graph:
+        if path not in state:
+            visit(path, [path])
+    assert not circles, circles

@@ -20,7 +20,7 @@ from ..runtime import Runtime, is_oom
 from ..types import LipSyncError
 from . import latentsync, musetalk
 from .base import Backend, is_interrupt, short_error
-from .latentsync_engine import DEFAULT_SEED
+from .latentsync_engine import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
 
 BACKEND_CHOICES = ("auto", musetalk.NAME) + latentsync.VERSIONS
 MUSETALK = musetalk.NAME
@@ -40,8 +40,8 @@ class BackendSpec:
     auto_download: bool = True
     posterior: str = "mode"            # MuseTalk VAE latent: "mode" (deterministic) or "sample" (the original)
     seed: int = DEFAULT_SEED
-    latentsync_steps: int = 20
-    latentsync_guidance: float = 1.5
+    latentsync_steps: int = DEFAULT_STEPS
+    latentsync_guidance: float = DEFAULT_GUIDANCE
     deepcache: bool = False
     better_paste: bool = True          # LatentSync: paste only the regenerated lower face (spec latentsync §9)
 
