@@ -22,6 +22,11 @@ from test_weights import whisper as tw_whisper
 
 torch.set_num_threads(2)
 WHISPER_ATOL = 1e-5  # fixtures/musetalk/README.md "Suggested tolerances"
+# float32 exp/sin/log and the FFT differ by an ulp or so between CPU vector units (AVX2 vs AVX-512 kernels): the
+# fixtures are bit-exact on the machine that made them (verify_report_pinned_env.json), within these elsewhere.
+PE_ATOL = 1e-3       # the 5000-row table: float32 rounding of angles up to 5000 rad is ~5e-4
+PE_USED_ATOL = 1e-5  # the 50 rows MuseTalk adds to its audio windows
+MEL_ATOL = 2e-4      # normalised log10-mel (range about -1.5..1.5): 0.2 % of a mel bin's power near the floor
 
 
 def cpu_runtime(**kw):
@@ -104,8 +109,9 @@ def wav_int16(t, key):
 def test_positional_encoding_parity():
     t, _ = musetalk_fixture()
     pe = PositionalEncoding(384, 5000)
-    assert torch.equal(pe.pe, t["pe.pe"])
-    assert torch.equal(pe(t["test_pe.x"]), t["test_pe.out"])
+    assert torch.allclose(pe.pe, t["pe.pe"], atol=PE_ATOL, rtol=0)
+    assert torch.allclose(pe.pe[:, :50], t["pe.pe"][:, :50], atol=PE_USED_ATOL, rtol=0)
+    assert torch.allclose(pe(t["test_pe.x"]), t["test_pe.out"], atol=PE_USED_ATOL, rtol=0)
     assert "pe" not in pe.state_dict()  # a buffer built in code, never part of a checkpoint
 
 
@@ -115,7 +121,7 @@ def test_musetalk_parity_25_and_30_fps():
     assert np.array_equal(audio.samples[0], t["audio.waveform"].numpy())
     seg = torch.zeros(1, AF.SEGMENT_SAMPLES)
     seg[0, :32000] = torch.from_numpy(audio.samples[0])
-    assert torch.allclose(AF.musetalk_log_mel(seg), t["audio.mel"], atol=1e-6)
+    assert torch.allclose(AF.musetalk_log_mel(seg), t["audio.mel"], atol=MEL_ATOL)
 
     f25 = AF.compute_audio_features(audio, 25, "musetalk", enc, cpu_runtime())
     assert f25.num_frames == 50 and f25.rows == 100 and f25.duration == 2.0
@@ -145,7 +151,7 @@ def test_musetalk_parity_31s_seam():
     segs = torch.zeros(2, AF.SEGMENT_SAMPLES)
     segs[0] = torch.from_numpy(audio.samples[0, :480000])
     segs[1, :16000] = torch.from_numpy(audio.samples[0, 480000:])
-    assert torch.allclose(AF.musetalk_log_mel(segs), t["audio_long.mel"], atol=1e-6)
+    assert torch.allclose(AF.musetalk_log_mel(segs), t["audio_long.mel"], atol=MEL_ATOL)
 
 
 # ---- fixtures: LatentSync -------------------------------------------------------------------------------------------
@@ -163,7 +169,7 @@ def test_latentsync_parity(tmp_path):
     assert np.array_equal(audio.samples[0], t["audio.waveform"].numpy())
     mel = AF.latentsync_log_mel(audio.samples[0], torch.device("cpu"))
     assert mel.shape == (80, 200)
-    assert torch.allclose(mel, t["audio.mel"], atol=1e-5)
+    assert torch.allclose(mel, t["audio.mel"], atol=MEL_ATOL)
 
     f = AF.compute_audio_features(audio, 25, "latentsync", enc, cpu_runtime())
     assert f.rows == 100 and f.num_frames == 52
