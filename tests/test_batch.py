@@ -180,18 +180,20 @@ def test_dry_run_names_the_bad_field_of_each_row_and_runs_nothing(tmp_path, smal
         "talk.mp4,talk.wav,b.mp4,0,,\n"
         "talk.mp4,talk.wav,c.mp4,,magic,\n"
         "talk.mp4,talk.wav,d.mp4,,,500\n"
-        "nothere.mp4,talk.wav,e.mp4,,,\n")
+        "nothere.mp4,talk.wav,e.mp4,,,\n"
+        "talk.mp4,talk.wav,a.mp4,2,,\n")
     (tmp_path / "jobs.jsonl").write_text(
         json.dumps({"video": "talk.mp4", "audio": "talk.wav", "colour": "red"}) + "\n"
         + json.dumps({"video": "talk.mp4", "audio": "talk.wav", "smooth_boxes": "maybe"}) + "\n"
         + json.dumps({"avatar": "nobody", "audio": "talk.wav"}) + "\n")
     rc, out, _ = batch([str(tmp_path / "jobs.csv"), "--dry-run"], small_models_dir, monkeypatch, capsys)
     lines = out.strip().splitlines()
-    assert rc == 1 and lines[-1].startswith("dry run: 1 of 5 jobs valid, 4 refused")
+    assert rc == 1 and lines[-1].startswith("dry run: 1 of 6 jobs valid, 5 refused")
     assert lines[0].startswith("row 3: batch_size: 0 is out of range")
     assert lines[1].startswith("row 4: backend: 'magic' is not a choice")
     assert lines[2].startswith("row 5: steps: 500 is out of range")
     assert lines[3].startswith("row 6: video:") and "does not exist" in lines[3]
+    assert lines[4].startswith("row 7: out: a.mp4 is also the output of row 2")
     rc, out, _ = batch([str(tmp_path / "jobs.jsonl"), "--dry-run"], small_models_dir, monkeypatch, capsys)
     lines = out.strip().splitlines()
     assert rc == 1 and lines[0].startswith("line 1: colour: 'colour' is not an option of a dub job"), out

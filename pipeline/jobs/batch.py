@@ -68,7 +68,23 @@ def read_jobs(source: str, out_dir: Optional[str] = None, defaults: Optional[Dic
         raise RequestError("jobs", f"{os.path.basename(source)} is not a folder, .csv or .jsonl",
                            "list the jobs in a .csv or .jsonl file, or give a folder pairing name.mp4 with name.wav")
     base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-    return [make_job(label, row, base, out_dir, defaults or {}, machine or {}) for label, row in rows]
+    jobs = [make_job(label, row, base, out_dir, defaults or {}, machine or {}) for label, row in rows]
+    return refuse_shared_outputs(jobs)
+
+
+def refuse_shared_outputs(jobs: List[BatchJob]) -> List[BatchJob]:
+    """A second row writing the same output is refused (it would replace the first one's result)."""
+    first: Dict[str, str] = {}
+    for job in jobs:
+        if job.request is None:
+            continue
+        out = os.path.abspath(job.request.out)
+        if out in first:
+            job.request, job.error = None, RequestError("out", f"{os.path.basename(out)} is also the output of "
+                                                               f"{first[out]}", "give each row its own out")
+        else:
+            first[out] = job.label
+    return jobs
 
 
 def folder_rows(folder: str) -> List[Tuple[str, Dict[str, Any]]]:
@@ -310,7 +326,8 @@ class BatchRun:
                                show_progress=self.show_progress)
         try:
             result = run(request.replace(out=staging), runtime, log=lambda _text: None)
-            record.update(report=result.as_dict(out), bytes=os.path.getsize(staging))
+            record.update(key=job_key(request),       # again: weights downloaded by this job are part of it now
+                          report=result.as_dict(out), bytes=os.path.getsize(staging))
             self.results.append({**record, "state": DONE, "seconds": round(time.time() - t0, 3),
                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self._place(staging, out)
