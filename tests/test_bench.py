@@ -110,7 +110,7 @@ def test_lipsync_quick(tmp_path):
     assert "speed ratio" in stdout
 
 
-@pytest.mark.parametrize("script", ["media.py", "lipsync.py", "long.py"])
+@pytest.mark.parametrize("script", ["media.py", "lipsync.py", "long.py", "batch.py"])
 def test_help_documents_quick_and_json(script):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -235,3 +235,34 @@ def test_avatars_quick(tmp_path):
     assert 0 < rows["first frame"]["seconds"] <= speak["seconds"]
     live = rows["live: first frame after the first 200 ms of voice"]
     assert live["frames"] == 16 and positive(live["seconds"]) and positive(live["s_per_frame"])
+
+
+def test_batch_quick(tmp_path):
+    """bench/batch.py: the batch command once and a CLI call per clip on the same 2 clips, each a fresh process;
+    jobs/hour and the speed-up computed from the measured seconds, the fixed cost of a CLI call derived from the
+    batch's own per-job seconds, and the model loading measured inside a CLI dub."""
+    doc, stdout = run_bench("batch.py", tmp_path)
+    check_common(doc, "batch")
+    rows = {r["stage"]: r for r in doc["results"]}
+    batch, cli = rows["batch (one process)"], rows["separate CLI calls"]
+    for r in (batch, cli):
+        assert r["jobs"] == 2
+        for key in ("seconds", "s_per_job", "jobs_per_hour", "speedup", "rss_peak_mb"):
+            assert positive(r[key]), (r["stage"], key)
+        assert r["s_per_job"] == pytest.approx(r["seconds"] / 2, abs=0.01)
+        assert r["jobs_per_hour"] == pytest.approx(3600 / r["s_per_job"], rel=0.01)
+    assert batch["speedup"] == pytest.approx(cli["seconds"] / batch["seconds"], rel=0.01)
+    assert len(batch["job_seconds"]) == 2 and all(positive(s) for s in batch["job_seconds"])
+    assert batch["steady_s_per_job"] == pytest.approx(batch["job_seconds"][1], abs=0.01)
+    assert all(positive(n) for n in batch["synced_frames"]) and batch["output_frames"] == [12, 12]
+    assert len(cli["call_seconds"]) == 2 and all(positive(s) for s in cli["call_seconds"])
+    fixed = rows["fixed cost of a CLI call (derived)"]
+    assert fixed["seconds"] == pytest.approx(cli["s_per_job"] - batch["steady_s_per_job"], abs=0.02)
+    assert fixed["share_pct"] == pytest.approx(100 * fixed["seconds"] / cli["s_per_job"], abs=0.2)
+    load = rows["model loading in a CLI call (measured)"]
+    assert positive(load["seconds"]) and 0 < load["share_pct"] < 100 and positive(load["probe_wall_s"])
+    assert {"backends.musetalk", "audio.whisper", "faces.mtcnn"} <= set(load["loads"])
+    assert load["seconds"] == pytest.approx(sum(load["loads"].values()), abs=0.05)
+    start = rows["start-up and exit of a CLI call (measured)"]
+    assert positive(start["seconds"]) and positive(start["import_s"]) and 0 < start["share_pct"] < 100
+    assert "jobs/hour" in stdout

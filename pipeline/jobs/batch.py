@@ -91,12 +91,13 @@ def folder_rows(folder: str) -> List[Tuple[str, Dict[str, Any]]]:
     """``name.mp4`` + ``name.wav`` (or .mp3, .flac, .m4a) pairs, by name; a video without a voice is a row that
     fails with the reason."""
     names = sorted(os.listdir(folder))
+    present = set(names)
     rows = []
     for name in names:
         stem, ext = os.path.splitext(name)
         if ext.lower() not in VIDEO_EXTS or name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
             continue
-        voice = next((stem + e for e in AUDIO_EXTS for n in names if n == stem + e), None)
+        voice = next((stem + e for e in AUDIO_EXTS if stem + e in present), None)
         rows.append((name, {"video": name, "audio": voice, "out": stem + ".mp4",
                             "_missing": None if voice else
                             ("audio", f"no voice track beside {name}",
