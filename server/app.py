@@ -20,12 +20,13 @@ from .errors import ApiError, avatar_refusal, bad_request, not_found
 from .jobs import FINISHED, JobStore
 from .live import live_route
 from .options import build_request
-from .safety import (AUDIO_EXTS, VIDEO_EXTS, check_duration, confined_path, media_seconds, save_upload, token_ok,
-                     unauthorized, upload_name)
+from .safety import (AUDIO_EXTS, VIDEO_EXTS, check_host, check_origin, check_upload, confined_path, save_upload,
+                     server_token, token_ok, unauthorized, upload_name)
 from .worker import Worker
 
 log = logging.getLogger("musetalk_enhanced.server")
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 
 
 # -- middlewares ---------------------------------------------------------------------------------------------------
@@ -49,12 +50,30 @@ async def json_errors(request, handler):
 
 
 @web.middleware
+async def same_site(request, handler):
+    """Every request names this server in ``Host``; a state-changing one (and a WebSocket) from a web page comes
+    from the server's own page."""
+    check_host(request.headers.get("Host", ""), request.app[CONFIG].host_names())
+    if request.method in STATE_CHANGING or request.headers.get("Upgrade", "").lower() == "websocket":
+        check_origin(request.headers.get("Origin"), request.headers.get("Host", ""))
+    return await handler(request)
+
+
+@web.middleware
 async def bearer_auth(request, handler):
     protected = request.path.startswith("/v1/") or request.path == "/openapi.json"
+    query_token = request.query.get("access_token") if takes_query_token(request) else None
     if protected and not token_ok(request.app[CONFIG].token, request.headers.get("Authorization", ""),
-                                  request.query.get("access_token")):
+                                  query_token):
         raise unauthorized()
     return await handler(request)
+
+
+def takes_query_token(request: web.Request) -> bool:
+    """``?access_token=`` only where a browser cannot send a header: the live WebSocket and a result's <video>."""
+    path = request.path
+    return request.method == "GET" and ((path.startswith("/v1/avatars/") and path.endswith("/live")) or
+                                        (path.startswith("/v1/jobs/") and path.endswith("/result")))
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def input_file(fields: Dict, name: str, config: ServerConfig, required: bool) ->
         return None
     how, value = fields[name]
     path = value if how == "upload" else confined_path(name, value, config.media_dir)
-    check_duration(name, media_seconds(name, path, need_video=name == "video"), config.max_seconds)
+    check_upload(name, path, config)
     return path
 
 
@@ -194,7 +213,10 @@ async def job_result(request: web.Request) -> web.StreamResponse:
     job = job_or_404(request)
     path = request.app[STORE].result_path(job.id)
     if job.state != "done" or not os.path.isfile(path):
-        raise ApiError(409, "id", f"job {job.id} is {job.state}, it has no result",
+        if job.state in FINISHED:
+            raise ApiError(409, "id", f"job {job.id} {job.state}: it has no result and never will",
+                           "see its error in GET /v1/jobs/{id}, and submit it again")
+        raise ApiError(409, "id", f"job {job.id} is {job.shown_state}, it has no result yet",
                        "poll GET /v1/jobs/{id} until its state is done")
     disposition = "attachment" if request.query.get("download") else "inline"
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Content-Disposition":
@@ -202,18 +224,20 @@ async def job_result(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    """Queued: cancelled at once. Running: stops at the next batch. Finished: the job and its files are deleted."""
+    """Queued: cancelled at once. Running: written down as ``cancelling`` (a restart ends it cancelled) and stopped
+    at the next network call or frame. Finished: the job and its files are deleted."""
     store, job = request.app[STORE], job_or_404(request)
     if job.state in FINISHED:
         store.delete(job.id)
         return web.json_response({"id": job.id, "deleted": True})
     if store.cancel_queued(job.id):
         return web.json_response({"id": job.id, "state": "cancelled"})
+    store.request_cancel(job.id)
     progress = None
     for w in request.app[WORKERS]:
         if w.current == job.id:
             w.cancel_requests.add(job.id)
-            progress = dict(w.progress)      # where it stands now: it stops before the next batch is recorded
+            progress = dict(w.progress)      # where it stands now: it stops before the next step is recorded
     return web.json_response({"id": job.id, "state": "cancelling", "progress": progress}, status=202)
 
 
@@ -258,7 +282,8 @@ async def health(request: web.Request) -> web.Response:
 # -- the application -----------------------------------------------------------------------------------------------
 def make_app(config: ServerConfig) -> web.Application:
     config.check()
-    app = web.Application(middlewares=[json_errors, bearer_auth], client_max_size=1 << 20)
+    config.token = server_token(config)
+    app = web.Application(middlewares=[json_errors, same_site, bearer_auth], client_max_size=1 << 20)
     app[CONFIG], app[WAKE], app[LIVE] = config, threading.Event(), {}
     app.router.add_get("/", page)
     app.router.add_static("/page/", PAGE_DIR)
@@ -279,7 +304,7 @@ def make_app(config: ServerConfig) -> web.Application:
 async def start_workers(app: web.Application) -> None:
     config = app[CONFIG]
     os.makedirs(config.data_dir, exist_ok=True)
-    app[STORE] = JobStore(config.db_path, config.jobs_dir)
+    app[STORE] = JobStore(config.db_path, config.jobs_dir, keep_inputs=config.keep_inputs)
     for note in app[STORE].recover() + app[STORE].prune(config.keep_days):
         log.info(note)
     app[WORKERS] = [Worker(app[STORE], d, app[WAKE], config.auto_download) for d in config.devices]

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s'\"():,/]+/)+([^\s'\"():,/]*)")
+_ERRNO = re.compile(r"\[Errno -?\d+\]\s*")
 
 
 class ApiError(Exception):
@@ -37,3 +41,9 @@ def avatar_refusal(field: str, name: str, exc: Exception) -> ApiError:
         return ApiError(400, field, str(exc), "avatar names are letters, digits, _ . -; GET /v1/avatars lists them")
     return ApiError(409 if exists else 404, field, str(exc),
                     "GET /v1/avatars lists the prepared avatars; prepare it again if it changed")
+
+
+def without_paths(text: str) -> str:
+    """A message for a client: folders of the server's machine cut down to the file's name, no raw errno (the server
+    log keeps the whole message)."""
+    return _ERRNO.sub("", _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(a server folder)", text))

@@ -13,6 +13,7 @@ from typing import Dict, Set
 
 from .jobs import Job, JobStore
 from ..pipeline.jobs.run import explain
+from .errors import without_paths
 from .options import build_request
 
 log = logging.getLogger("musetalk_enhanced.server")
@@ -71,12 +72,14 @@ class Worker(threading.Thread):
             state, error = "cancelled", "cancelled while running"
         except Exception as exc:   # any failure is this job's alone: the worker goes on with the next
             log.info("job %s failed: %s", job.id, traceback.format_exc(limit=4))
-            state, error = "failed", explain(exc)
+            state, error = "failed", without_paths(explain(exc))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if self.progress["stage"]:                       # the last progress, not only the last throttled write
-            self.store.progress(job.id, self.progress["stage"], self.progress["done"], self.progress["total"])
-        if state == "cancelled" and self._stopping:   # the server is shutting down: the job waits for the next start
+            self.store.progress(job.id, self.progress["stage"], self.progress["done"], self.progress["total"],
+                                self.progress.get("fraction"))
+        asked = (self.store.get(job.id) or job).cancel_requested
+        if state == "cancelled" and self._stopping and not asked:   # shutting down: it waits for the next start
             self.store.requeue(job.id, "re-queued: the server was stopped while this job ran", False)
         else:
             self.store.finish(job.id, state, report=report, error=error)
@@ -84,16 +87,19 @@ class Worker(threading.Thread):
     def execute(self, job: Job, out: str) -> Dict:
         """Run the job into ``out``; returns the report as JSON."""
         from ..pipeline.jobs import make_runtime, run
+        from ..pipeline.jobs.run import job_fraction
         from ..pipeline.runtime import Cancelled
 
         last = [0.0]
 
         def on_progress(stage: str, done: int, total: int) -> None:
-            self.progress = {"stage": stage, "done": done, "total": total}
+            fraction = job_fraction(job.kind, stage, done, total)
+            self.progress = {"stage": stage, "done": done, "total": total,
+                             "fraction": self.progress.get("fraction") if fraction is None else fraction}
             now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY_S or done >= total:
+            if now - last[0] >= PROGRESS_EVERY_S or done >= total or done == 0:     # a new stage shows at once
                 last[0] = now
-                self.store.progress(job.id, stage, done, total)
+                self.store.progress(job.id, stage, done, total, fraction)
 
         request = build_request(job.kind, job.options, job.inputs, out).replace(
             device=self.device, auto_download=self.auto_download)

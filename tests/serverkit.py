@@ -1,5 +1,9 @@
 """A dubbing server in a subprocess on loopback (``python <pack> serve --port 0``), and small HTTP helpers, for the
-server's tests. Every wait is bounded."""
+server's tests. Every wait is bounded.
+
+A server started without ``--token`` makes its own and prints the page's URL with it; the helpers then send it the
+way the page does after opening that URL (``Authorization: Bearer``), unless a call gives its own
+``Authorization`` header (``""``: none at all)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +20,8 @@ from typing import Dict, Optional, Tuple
 
 from conftest import ROOT
 
+TOKENS: Dict[str, str] = {}      # server URL -> the token it printed
+
 
 class Server:
     """``python <pack> serve`` with a data folder, the test weights and an avatars folder."""
@@ -25,6 +31,7 @@ class Server:
         self.env = dict(os.environ, MUSETALK_AVATARS_DIR=avatars_dir, OMP_NUM_THREADS="1", **(env or {}))
         self.proc = None
         self.url = ""
+        self.token = ""
         self.log_path = os.path.join(data_dir, f"server-{uuid.uuid4().hex[:6]}.log")
 
     def start(self, timeout: float = 120) -> "Server":
@@ -39,6 +46,11 @@ class Server:
             m = re.search(r"serving on (http://[^/ ]+)", line or "")
             if m:
                 self.url = m.group(1)
+                if "--no-token" not in self.extra:
+                    printed = re.search(r"\?token=(\S+)", self.proc.stdout.readline() or "")
+                    self.token = printed.group(1) if printed else ""
+                    if "--token" not in self.extra:
+                        TOKENS[self.url] = self.token
                 return self
             if self.proc.poll() is not None:
                 break
@@ -49,6 +61,7 @@ class Server:
         return open(self.log_path).read()[-4000:]
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        TOKENS.pop(self.url, None)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -66,9 +79,22 @@ class Server:
         self.stop()
 
 
+def auth_headers(url: str, headers: Optional[Dict] = None) -> Dict:
+    """``headers`` plus the bearer token of the server ``url`` belongs to (an explicit ``Authorization`` wins; an
+    empty one sends none)."""
+    h = dict(headers or {})
+    if "Authorization" not in h:
+        token = next((t for base, t in TOKENS.items() if url.startswith(base)), "")
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+    if not h.get("Authorization"):
+        h.pop("Authorization", None)
+    return h
+
+
 def request(method: str, url: str, body: Optional[bytes] = None, headers: Optional[Dict] = None,
             timeout: float = 60) -> Tuple[int, Dict, bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=body, method=method, headers=auth_headers(url, headers))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()

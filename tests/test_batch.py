@@ -200,3 +200,42 @@ def test_dry_run_names_the_bad_field_of_each_row_and_runs_nothing(tmp_path, smal
     assert lines[1].startswith("line 2: smooth_boxes: is a switch")
     assert lines[2].startswith("line 3: avatar:") and "nobody" in lines[2]
     assert not (tmp_path / "dubbed").exists()                  # nothing ran, nothing was written
+
+
+def test_progress_names_every_stage_and_a_cancel_stops_between_network_calls(tmp_path, small_models_dir,
+                                                                            monkeypatch):
+    """A job's stages in order, "lip-sync" shown from its first frame even when one batch holds every frame, each
+    stage's share of the bar only growing; a cancel asked at that point stops before the UNet and the VAE decoder
+    run, not at the end of the batch."""
+    from musetalk_enhanced.models import registry
+    from musetalk_enhanced.pipeline.backends import musetalk_engine
+    from musetalk_enhanced.pipeline.jobs import DubRequest, run
+    from musetalk_enhanced.pipeline.jobs.run import job_fraction
+    from musetalk_enhanced.pipeline.runtime import Cancelled
+
+    registry.set_folder_resolver(None)
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", small_models_dir)
+    video, audio = face_clip(str(tmp_path / "v.mp4"), frames=6), voice(str(tmp_path / "v.wav"), "Hello")
+    request = DubRequest(video=video, audio=audio, out=str(tmp_path / "o.mp4"), batch_size=256, min_face_size=30,
+                         blend_mode="feather", backend="musetalk-v1.5", auto_download=False)
+    seen = []
+    run(request, progress=lambda *step: seen.append(step))
+    assert list(dict.fromkeys(s for s, _, _ in seen)) == ["face detection", "whisper audio features",
+                                                          "loading models", "lip-sync", "encoding"], seen
+    lipsync = [(d, t) for s, d, t in seen if s == "lip-sync"]
+    assert lipsync[0][0] == 0 and lipsync[-1][0] == lipsync[-1][1] and len(lipsync) >= 2
+    fractions = [f for f in (job_fraction("dub", *step) for step in seen) if f is not None]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+    calls = []
+    for name in ("denoise", "decode"):
+        original = getattr(musetalk_engine.MuseTalkEngine, name)
+        monkeypatch.setattr(musetalk_engine.MuseTalkEngine, name,
+                            lambda self, *a, _name=name, _f=original: calls.append(_name) or _f(self, *a))
+    asked = []
+    with pytest.raises(Cancelled):
+        run(request.replace(out=str(tmp_path / "cancelled.mp4")),
+            progress=lambda stage, done, total: asked.append(stage) if stage == "lip-sync" else None,
+            cancel=lambda: bool(asked))
+    assert calls == [] and not (tmp_path / "cancelled.mp4").exists()
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]

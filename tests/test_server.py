@@ -170,9 +170,10 @@ def test_openapi_describes_the_options_the_server_accepts(server):
 def test_limits_and_bearer_token(tmp_path, small_models_dir, avatars_dir, media):
     from musetalk_enhanced.server.config import ServerConfig
 
-    with pytest.raises(ValueError, match="--token"):
-        ServerConfig(host="0.0.0.0").check()
+    with pytest.raises(ValueError, match="--no-token"):
+        ServerConfig(host="0.0.0.0", no_token=True).check()
     ServerConfig(host="0.0.0.0", token="long-enough-secret").check()
+    ServerConfig(host="0.0.0.0").check()          # a token is made at start
     token = "s3cret-token"
     with sk.Server(str(tmp_path / "srv"), small_models_dir, avatars_dir, "--token", token, "--max-upload-mb", "0.01",
                    "--max-seconds", "0.3", "--max-queue", "1") as srv:
@@ -181,12 +182,14 @@ def test_limits_and_bearer_token(tmp_path, small_models_dir, avatars_dir, media)
         assert sk.call("GET", srv.url + "/openapi.json")[0] == 401
         auth = {"Authorization": f"Bearer {token}"}
         assert sk.call("GET", srv.url + "/v1/jobs", headers=auth)[0] == 200
-        assert sk.call("GET", srv.url + f"/v1/jobs?access_token={token}")[0] == 200
+        assert sk.call("GET", srv.url + f"/v1/jobs?access_token={token}")[0] == 401    # a header is needed here
+        assert sk.call("GET", srv.url + f"/v1/jobs/nope/result?access_token={token}")[0] == 404   # a <video> URL
         status, body = sk.submit(srv.url, files(media), headers=auth)
         assert status == 413 and body["error"]["field"] == "video" and "--max-upload-mb" in body["error"]["fix"]
         small = mk.write_video(str(tmp_path / "small.mp4"), mk.color_frames(12, 32, 32), 25)
         status, body = sk.submit(srv.url, {"video": ("small.mp4", open(small, "rb").read())}, headers=auth)
-        assert status == 400 and "longer than" in body["error"]["message"], body
+        assert status == 400 and "over the limit" in body["error"]["message"], body
+        assert "--max-seconds" in body["error"]["fix"]
         assert not os.listdir(os.path.join(srv.data_dir, "jobs"))
 
 
@@ -197,7 +200,8 @@ def test_a_full_queue_answers_429_and_frees_up_on_cancel(tmp_path, media):
     from musetalk_enhanced.server.config import ServerConfig
 
     async def scenario():
-        config = ServerConfig(data_dir=str(tmp_path), media_dir=str(media), devices=(), max_queue=2)  # no worker
+        config = ServerConfig(data_dir=str(tmp_path), media_dir=str(media), devices=(), max_queue=2,  # no worker
+                              no_token=True)
         async with TestClient(TestServer(make_app(config))) as client:
             ids = []
             for _ in range(2):
@@ -360,7 +364,8 @@ async def live_session(url, voice, chunk_s=0.2, read=True):
 
     frames, texts = [], []
     async with aiohttp.ClientSession() as s:
-        async with s.ws_connect(url.replace("http", "ws") + "/v1/avatars/host/live?format=s16") as ws:
+        async with s.ws_connect(url.replace("http", "ws") + "/v1/avatars/host/live?format=s16",
+                                headers=sk.auth_headers(url)) as ws:
             ready = json.loads((await ws.receive()).data)
             step = int(16000 * chunk_s)
             for i in range(0, len(voice), step):
@@ -484,7 +489,7 @@ def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
             page = browser.new_page()
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
+            page.goto(server.url + f"/?token={server.token}")
             page.wait_for_selector("body[data-ready='1']", timeout=30000)
             assert page.locator("#options select[name=backend] option").count() >= 2   # from /openapi.json
             page.set_input_files("#video", str(media / "talk.mp4"))
@@ -498,7 +503,7 @@ def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
             assert page.evaluate("document.getElementById('result').duration") == pytest.approx(n / 25, abs=0.08)
             assert page.evaluate("document.getElementById('result').play().then(() => 'playing', e => String(e))") \
                 == "playing"
-            assert page.get_attribute("#download", "href").endswith("?download=1")
+            assert "?download=1" in page.get_attribute("#download", "href")
             page.click("#tab-live")
             page.select_option("#live-avatar", "host")
             page.set_input_files("#live-audio", voice)

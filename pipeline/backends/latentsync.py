@@ -73,10 +73,16 @@ class LatentSyncBackend:
 
     def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
                 windows: torch.Tensor) -> List[Optional[Patch]]:
-        aligned = np.stack([self._aligned_face(s, src_u8[s], faces) for s in srcs])
-        out = self.engine.sync_chunk(aligned, windows, frame_start=int(ks[0]), output="float")
-        return [self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste)
-                for j, s in enumerate(srcs)]
+        aligned = []
+        for s in srcs:                       # a cancel is honoured between frames and between DDIM steps
+            self.engine._check_cancelled()
+            aligned.append(self._aligned_face(s, src_u8[s], faces))
+        out = self.engine.sync_chunk(np.stack(aligned), windows, frame_start=int(ks[0]), output="float")
+        restored = []
+        for j, s in enumerate(srcs):
+            self.engine._check_cancelled()
+            restored.append(self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste))
+        return restored
 
     def _aligned_face(self, s: int, frame_u8: np.ndarray, faces: FaceSequence) -> np.ndarray:
         import cv2

@@ -44,16 +44,20 @@ class MuseTalkBackend:
     def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
                 windows: torch.Tensor) -> List[Optional[Patch]]:
         from .blending import blend_face, prepare_blend_mask
-        from .musetalk_engine import crop_faces
+        from .musetalk_engine import crop_faces, postprocess_decoded
 
         need = sorted({s for s in srcs if s not in self.latents})
         if need:
             crops = crop_faces(np.stack([src_u8[s] for s in need]), [faces.frames[s].face.crop_box for s in need])
             for s, latent in zip(need, self.engine.encode_reference(crops)):
                 self.latents[s] = latent
-        generated = self.engine.generate(torch.stack([self.latents[s] for s in srcs]), windows)
+            self._cancel_point()
+        predicted = self.engine.denoise(torch.stack([self.latents[s] for s in srcs]), windows)
+        self._cancel_point()
+        generated = postprocess_decoded(self.engine.decode(predicted))
         out = []
         for face, s in zip(generated, srcs):
+            self._cancel_point()            # between the frames of the paste-back (masks, blending)
             box = faces.frames[s].face.crop_box
             mask = self.masks.get(s)
             if mask is None:
@@ -61,6 +65,13 @@ class MuseTalkBackend:
                 self.masks.put(s, mask)
             out.append(blend_face(src_u8[s], face, box, mask))
         return out
+
+
+    def _cancel_point(self) -> None:
+        """Between network calls and frames: a cancel stops the run here, not only between batches."""
+        runtime = getattr(self.engine, "runtime", None)
+        if runtime is not None:
+            runtime.check_cancelled()
 
 
 def required_weights(blend_mode: str = "auto") -> List[Tuple[str, ...]]:

@@ -24,8 +24,8 @@ FALSE_WORDS = ("0", "false", "no", "off")
 class RequestError(ValueError):
     """A request that cannot run: ``field`` names the option (request field name), ``fix`` says what to do."""
 
-    def __init__(self, field: str, message: str, fix: str = ""):
-        self.field, self.message, self.fix = field, message, fix
+    def __init__(self, field: str, message: str, fix: str = "", detail: str = ""):
+        self.field, self.message, self.fix, self.detail = field, message, fix, detail   # detail: for logs only
         super().__init__(f"{field}: {message}" + (f" ({fix})" if fix else ""))
 
 

@@ -18,7 +18,7 @@ from ..backends.blending import BLEND_CHOICES
 from ..backends.selection import BACKEND_CHOICES, DEFAULT_BATCH_SIZE, BackendSpec
 from ..faces.detectors import BACKENDS as DETECTORS, DEFAULT_BACKEND as DEFAULT_DETECTOR
 from ..faces.landmarks import LANDMARK_CHOICES
-from ..faces.options import SPEAKER_POLICIES, FaceOptions
+from ..faces.options import SPEAKER_POLICIES, FaceOptions, parse_user_box
 from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
 from ..media.video import MAX_FORCE_RATE
 from ..media.writer import CRF_RANGE, DEFAULT_CRF
@@ -79,6 +79,7 @@ class FaceSettings:
                               extra_margin=int(self.extra_margin), smooth_boxes=bool(self.smooth_boxes))
         try:
             options.validate()
+            parse_user_box(self.user_box, 1000, 1000)      # its syntax, before any work
         except ValueError as exc:
             field, _, message = str(exc).partition(": ")
             raise RequestError(field if field in names_table(FaceSettings) else "speaker", message or str(exc),

@@ -17,6 +17,14 @@ from .requests import DubRequest, PrepareRequest, Request, SpeakRequest
 
 Progress = Callable[[str, int, int], None]
 Log = Callable[[str], None]
+# A job's progress bar: the stages each kind of job goes through, in order, and each one's share of the bar (by
+# their cost on a GPU and a CPU, roughly). The stage names are the ones runtime.progress reports.
+STAGE_SHARES = {
+    "dub": (("face detection", 0.30), ("whisper audio features", 0.05), ("loading models", 0.05),
+            ("lip-sync", 0.55), ("encoding", 0.05)),
+    "avatar": (("whisper audio features", 0.10), ("loading models", 0.05), ("lip-sync", 0.80), ("encoding", 0.05)),
+    "prepare": (("face detection", 0.60), ("avatar", 0.40)),
+}
 
 
 @dataclass
@@ -82,6 +90,17 @@ def run(request: Request, runtime: Optional[Runtime] = None, progress: Optional[
     return result
 
 
+def job_fraction(kind: str, stage: str, done: int, total: int) -> Optional[float]:
+    """How much of a ``kind`` job is done when ``stage`` is at ``done`` of ``total`` (0..1); None for a stage the
+    bar does not know (it then stays where it was)."""
+    start = 0.0
+    for name, share in STAGE_SHARES.get(kind, ()):
+        if name == stage:
+            return min(1.0, start + share * (min(done, total) / total if total > 0 else 0.0))
+        start += share
+    return None
+
+
 def check_output(out: str) -> None:
     """Before any work: the output is new and its folder exists and is writable (nothing is overwritten)."""
     out = os.path.abspath(out)
@@ -121,7 +140,7 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
     try:
         report = run_.into(WriterSink(writer), runtime)
-        writer.close()
+        finish_encoding(writer, runtime)
     except BaseException:
         writer.abort()
         raise
@@ -164,11 +183,18 @@ def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
     writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf)
     try:
         report = run_.into(WriterSink(writer))
-        writer.close()
+        finish_encoding(writer, runtime)
     except BaseException:
         writer.abort()
         raise
     return JobResult("avatar", out, report)
+
+
+def finish_encoding(writer, runtime: Runtime) -> None:
+    """The encoder's last frames and the file moved into place: a stage of its own on the progress bar."""
+    runtime.progress("encoding", 0, 1)
+    writer.close()
+    runtime.progress("encoding", 1, 1)
 
 
 def prepare(request: PrepareRequest, runtime: Runtime, log: Log) -> JobResult:

@@ -55,7 +55,9 @@ class LipSyncRun:
                                               whisper_encoder),
             self.batch_size)
         if self._has_faces():
+            runtime.progress("loading models", 0, 1)
             chain.open()
+            runtime.progress("loading models", 1, 1)
         else:
             report.notes.append("no frame has a face: every frame passes through unchanged")
         report.batch_sizes.append(self.batch_size)

@@ -119,6 +119,7 @@ def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runt
     workers = _Workers()
     reader = _UnitReader(frames, source, workers)
     written = None   # the last sink write: at most one unit in flight
+    runtime.progress("lip-sync", 0, total)     # shown from the start, even when one unit holds every frame
     try:
         k = 0
         while k < total:

@@ -5,6 +5,12 @@ const $ = (id) => document.getElementById(id);
 const state = { schema: null, job: null, poll: null, live: null };
 
 // -- token, requests, errors -----------------------------------------------------------------------------------
+// The server prints its address with ?token=...: the page keeps it and takes it out of the address bar.
+const given = new URLSearchParams(location.search).get("token");
+if (given) {
+  localStorage.setItem("musetalk-token", given);
+  history.replaceState(null, "", location.pathname);
+}
 $("token").value = localStorage.getItem("musetalk-token") || "";
 $("token").addEventListener("change", () => { localStorage.setItem("musetalk-token", $("token").value); boot(); });
 const token = () => $("token").value.trim();
@@ -115,19 +121,26 @@ function follow(id) {
     try {
       const job = await api("/v1/jobs/" + id);
       showJob(job);
-      if (["done", "failed", "cancelled"].includes(job.state)) clearInterval(state.poll);
+      if (!ACTIVE.includes(job.state)) clearInterval(state.poll);
     } catch (e) { $("dub-error").textContent = e.message; clearInterval(state.poll); }
   };
   state.poll = setInterval(tick, 700);
   tick();
 }
 
-function showJob(job) {
+const ACTIVE = ["queued", "running", "cancelling"];
+
+function stageText(job) {    // what is being done now; a finished job says how it ended instead
   const p = job.progress;
-  const what = p.stage ? `${p.stage}: ${p.done}/${p.total} frames` : "";
+  if (!p.stage || !ACTIVE.includes(job.state)) return "";
+  return p.total > 1 ? `${p.stage} ${p.done}/${p.total}` : p.stage;
+}
+
+function showJob(job) {
+  const p = job.progress, what = stageText(job);
   $("status").textContent = `Job ${job.id.slice(0, 8)}: ${job.state}${what ? " · " + what : ""}${job.error ? " · " + job.error : ""}`;
   $("status").dataset.state = job.state;
-  $("progress").value = p.total ? p.done / p.total : (job.state === "done" ? 1 : 0);
+  $("progress").value = job.state === "done" ? 1 : (p.fraction || 0);
   $("cancel").hidden = !["queued", "running"].includes(job.state);
   if (job.report) $("report").textContent = job.report.text || JSON.stringify(job.report, null, 1);
   if (job.state === "done" && $("result").hidden) {
@@ -140,7 +153,12 @@ function showJob(job) {
 }
 
 $("cancel").addEventListener("click", async () => {
-  try { await api("/v1/jobs/" + state.job, { method: "DELETE" }); } catch (e) { $("dub-error").textContent = e.message; }
+  try {
+    const r = await api("/v1/jobs/" + state.job, { method: "DELETE" });
+    $("cancel").hidden = true;      // the answer says where it stands: shown at once, not at the next poll
+    $("status").textContent = `Job ${state.job.slice(0, 8)}: ${r.state}`;
+    $("status").dataset.state = r.state;
+  } catch (e) { $("dub-error").textContent = e.message; }
 });
 
 // -- the jobs list ---------------------------------------------------------------------------------------------
@@ -151,9 +169,9 @@ async function refreshJobs() {
     rows.innerHTML = "";
     for (const job of jobs) {
       const tr = rows.insertRow();
-      const p = job.progress;
+      const progress = ACTIVE.includes(job.state) ? `${Math.round(100 * (job.progress.fraction || 0))} %` : "";
       for (const text of [job.id.slice(0, 8), job.kind, job.state + (job.error ? ` (${job.error})` : ""),
-                          p.total ? `${p.done}/${p.total}` : "", new Date(job.created * 1000).toLocaleString()]) {
+                          progress, new Date(job.created * 1000).toLocaleString()]) {
         tr.insertCell().textContent = text;
       }
       const cell = tr.insertCell();
@@ -161,8 +179,14 @@ async function refreshJobs() {
       open.textContent = "Open";
       open.onclick = () => { $("tab-dub").click(); follow(job.id); };
       const del = document.createElement("button");
-      del.textContent = ["queued", "running"].includes(job.state) ? "Cancel" : "Delete";
-      del.onclick = async () => { await api("/v1/jobs/" + job.id, { method: "DELETE" }).catch(() => {}); refreshJobs(); };
+      const finished = !ACTIVE.includes(job.state);
+      del.textContent = finished ? "Delete" : "Cancel";
+      del.hidden = job.state === "cancelling";
+      del.onclick = async () => {
+        if (finished && !confirm(`Delete job ${job.id.slice(0, 8)} and its files? This cannot be undone.`)) return;
+        await api("/v1/jobs/" + job.id, { method: "DELETE" }).catch(() => {});
+        refreshJobs();
+      };
       cell.append(open, del);
     }
   } catch (e) { rows.innerHTML = ""; rows.insertRow().insertCell().textContent = e.message; }
@@ -285,6 +309,7 @@ async function boot() {
       if (!usable.length) sel.add(new Option("none prepared yet", ""));
     }
     $("live-hint").hidden = avatars.some((a) => !a.error);
+    $("dub-error").textContent = "";        // an earlier "needs a bearer token" is answered now
     document.body.dataset.ready = "1";
   } catch (e) { $("dub-error").textContent = e.message; }
 }
