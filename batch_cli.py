@@ -23,6 +23,7 @@ import threading
 from .pipeline.jobs import DubRequest
 from .pipeline.jobs.batch import RESULTS_FILE, BatchRun, check_files, default_out_dir, read_jobs
 from .pipeline.jobs.fields import MACHINE, RequestError, specs
+from .pipeline.jobs.limits import MediaLimits
 from .pipeline.jobs.flags import add_command_flags, add_request_flags, given, run_command, use_models_dir
 
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help=f"the results file (default: {RESULTS_FILE} in the out folder)")
     p.add_argument("--dry-run", action="store_true", help="check every row and run nothing")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: never)")
+    p.add_argument("--max-seconds", type=float, default=MediaLimits.max_seconds,
+                   help="refuse inputs longer than this, counted from their packets (0: no limit)")
+    p.add_argument("--max-frames", type=int, default=MediaLimits.max_frames,
+                   help="refuse videos with more frames (0: no limit)")
+    p.add_argument("--max-pixels", type=int, default=MediaLimits.max_pixels,
+                   help="refuse larger pictures, width x height (0: no limit)")
     add_request_flags(p, DubRequest, skip=("video", "audio", "out"), title="options for every row")
     add_command_flags(p)
     return p
@@ -56,20 +63,22 @@ def main(argv) -> int:
         if not jobs:
             raise RequestError("jobs", f"no jobs in {args.jobs}", "a folder needs name.mp4 + name.wav pairs; a list "
                                                                  "needs rows")
+        limits = MediaLimits(args.max_seconds, args.max_frames, args.max_pixels)
         if args.dry_run:
-            return dry_run(jobs)
-        return run_batch(jobs, args.results or os.path.join(out_dir, RESULTS_FILE), args)
+            return dry_run(jobs, limits)
+        return run_batch(jobs, args.results or os.path.join(out_dir, RESULTS_FILE), args, limits)
 
     return run_command(batch, DubRequest)
 
 
-def dry_run(jobs) -> int:
+def dry_run(jobs, limits: MediaLimits) -> int:
     bad = 0
     for job in jobs:
         try:
             if job.error is not None:
                 raise job.error
             check_files(job.request)
+            limits.check_request(job.request)
         except RequestError as exc:
             bad += 1
             print(f"{job.label}: {exc.field}: {exc.message}" + (f" ({exc.fix})" if exc.fix else ""))
@@ -77,7 +86,7 @@ def dry_run(jobs) -> int:
     return 1 if bad else 0
 
 
-def run_batch(jobs, results: str, args) -> int:
+def run_batch(jobs, results: str, args, limits: MediaLimits) -> int:
     """Run with SIGINT/SIGTERM turned into a clean stop (a second Ctrl-C interrupts at once)."""
     stop = threading.Event()
     previous = {}
@@ -92,7 +101,8 @@ def run_batch(jobs, results: str, args) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = BatchRun(jobs, results, overwrite=args.overwrite, stop=stop, show_progress=not args.quiet).run()
+        summary = BatchRun(jobs, results, overwrite=args.overwrite, stop=stop, show_progress=not args.quiet,
+                           limits=limits).run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

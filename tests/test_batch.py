@@ -194,6 +194,10 @@ def test_dry_run_names_the_bad_field_of_each_row_and_runs_nothing(tmp_path, smal
     assert lines[2].startswith("row 5: steps: 500 is out of range")
     assert lines[3].startswith("row 6: video:") and "does not exist" in lines[3]
     assert lines[4].startswith("row 7: out: a.mp4 is also the output of row 2")
+    rc, out, _ = batch([str(tmp_path / "jobs.csv"), "--dry-run", "--max-frames", "3"], small_models_dir, monkeypatch,
+                       capsys)                     # the server's limits, measured from the packets, when set
+    assert rc == 1 and "row 2: video: 4 frames: over the limit of 3 (cut or scale the file down, or raise " \
+                       "--max-frames)" in out, out
     rc, out, _ = batch([str(tmp_path / "jobs.jsonl"), "--dry-run"], small_models_dir, monkeypatch, capsys)
     lines = out.strip().splitlines()
     assert rc == 1 and lines[0].startswith("line 1: colour: 'colour' is not an option of a dub job"), out

@@ -138,3 +138,26 @@ def test_cli_builds_the_detector_like_the_face_detect_node(inputs, small_models_
     assert rc == 2
     assert seen == face_nodes.detector_options("mtcnn", 30, 256, 256, "dlib") == {"min_face_size": 24.0,
                                                                                 "landmarks": "dlib"}
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--out", "/nonexistent-folder/sub/o.mp4"], "--out: the folder /nonexistent-folder/sub does not exist"),
+    (["--batch-size", "0"], "--batch-size: 0 is out of range (use a value from 1 to 256)"),
+    (["--bbox-shift", "1000000000"], "--bbox-shift: 1000000000 is out of range"),
+    (["--out", "o.mov"], "--out: 'o.mov' is not an .mp4 name"),
+])
+def test_a_bad_command_line_is_one_line_before_any_work(inputs, small_models_dir, monkeypatch, tmp_path, capsys,
+                                                       extra, words):
+    """Every option and the output folder are checked before a file is opened or a model loads."""
+    from musetalk_enhanced.pipeline.faces import detectors
+    from musetalk_enhanced.pipeline.media import video as video_mod
+
+    d, video, voice = inputs
+    touched = []
+    monkeypatch.setattr(detectors, "create_detector", lambda *a, **k: touched.append("detector"))
+    monkeypatch.setattr(video_mod, "VideoFileFrames", lambda *a, **k: touched.append("video"))
+    argv = ["--video", video, "--audio", voice, "--out", str(tmp_path / "o.mp4")] + extra
+    assert run_cli(argv, monkeypatch, small_models_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
+    assert touched == []

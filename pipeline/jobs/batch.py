@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..runtime import Cancelled
 from .fields import INPUT, OPTION, RequestError, as_sent, names_table
+from .limits import MediaLimits
 from .requests import DubRequest, Request, SpeakRequest
 from .run import JobResult, explain, make_runtime, run
 
@@ -256,12 +257,13 @@ class BatchSummary:
 
 class BatchRun:
     """Runs ``jobs`` in order on this machine. ``stop`` (an Event) abandons the current job at its next progress
-    point; ``hooks`` see ``(event, index, job, detail)`` for ``start``, ``progress`` and ``finish``."""
+    point; ``hooks`` see ``(event, index, job, detail)`` for ``start``, ``progress`` and ``finish``; ``limits`` are
+    held against every job's inputs (measured from their packets) before it runs."""
 
     def __init__(self, jobs: List[BatchJob], results_path: str, overwrite: bool = False,
                  stop: Optional[threading.Event] = None, show_progress: bool = True, log: Callable[[str], None] = print,
-                 hooks: Optional[List[Hook]] = None):
-        self.jobs, self.results = jobs, Results(results_path)
+                 hooks: Optional[List[Hook]] = None, limits: MediaLimits = MediaLimits()):
+        self.jobs, self.results, self.limits = jobs, Results(results_path), limits
         self.overwrite, self.stop = overwrite, stop or threading.Event()
         self.show_progress, self.log, self.hooks = show_progress, log, list(hooks or [])
 
@@ -296,6 +298,7 @@ class BatchRun:
                 raise job.error
             request = job.request
             check_files(request)
+            self.limits.check_request(request)
             key = record["key"] = job_key(request)
             done = self.results.finished(request.out, key)
             if done is not None:

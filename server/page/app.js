@@ -115,7 +115,7 @@ $("dub-form").addEventListener("submit", async (ev) => {
 function follow(id) {
   state.job = id;
   $("job-view").hidden = false;
-  $("result").hidden = true; $("download").hidden = true; $("report").textContent = "";
+  $("result").hidden = true; $("download").hidden = true; $("report").textContent = ""; $("report").hidden = true;
   clearInterval(state.poll);
   const tick = async () => {
     try {
@@ -143,6 +143,7 @@ function showJob(job) {
   $("progress").value = job.state === "done" ? 1 : (p.fraction || 0);
   $("cancel").hidden = !["queued", "running"].includes(job.state);
   if (job.report) $("report").textContent = job.report.text || JSON.stringify(job.report, null, 1);
+  $("report").hidden = !job.report;
   if (job.state === "done" && $("result").hidden) {
     $("result").src = withToken(job.result);
     $("result").hidden = false;
