@@ -255,3 +255,18 @@ def test_run_checks_the_output_before_any_work(tmp_path):
     with pytest.raises(RequestError, match="already exists"):
         run(DubRequest(video="never-opened.mp4", out=str(tmp_path / "o.mp4")))
     assert (tmp_path / "o.mp4").read_bytes() == b"mine"
+
+
+def test_legal_but_extreme_values_are_warned_about():
+    from musetalk_enhanced.pipeline.jobs import DubRequest
+    from musetalk_enhanced.pipeline.jobs.run import extreme_value_warnings
+    from musetalk_enhanced.pipeline.types import Detection, Face, FaceSequence, FrameFaces
+
+    face = Face(Detection((10.0, 20.0, 90.0, 120.0), 0.99), 0, (0, 0, 100, 140))          # 100 px high
+    faces = FaceSequence(frames=[FrameFaces(0, 0, face), FrameFaces(1, 0, None)], fps=25.0, width=200, height=200)
+    assert extreme_value_warnings(DubRequest(bbox_shift=-20, extra_margin=10), faces) == []
+    warned = extreme_value_warnings(DubRequest(bbox_shift=-60, extra_margin=20), faces)
+    assert len(warned) == 1 and warned[0].startswith("bbox_shift -60 px is 60% of the faces' height (100 px)")
+    cutaways = FaceSequence(frames=[FrameFaces(0, 0, None)], fps=25.0, width=200, height=200)
+    assert extreme_value_warnings(DubRequest(bbox_shift=100), cutaways) == []
+    assert len(extreme_value_warnings(DubRequest(extra_margin=40), faces)) == 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
 
 from ..runtime import Runtime, pick_device, pick_dtype
 from .fields import RequestError
@@ -132,6 +134,9 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     spec = request.backend_spec()
     ensure_weights(spec, request.detector, request.blend_mode, log=log)   # one error listing every missing file
     faces = analyse_faces(request, frames, runtime, log)
+    warnings = extreme_value_warnings(request, faces)
+    for warning in warnings:
+        log(f"warning: {warning}")
     features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
                                       compat=request.compat_int_fps, auto_download=request.auto_download)
     run_ = LipSyncRun(frames, faces, features, spec, length_policy=request.length_policy,
@@ -140,11 +145,31 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
     try:
         report = run_.into(WriterSink(writer), runtime)
+        report.notes.extend(f"warning: {w}" for w in warnings)
         finish_encoding(writer, runtime)
     except BaseException:
         writer.abort()
         raise
     return JobResult("dub", out, report)
+
+
+EXTREME_SHARE = 0.25     # a crop moved (bbox_shift) or grown (extra_margin) by more than this share of the face
+
+
+def extreme_value_warnings(request, faces) -> List[str]:
+    """Legal values that are extreme for this clip's faces: a ``bbox_shift`` or ``extra_margin`` larger than a
+    quarter of the median face height moves the mouth towards the crop's edge (MuseTalk v1.5 was made for 0 and
+    10)."""
+    heights = [f.face.detection.box[3] - f.face.detection.box[1] for f in faces.frames if f.face is not None]
+    if not heights:
+        return []
+    height = float(np.median(heights))
+    out = []
+    for field, value in (("bbox_shift", request.bbox_shift), ("extra_margin", request.extra_margin)):
+        if abs(value) > EXTREME_SHARE * height:
+            out.append(f"{field} {value} px is {abs(value) / height:.0%} of the faces' height ({height:.0f} px): the "
+                       "mouth may leave the crop; values near 0 (bbox_shift) and 10 (extra_margin) suit most clips")
+    return out
 
 
 def analyse_faces(request, frames, runtime: Runtime, log: Log):
