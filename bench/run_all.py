@@ -185,7 +185,7 @@ def targets(report: dict) -> list:
     if batch and cli:
         fixed = rows.get("fixed cost of a CLI call (derived)") or {}
         load = rows.get("model loading in a CLI call (measured)") or {}
-        out.append((f"batch command: more jobs/hour than {batch['jobs']} separate CLI calls on the same clips",
+        out.append((f"batch command: >= 1.0x the jobs/hour of {batch['jobs']} separate CLI calls on the same clips",
                     f"{batch['speedup']}x ({batch['jobs_per_hour']} vs {cli['jobs_per_hour']} jobs/hour, "
                     f"{batch['s_per_job']} vs {cli['s_per_job']} s/job); model loading {load.get('share_pct')} % "
                     f"of a CLI call, all fixed costs {fixed.get('share_pct')} %",

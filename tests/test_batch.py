@@ -243,3 +243,23 @@ def test_progress_names_every_stage_and_a_cancel_stops_between_network_calls(tmp
             cancel=lambda: bool(asked))
     assert calls == [] and not (tmp_path / "cancelled.mp4").exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+def test_a_source_is_never_an_output_and_names_do_not_collide(tmp_path, small_models_dir, monkeypatch, capsys):
+    """``--out-dir`` pointing at the inputs, even with ``--overwrite``, refuses the rows whose output is a source;
+    ``clip.mov`` and ``clip.mp4`` get outputs of their own; ``CLIP.WAV`` pairs with ``CLIP.mp4``."""
+    from musetalk_enhanced.pipeline.jobs.batch import read_jobs
+
+    for name in ("clip.mp4", "clip.mov", "LOUD.mp4"):
+        face_clip(str(tmp_path / name), frames=4)
+    voice(str(tmp_path / "clip.wav"), "Hello")
+    voice(str(tmp_path / "LOUD.WAV"), "Hello")
+    source = (tmp_path / "clip.mp4").read_bytes()
+    jobs = {j.label: j for j in read_jobs(str(tmp_path))}
+    assert jobs["LOUD.mp4"].request.audio == str(tmp_path / "LOUD.WAV")
+    assert {os.path.basename(jobs[n].request.out) for n in ("clip.mov", "clip.mp4")} == {"clip_mov.mp4",
+                                                                                         "clip_mp4.mp4"}
+    rc, out, _ = batch([str(tmp_path), "--out-dir", str(tmp_path), "--overwrite"] + FACE_OPTIONS, small_models_dir,
+                       monkeypatch, capsys)
+    assert "LOUD.mp4: failed: out: LOUD.mp4 is the input of LOUD.mp4" in out, out
+    assert (tmp_path / "clip.mp4").read_bytes() == source and (tmp_path / "LOUD.mp4").stat().st_size > 0

@@ -254,7 +254,7 @@ def test_batch_quick(tmp_path):
     assert batch["speedup"] == pytest.approx(cli["seconds"] / batch["seconds"], rel=0.01)
     assert len(batch["job_seconds"]) == 2 and all(positive(s) for s in batch["job_seconds"])
     assert batch["steady_s_per_job"] == pytest.approx(batch["job_seconds"][1], abs=0.01)
-    assert all(positive(n) for n in batch["synced_frames"]) and batch["output_frames"] == [12, 12]
+    assert all(positive(n) for n in batch["synced_frames"]) and batch["output_frames"] == [6, 6]
     assert len(cli["call_seconds"]) == 2 and all(positive(s) for s in cli["call_seconds"])
     fixed = rows["fixed cost of a CLI call (derived)"]
     assert fixed["seconds"] == pytest.approx(cli["s_per_job"] - batch["steady_s_per_job"], abs=0.02)

@@ -74,13 +74,21 @@ def read_jobs(source: str, out_dir: Optional[str] = None, defaults: Optional[Dic
 
 
 def refuse_shared_outputs(jobs: List[BatchJob]) -> List[BatchJob]:
-    """A second row writing the same output is refused (it would replace the first one's result)."""
+    """A row whose output is any row's input (``--out-dir`` pointing at the inputs) is refused, whatever
+    ``--overwrite`` says: a source is never replaced by a dub. A second row writing the same output is refused too
+    (it would replace the first one's result)."""
+    inputs = {os.path.realpath(p): job.label for job in jobs if job.request is not None
+              for p in (getattr(job.request, "video", None), job.request.audio) if p}
     first: Dict[str, str] = {}
     for job in jobs:
         if job.request is None:
             continue
         out = os.path.abspath(job.request.out)
-        if out in first:
+        if os.path.realpath(out) in inputs:
+            job.request, job.error = None, RequestError(
+                "out", f"{os.path.basename(out)} is the input of {inputs[os.path.realpath(out)]}",
+                "choose an --out-dir (or out) apart from the inputs: a source is never replaced")
+        elif out in first:
             job.request, job.error = None, RequestError("out", f"{os.path.basename(out)} is also the output of "
                                                                f"{first[out]}", "give each row its own out")
         else:
@@ -92,14 +100,16 @@ def folder_rows(folder: str) -> List[Tuple[str, Dict[str, Any]]]:
     """``name.mp4`` + ``name.wav`` (or .mp3, .flac, .m4a) pairs, by name; a video without a voice is a row that
     fails with the reason."""
     names = sorted(os.listdir(folder))
-    present = set(names)
+    present = {n.lower(): n for n in names}            # clip.WAV pairs with clip.mp4
+    videos = [n for n in names if os.path.splitext(n)[1].lower() in VIDEO_EXTS and not n.startswith(".")
+              and os.path.isfile(os.path.join(folder, n))]
+    stems = [os.path.splitext(n)[0].lower() for n in videos]
     rows = []
-    for name in names:
+    for name in videos:
         stem, ext = os.path.splitext(name)
-        if ext.lower() not in VIDEO_EXTS or name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
-            continue
-        voice = next((stem + e for e in AUDIO_EXTS if stem + e in present), None)
-        rows.append((name, {"video": name, "audio": voice, "out": stem + ".mp4",
+        voice = next((present[(stem + e).lower()] for e in AUDIO_EXTS if (stem + e).lower() in present), None)
+        out = stem + ".mp4" if stems.count(stem.lower()) == 1 else f"{stem}_{ext[1:].lower()}.mp4"  # clip.mov, clip.mp4
+        rows.append((name, {"video": name, "audio": voice, "out": out,
                             "_missing": None if voice else
                             ("audio", f"no voice track beside {name}",
                              f"add {stem}.wav (or .mp3, .flac, .m4a) to the folder")}))

@@ -47,7 +47,7 @@ class JobResult:
         if r is not None:
             out.update({"frames": r.num_frames, "synced": {k: len(v) for k, v in r.synced.items()},
                         "passed_through": r.passed_through, "fallbacks": r.fallbacks, "notes": r.notes,
-                        "seconds": r.seconds, "text": r.text()})
+                        "lipsync_seconds": round(r.seconds, 3), "text": r.text()})
         if self.message:
             out["message"] = self.message
         return out
@@ -76,7 +76,7 @@ def run(request: Request, runtime: Optional[Runtime] = None, progress: Optional[
     unreadable media) during it, and :class:`~pipeline.runtime.Cancelled` when cancelled."""
     request.validate()
     if isinstance(request, (DubRequest, SpeakRequest)):
-        check_output(request.out)
+        check_output(request.out, [getattr(request, k, None) for k in ("video", "audio")])
     runtime = runtime or make_runtime(request, progress, cancel, show_progress=False)
     log = log or runtime.log
     started = time.time()
@@ -103,10 +103,15 @@ def job_fraction(kind: str, stage: str, done: int, total: int) -> Optional[float
     return None
 
 
-def check_output(out: str) -> None:
-    """Before any work: the output is new and its folder exists and is writable (nothing is overwritten)."""
+def check_output(out: str, inputs=()) -> None:
+    """Before any work: the output is new, is none of the job's ``inputs``, and its folder exists and is writable
+    (nothing is overwritten)."""
     out = os.path.abspath(out)
     folder = os.path.dirname(out)
+    for path in inputs:
+        if path and os.path.realpath(path) == os.path.realpath(out):
+            raise RequestError("out", f"{os.path.basename(out)} is this job's own input",
+                               "write the output to another name or folder")
     if os.path.exists(out):
         raise RequestError("out", f"{out} already exists", "choose another name (nothing is overwritten)")
     if not os.path.isdir(folder):
