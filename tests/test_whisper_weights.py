@@ -195,7 +195,9 @@ def test_latentsync_fixture_whisper_loads_strictly(tmp_path):
     # the OpenAI key names our mapping writes are exactly the released ones
     ours = W.hf_to_openai({k: torch.zeros(1) for k in tw_whisper.hf_model_shapes() if k.startswith("encoder.")})
     assert set(ours) == {k for k in oa if k.startswith("encoder.")}
-    assert torch.equal(oa["encoder.positional_embedding"], W.sinusoids(1500, 384))
+    # the table the released file stores: equal to ours up to float32 sin/exp rounding, which differs by an ulp
+    # between CPU vector units (angles up to 1500 rad: ~1e-4)
+    assert torch.allclose(oa["encoder.positional_embedding"], W.sinusoids(1500, 384), atol=1e-4, rtol=0)
     torch.save({"dims": dims, "model_state_dict": oa}, str(tmp_path / "tiny.pt"))
     enc = W.load_openai_encoder(str(tmp_path / "tiny.pt"))
     assert torch.equal(enc.encoder.layers[0].self_attn.q_proj.weight, oa["encoder.blocks.0.attn.query.weight"].float())

@@ -54,12 +54,16 @@ class LipSyncRun:
             lambda layout: features_in_layout(self.features, self.fps, layout, runtime, self.spec.auto_download,
                                               whisper_encoder),
             self.batch_size)
-        if self._has_faces():
-            runtime.progress("loading models", 0, 1)
-            chain.open()
-            runtime.progress("loading models", 1, 1)
-        else:
-            report.notes.append("no frame has a face: every frame passes through unchanged")
+        try:
+            if self._has_faces():
+                runtime.progress("loading models", 0, 1)
+                chain.open()
+                runtime.progress("loading models", 1, 1)
+            else:
+                report.notes.append("no frame has a face: every frame passes through unchanged")
+        except BaseException:           # a cancel or a model that cannot load: nothing is left in the sink
+            sink.abort()
+            raise
         report.batch_sizes.append(self.batch_size)
         run_units(self.frames, self.faces, self.plan.source, chain, sink, runtime, report)
         report.seconds = time.time() - self.started

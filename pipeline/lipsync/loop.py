@@ -119,8 +119,8 @@ def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runt
     workers = _Workers()
     reader = _UnitReader(frames, source, workers)
     written = None   # the last sink write: at most one unit in flight
-    runtime.progress("lip-sync", 0, total)     # shown from the start, even when one unit holds every frame
     try:
+        runtime.progress("lip-sync", 0, total)     # shown from the start, even when one unit holds every frame
         k = 0
         while k < total:
             k0, k1, is_face = chain.unit_at(source, faces, k, total)
