@@ -204,6 +204,11 @@ def markdown(report: dict) -> str:
     lines = [f"Device: **{roof['device_name']}** ({report['machine'].get('cpu', '')}, "
              f"{report['machine'].get('cores', '?')} cores, torch {report['machine'].get('torch', '')}); "
              f"mode: {report['mode']}; measured matmul roofline {roof['gflops']} GFLOP/s ({roof['dtype']}).", ""]
+    fresh = [b["benchmark"] for b in report["benchmarks"] if not b.get("reused") and not b.get("error")]
+    if report.get("machine_now") and fresh:
+        now = report["machine_now"]
+        lines[0] += (f" Reused figures; {', '.join(fresh)} measured on {now.get('cpu', '')} ({now.get('cores', '?')} "
+                     "cores) in this run.")
     goals = targets(report)
     if goals:
         lines += ["| target | measured | verdict |", "| --- | --- | --- |"]
@@ -275,9 +280,13 @@ def main(argv=None) -> int:
     dev = report["roofline"]["device_name"].replace(" ", "_")
     path = os.path.join(args.out, f"{report['mode']}-{dev}.json")
     if args.reuse and os.path.isfile(path):
-        # reused figures keep the roofline they were measured against (their % of roofline stays theirs)
+        # reused figures keep the roofline and the machine they were measured on (their % of roofline stays
+        # theirs); what runs now is named with this machine in the header
         with open(path) as f:
-            report["roofline"] = json.load(f).get("roofline", report["roofline"])
+            before = json.load(f)
+        report["roofline"] = before.get("roofline", report["roofline"])
+        report["machine_now"] = report["machine"]
+        report["machine"] = before.get("machine", report["machine"])
     per_script = os.path.join(args.out, f"{report['mode']}-{dev}")
     os.makedirs(per_script, exist_ok=True)
     for name in names:
