@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from typing import Dict, Optional, Tuple
 
 from conftest import ROOT
@@ -142,3 +143,27 @@ def wait_for(url: str, job_id: str, states=("done", "failed", "cancelled"), time
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} not in {states} after {timeout} s: {job}")
+
+
+def chromium_path() -> Optional[str]:
+    import shutil
+
+    return os.environ.get("MUSETALK_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextmanager
+def chromium(*args: str):
+    """Debian's Chromium driven by playwright (its own browsers are never downloaded); a browser that cannot start
+    skips the test with the reason (the machine, not the page, is at fault)."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=list(args))
+        except sync_api.Error as exc:
+            pytest.skip(f"Chromium at {chromium_path()} did not start: {str(exc)[:300]}")
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -468,56 +468,41 @@ def test_a_slow_live_client_loses_old_frames_not_memory():
 
 
 # -- the page in a real browser --------------------------------------------------------------------------------------
-def chromium_path():
-    import shutil
-
-    return os.environ.get("MUSETALK_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(not chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(not sk.chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
 def test_page_dubs_a_video_plays_it_and_shows_live_frames(server, media):
-    sync_api = pytest.importorskip("playwright.sync_api")
     voice = str(media / "voice.wav")
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=chromium_path(),
-                                        args=["--autoplay-policy=no-user-gesture-required",
-                                              "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
-        except sync_api.Error as exc:          # the machine's browser, not the page, is at fault
-            pytest.skip(f"Chromium at {chromium_path()} did not start: {str(exc)[:300]}")
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + f"/?token={server.token}")
-            page.wait_for_selector("body[data-ready='1']", timeout=30000)
-            assert page.locator("#options select[name=backend] option").count() >= 2   # from /openapi.json
-            page.set_input_files("#video", str(media / "talk.mp4"))
-            page.set_input_files("#audio", voice)
-            page.click("#dub-form summary")                                  # open Options, as a user
-            page.fill("#options input[name=min_face_size]", "30")
-            page.click("#submit")
-            page.wait_for_function("document.getElementById('status').dataset.state === 'done'", timeout=300000)
-            page.wait_for_function("document.getElementById('result').readyState >= 1", timeout=60000)
-            n = expected_frames(media / "voice.wav")
-            assert page.evaluate("document.getElementById('result').duration") == pytest.approx(n / 25, abs=0.08)
-            assert page.evaluate("document.getElementById('result').play().then(() => 'playing', e => String(e))") \
-                == "playing"
-            assert "?download=1" in page.get_attribute("#download", "href")
-            page.click("#tab-live")
-            page.select_option("#live-avatar", "host")
-            page.set_input_files("#live-audio", voice)
-            page.click("#live-start")
-            page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
-            frames = int(page.text_content("#live-frames"))
-            dropped = int(page.text_content("#live-dropped"))
-            assert frames + dropped == n and frames > 0
-            assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 256
-            page.evaluate("document.getElementById('live-status').dataset.ended = ''")
-            page.click("#live-mic")                  # Chromium's fake microphone (a beep), streamed live
-            page.wait_for_function("Number(document.getElementById('live-frames').textContent) > 0", timeout=300000)
-            page.click("#live-stop")
-            page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with sk.chromium("--autoplay-policy=no-user-gesture-required", "--use-fake-device-for-media-stream",
+                     "--use-fake-ui-for-media-stream") as browser:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + f"/?token={server.token}")
+        page.wait_for_selector("body[data-ready='1']", timeout=30000)
+        assert page.locator("#options select[name=backend] option").count() >= 2   # from /openapi.json
+        page.set_input_files("#video", str(media / "talk.mp4"))
+        page.set_input_files("#audio", voice)
+        page.click("#dub-form summary")                                  # open Options, as a user
+        page.fill("#options input[name=min_face_size]", "30")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'done'", timeout=300000)
+        page.wait_for_function("document.getElementById('result').readyState >= 1", timeout=60000)
+        n = expected_frames(media / "voice.wav")
+        assert page.evaluate("document.getElementById('result').duration") == pytest.approx(n / 25, abs=0.08)
+        assert page.evaluate("document.getElementById('result').play().then(() => 'playing', e => String(e))") \
+            == "playing"
+        assert "?download=1" in page.get_attribute("#download", "href")
+        page.click("#tab-live")
+        page.select_option("#live-avatar", "host")
+        page.set_input_files("#live-audio", voice)
+        page.click("#live-start")
+        page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
+        frames = int(page.text_content("#live-frames"))
+        dropped = int(page.text_content("#live-dropped"))
+        assert frames + dropped == n and frames > 0
+        assert page.evaluate("document.getElementById('live-frame').naturalWidth") == 256
+        page.evaluate("document.getElementById('live-status').dataset.ended = ''")
+        page.click("#live-mic")                  # Chromium's fake microphone (a beep), streamed live
+        page.wait_for_function("Number(document.getElementById('live-frames').textContent) > 0", timeout=300000)
+        page.click("#live-stop")
+        page.wait_for_function("document.getElementById('live-status').dataset.ended === '1'", timeout=300000)
+        assert not errors, errors

@@ -3,18 +3,14 @@ network): the defects users met, each reproduced — an empty player and report 
 that stayed, "1/1" on a failed job, a cancel that showed nothing until the next poll, a delete without asking."""
 import json
 import os
-import shutil
 
 import pytest
 
+import serverkit as sk
 from conftest import ROOT
 
 BASE = "http://127.0.0.1:9"          # never contacted: every request is answered by the route below
 PAGE = os.path.join(ROOT, "server", "page")
-
-
-def chromium_path():
-    return os.environ.get("MUSETALK_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class StubServer:
@@ -68,83 +64,67 @@ class StubServer:
         return route.fulfill(status=status, content_type="application/json", body=json.dumps(body))
 
 
-@pytest.mark.skipif(not chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(not sk.chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
 def test_the_page_shows_what_is_true(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
     stub = StubServer()
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=chromium_path())
-        except sync_api.Error as exc:          # the machine's browser, not the page, is at fault
-            pytest.skip(f"Chromium at {chromium_path()} did not start: {str(exc)[:300]}")
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.route(BASE + "/**", stub.handle)
-            page.goto(BASE + "/")
-            page.wait_for_function("document.getElementById('dub-error').textContent.includes('bearer token')")
-            page.fill("#token", "tok")
-            page.dispatch_event("#token", "change")
-            page.wait_for_selector("body[data-ready='1']")
-            assert page.text_content("#dub-error") == ""                 # the answered token error is gone
+    with sk.chromium() as browser:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route(BASE + "/**", stub.handle)
+        page.goto(BASE + "/")
+        page.wait_for_function("document.getElementById('dub-error').textContent.includes('bearer token')")
+        page.fill("#token", "tok")
+        page.dispatch_event("#token", "change")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.text_content("#dub-error") == ""                 # the answered token error is gone
 
-            # a running job: no empty player, no empty report box; the bar is the job's share done
-            page.set_input_files("#video", {"name": "v.mp4", "mimeType": "video/mp4", "buffer": b"0" * 64})
-            page.click("#submit")
-            page.wait_for_function("document.getElementById('status').dataset.state === 'running'")
-            assert not page.is_visible("#result") and not page.is_visible("#report")
-            assert "lip-sync 2/10" in page.text_content("#status")
-            assert page.evaluate("document.getElementById('progress').value") == pytest.approx(0.5)
+        # a running job: no empty player, no empty report box; the bar is the job's share done
+        page.set_input_files("#video", {"name": "v.mp4", "mimeType": "video/mp4", "buffer": b"0" * 64})
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'running'")
+        assert not page.is_visible("#result") and not page.is_visible("#report")
+        assert "lip-sync 2/10" in page.text_content("#status")
+        assert page.evaluate("document.getElementById('progress').value") == pytest.approx(0.5)
 
-            # cancel: shown at once from DELETE's answer
-            page.click("#cancel")
-            page.wait_for_function("document.getElementById('status').dataset.state === 'cancelling'", timeout=600)
-            assert not page.is_visible("#cancel")
+        # cancel: shown at once from DELETE's answer
+        page.click("#cancel")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'cancelling'", timeout=600)
+        assert not page.is_visible("#cancel")
 
-            # a failed job: its error, no "1/1"
-            stub.job = stub.job_body("failed", "lip-sync", 1, 1, 0.4, "boom")
-            page.wait_for_function("document.getElementById('status').dataset.state === 'failed'")
-            status = page.text_content("#status")
-            assert "boom" in status and "1/1" not in status, status
+        # a failed job: its error, no "1/1"
+        stub.job = stub.job_body("failed", "lip-sync", 1, 1, 0.4, "boom")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'failed'")
+        status = page.text_content("#status")
+        assert "boom" in status and "1/1" not in status, status
 
-            # the jobs list: no "1/1" either, and Delete asks first
-            page.click("#tab-jobs")
-            page.wait_for_selector("#job-rows button")
-            assert page.locator("#job-rows tr td").nth(3).text_content() == ""     # progress: none when ended
-            answers = iter([False, True])
-            page.on("dialog", lambda d: d.accept() if next(answers) else d.dismiss())
-            deletes = lambda: [r for r in stub.requests if r[0] == "DELETE"]         # noqa: E731
-            before = len(deletes())
-            page.click("#job-rows button:has-text('Delete')")
-            page.wait_for_timeout(300)
-            assert len(deletes()) == before                                  # dismissed: nothing deleted
-            page.click("#job-rows button:has-text('Delete')")
-            page.wait_for_function("true")
-            page.wait_for_timeout(300)
-            assert len(deletes()) == before + 1
-            assert not errors, errors
-        finally:
-            browser.close()
+        # the jobs list: no "1/1" either, and Delete asks first
+        page.click("#tab-jobs")
+        page.wait_for_selector("#job-rows button")
+        assert page.locator("#job-rows tr td").nth(3).text_content() == ""     # progress: none when ended
+        answers = iter([False, True])
+        page.on("dialog", lambda d: d.accept() if next(answers) else d.dismiss())
+        deletes = lambda: [r for r in stub.requests if r[0] == "DELETE"]         # noqa: E731
+        before = len(deletes())
+        page.click("#job-rows button:has-text('Delete')")
+        page.wait_for_timeout(300)
+        assert len(deletes()) == before                                  # dismissed: nothing deleted
+        page.click("#job-rows button:has-text('Delete')")
+        page.wait_for_function("true")
+        page.wait_for_timeout(300)
+        assert len(deletes()) == before + 1
+        assert not errors, errors
 
 
-@pytest.mark.skipif(not chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(not sk.chromium_path(), reason="Chromium is not installed (apt-get install chromium)")
 def test_the_page_keeps_the_token_from_its_address():
-    sync_api = pytest.importorskip("playwright.sync_api")
     stub = StubServer()
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=chromium_path())
-        except sync_api.Error as exc:
-            pytest.skip(f"Chromium at {chromium_path()} did not start: {str(exc)[:300]}")
-        try:
-            page = browser.new_page()
-            page.route(BASE + "/**", stub.handle)
-            page.goto(BASE + "/?token=tok")                      # the URL `serve` prints
-            page.wait_for_selector("body[data-ready='1']")
-            assert page.url == BASE + "/"                        # taken out of the address bar (and history)
-            assert page.evaluate("localStorage.getItem('musetalk-token')") == "tok"
-            page.goto(BASE + "/")                                # the next visit needs no token in the URL
-            page.wait_for_selector("body[data-ready='1']")
-        finally:
-            browser.close()
+    with sk.chromium() as browser:
+        page = browser.new_page()
+        page.route(BASE + "/**", stub.handle)
+        page.goto(BASE + "/?token=tok")                      # the URL `serve` prints
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.url == BASE + "/"                        # taken out of the address bar (and history)
+        assert page.evaluate("localStorage.getItem('musetalk-token')") == "tok"
+        page.goto(BASE + "/")                                # the next visit needs no token in the URL
+        page.wait_for_selector("body[data-ready='1']")
