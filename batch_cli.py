@@ -21,7 +21,8 @@ import sys
 import threading
 
 from .pipeline.jobs import DubRequest
-from .pipeline.jobs.batch import RESULTS_FILE, BatchRun, check_files, default_out_dir, read_jobs
+from .pipeline.jobs.batch import RESULTS_FILE, BatchRun
+from .pipeline.jobs.joblist import check_files, default_out_dir, read_jobs
 from .pipeline.jobs.fields import MACHINE, RequestError, specs
 from .pipeline.jobs.limits import MediaLimits
 from .pipeline.jobs.flags import add_command_flags, add_request_flags, given, run_command, use_models_dir

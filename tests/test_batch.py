@@ -248,7 +248,7 @@ def test_progress_names_every_stage_and_a_cancel_stops_between_network_calls(tmp
 def test_a_source_is_never_an_output_and_names_do_not_collide(tmp_path, small_models_dir, monkeypatch, capsys):
     """``--out-dir`` pointing at the inputs, even with ``--overwrite``, refuses the rows whose output is a source;
     ``clip.mov`` and ``clip.mp4`` get outputs of their own; ``CLIP.WAV`` pairs with ``CLIP.mp4``."""
-    from musetalk_enhanced.pipeline.jobs.batch import read_jobs
+    from musetalk_enhanced.pipeline.jobs.joblist import read_jobs
 
     for name in ("clip.mp4", "clip.mov", "LOUD.mp4"):
         face_clip(str(tmp_path / name), frames=4)

@@ -178,7 +178,7 @@ SAME = [  # (server/JSON options, command-line flags)
 def test_cli_server_and_batch_build_the_same_request(options, argv, tmp_path):
     from musetalk_enhanced import cli
     from musetalk_enhanced.pipeline.jobs import DubRequest
-    from musetalk_enhanced.pipeline.jobs.batch import make_job
+    from musetalk_enhanced.pipeline.jobs.joblist import make_job
     from musetalk_enhanced.pipeline.jobs.flags import given
     from musetalk_enhanced.server.options import build_request
 

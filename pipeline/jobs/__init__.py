@@ -4,7 +4,8 @@
 * :mod:`.requests` — :class:`DubRequest`, :class:`SpeakRequest`, :class:`PrepareRequest`;
 * :mod:`.run` — ``run(request, runtime, progress, cancel) -> JobResult``;
 * :mod:`.flags` / :mod:`.schema` — command-line flags and JSON Schema read from the fields;
-* :mod:`.batch` — many requests from a CSV, JSONL or folder, run with the models loaded once, recorded, resumable.
+* :mod:`.joblist` / :mod:`.batch` — many requests from a CSV, JSONL or folder, run with the models loaded once,
+  recorded, resumable.
 """
 from .fields import RequestError
 from .requests import REQUESTS, DubRequest, PrepareRequest, Request, SpeakRequest

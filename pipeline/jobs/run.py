@@ -127,7 +127,6 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     from ..audio_features import compute_audio_features
     from ..backends.selection import ensure_weights
     from ..lipsync import LipSyncRun
-    from ..lipsync.sinks import WriterSink
     from ..media.audio import load_audio_file
     from ..media.video import VideoFileFrames
     from ..media.writer import VideoWriter
@@ -148,13 +147,8 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
                       batch_size=request.batch_size, blend_mode=request.blend_mode)
     out = os.path.abspath(request.out)
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
-    try:
-        report = run_.into(WriterSink(writer), runtime)
-        report.notes.extend(f"warning: {w}" for w in warnings)
-        finish_encoding(writer, runtime)
-    except BaseException:
-        writer.abort()
-        raise
+    report = encode(lambda sink: run_.into(sink, runtime), writer, runtime)
+    report.notes.extend(f"warning: {w}" for w in warnings)
     return JobResult("dub", out, report)
 
 
@@ -198,7 +192,6 @@ def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
     """The voice's features, then the avatar's run into the one encode."""
     from ..audio_features import compute_audio_features
     from ..avatars import Avatar
-    from ..lipsync.sinks import WriterSink
     from ..media.audio import load_audio_file
     from ..media.writer import VideoWriter
 
@@ -211,20 +204,24 @@ def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
                         loop=request.loop, loop_range=request.loop_range)
     out = os.path.abspath(request.out)
     writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf)
+    return JobResult("avatar", out, encode(run_.into, writer, runtime))
+
+
+def encode(into: Callable, writer, runtime: Runtime):
+    """``into(sink)`` (a run) into ``writer``, then the encoder's last frames and the file moved into place, a stage
+    of its own on the progress bar; on any failure or cancel nothing is left under the output's name. Returns the
+    run's report."""
+    from ..lipsync.sinks import WriterSink
+
     try:
-        report = run_.into(WriterSink(writer))
-        finish_encoding(writer, runtime)
+        report = into(WriterSink(writer))
+        runtime.progress("encoding", 0, 1)
+        writer.close()
+        runtime.progress("encoding", 1, 1)
     except BaseException:
         writer.abort()
         raise
-    return JobResult("avatar", out, report)
-
-
-def finish_encoding(writer, runtime: Runtime) -> None:
-    """The encoder's last frames and the file moved into place: a stage of its own on the progress bar."""
-    runtime.progress("encoding", 0, 1)
-    writer.close()
-    runtime.progress("encoding", 1, 1)
+    return report
 
 
 def prepare(request: PrepareRequest, runtime: Runtime, log: Log) -> JobResult:
