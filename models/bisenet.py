@@ -1,4 +1,4 @@
-"""BiSeNet face parser (19 CelebAMask-HQ classes) for MuseTalk's blending mask (spec musetalk.md §0, §1.9).
+"""BiSeNet face parser (19 CelebAMask-HQ classes) for MuseTalk's blending mask (MuseTalk face_parsing).
 
 Key-compatible with the released ``face-parse-bisent/79999_iter.pth`` (191 state-dict keys including BatchNorm
 buffers, 13,300,416 parameters: fixtures ``manifest_bisenet.json``). The ResNet-18 backbone is written here (no
@@ -30,7 +30,7 @@ NUM_CLASSES = 19
 NUM_PARAMETERS = 13_300_416
 NUM_KEYS = 191
 WEIGHTS_RELPATH = "face-parse-bisent/79999_iter.pth"
-# ImageNet statistics of the parser's input normalisation (spec §1.9 FaceParsing).
+# ImageNet statistics of the parser's input normalisation (MuseTalk FaceParsing).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 

@@ -50,7 +50,7 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     """Load ``state_dict`` into ``module`` requiring exactly the same keys and shapes.
 
     Any missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` listing them (never silently
-    ignored, unlike the original LatentSync loader: spec latentsync.md §1).
+    ignored, unlike the original LatentSync loader: UNet3DConditionModel.from_pretrained).
 
     ``assign=True`` makes the module adopt the file's tensors (``load_state_dict(assign=True)``): use it for a module
     built on the ``meta`` device, so a large model never exists twice in memory.

@@ -1,6 +1,6 @@
 """DWPose (RTMPose-l, COCO-WholeBody 133 points) for the 68 face points the original MuseTalk crops from.
 
-The original (spec musetalk.md §1.3) calls mmpose 1.1.0 ``inference_topdown(model, frame)`` with the DWPose config
+The original (MuseTalk preprocessing.py) calls mmpose 1.1.0 ``inference_topdown(model, frame)`` with the DWPose config
 ``rtmpose-l_8xb32-270e_coco-ubody-wholebody-384x288`` and keeps ``keypoints[0][23:91]``: the 68 iBUG face points.
 This module reproduces that path on the released exports instead of the mmpose checkpoint:
 

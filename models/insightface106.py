@@ -1,5 +1,5 @@
 """InsightFace's 106-point landmarks (``2d106det.onnx`` of the ``buffalo_l`` pack): the points LatentSync 1.6 aligns
-faces with (spec latentsync.md §5.1). Used only when the user has the file (its licence allows non-commercial
+faces with (LatentSync face_detector.py). Used only when the user has the file (its licence allows non-commercial
 research only, so it is never downloaded); otherwise LatentSync's three points come from the 68 iBUG points
 (§5.2).
 

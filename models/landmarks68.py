@@ -1,11 +1,11 @@
 """68-point facial landmarks (iBUG 300-W order) from a face box: FAN / 2DFAN4 (Bulat & Tzimiropoulos 2017, "How far
 are we from solving the 2D & 3D Face Alignment problem?"), pure torch, batched over faces.
 
-The original MuseTalk takes its 68 points from DWPose (RTMPose-l whole body, points 23..90; spec musetalk.md §1.3),
+The original MuseTalk takes its 68 points from DWPose (RTMPose-l whole body, points 23..90; MuseTalk preprocessing.py),
 run on the whole frame. This pack uses the equivalent 68-point model of the ``face_alignment`` package instead, run
 on each S3FD box: same iBUG point order (so the crop-box rules of §1.3 apply unchanged), better precision on small
 faces (it sees a 256x256 crop around the face, not the whole frame at 288x384). LatentSync 1.0/1.5 used exactly this
-S3FD + 2DFAN4 pair (spec latentsync.md §5.2).
+S3FD + 2DFAN4 pair (LatentSync v1.0 face alignment).
 
 Architecture (from the paper): a 7x7 stride-2 stem, three bottleneck blocks and an average pool bring the 256x256
 input to 64x64x256; then 4 stacked hourglasses (depth 4, 256 features) each followed by a block, a 1x1 conv+BN+ReLU

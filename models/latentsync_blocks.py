@@ -35,7 +35,7 @@ class FrameConv2d(nn.Conv2d):
 
 class Attention(nn.Module):
     """Multi-head attention with ``to_q/to_k/to_v`` (no bias) and ``to_out.0`` (bias), computed with
-    ``F.scaled_dot_product_attention`` (scale 1/sqrt(head_dim), no mask; spec §7).
+    ``F.scaled_dot_product_attention`` (scale 1/sqrt(head_dim), no mask; LatentSync attention.py).
 
     ``max_batch`` (set by :meth:`UNet3DConditionModel.set_attention_batch`) bounds how many sequences go through one
     SDPA call, to cap the attention-score memory on backends without a fused kernel.
@@ -95,7 +95,7 @@ class FeedForward(nn.Module):
 
 
 class ResnetBlock3D(nn.Module):
-    """GroupNorm (cross-frame, 5-D) -> SiLU -> conv -> + time -> GroupNorm -> SiLU -> conv -> + shortcut (spec §7)."""
+    """GroupNorm (cross-frame, 5-D) -> SiLU -> conv -> + time -> GroupNorm -> SiLU -> conv -> + shortcut (resnet.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float,
                  output_scale_factor: float = 1.0):
@@ -169,7 +169,7 @@ class Transformer3DModel(nn.Module):
 
 
 class PositionalEncoding(nn.Module):
-    """Sinusoidal table ``pe[0, pos, 2i] = sin(pos * 10000^(-2i/C))``, ``pe[0, pos, 2i+1] = cos(...)`` (spec §7).
+    """Sinusoidal table ``pe[0, pos, 2i] = sin(pos * 10000^(-2i/C))``, ``pe[0, pos, 2i+1] = cos(...)`` (motion_module).
     A persistent buffer: it is part of the released state dict."""
 
     def __init__(self, dim: int, max_len: int = 24):
@@ -191,7 +191,7 @@ def sinusoid_table(dim: int, max_len: int = 24) -> torch.Tensor:
 
 class TemporalAttention(Attention):
     """Self-attention over the frames at each spatial position; the position table is added to the (already
-    layer-normalised) tokens here, so the residual stays free of it (spec §7, §12)."""
+    layer-normalised) tokens here, so the residual stays free of it (motion_module.py)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, max_len: int):
         super().__init__(dim, heads, dim_head)
@@ -245,7 +245,7 @@ class TemporalTransformer3DModel(nn.Module):
 
 
 class VanillaTemporalModule(nn.Module):
-    """Motion module (AnimateDiff "Vanilla"): no timestep and no audio inside (spec §7)."""
+    """Motion module (AnimateDiff "Vanilla"): no timestep and no audio inside (motion_module.py)."""
 
     def __init__(self, channels: int, num_attention_heads: int = 8, num_transformer_block: int = 1,
                  attention_block_types: Sequence[str] = ("Temporal_Self", "Temporal_Self"),
@@ -288,7 +288,7 @@ class Upsample3D(nn.Module):
 
 
 class _Block(nn.Module):
-    """Down / up block: per layer resnet -> [spatial transformer] -> [motion module] (spec §7)."""
+    """Down / up block: per layer resnet -> [spatial transformer] -> [motion module] (LatentSync unet_blocks.py)."""
 
     def __init__(self, kind: str, in_channels: int, out_channels: int, prev_channels: int, temb: int, n_layers: int,
                  cfg: Dict, heads: int, add_sampler: bool, motion: bool, cross_attn: bool):
@@ -327,7 +327,7 @@ class _Block(nn.Module):
 
 
 class UNetMidBlock3DCrossAttn(nn.Module):
-    """resnet -> spatial transformer (audio) -> resnet; no motion module (spec §7)."""
+    """resnet -> spatial transformer (audio) -> resnet; no motion module (LatentSync unet_blocks.py)."""
 
     def __init__(self, channels: int, temb: int, cfg: Dict, heads: int):
         super().__init__()

@@ -1,11 +1,11 @@
-"""LatentSync 1.5 / 1.6 UNet3DConditionModel (spec latentsync.md §1, §7, §10).
+"""LatentSync 1.5 / 1.6 UNet3DConditionModel (bytedance/LatentSync latentsync/models/unet.py).
 
 An AnimateDiff-style 3D UNet on the SD-1.5 layout: 13 input channels (noisy latents 4 + mask 1 + masked-image latents
 4 + reference latents 4), audio cross-attention to 50 whisper tokens per frame, temporal ("motion") attention over the
 frames of a chunk. State-dict keys are exactly those of the released ``latentsync_unet.pt`` (1,246 keys, including the
 40 ``pos_encoder.pe`` buffers), so the released file loads strictly without conversion.
 
-Numerics that matter (spec §7, §12):
+Numerics that matter (LatentSync unet_blocks.py, resnet.py, motion_module.py):
 
 * Tensors are 5-D ``(B, C, F, H, W)``. Convolutions run per frame; the GroupNorms of the resnets and of
   ``conv_norm_out`` are plain GroupNorms on the 5-D tensor, i.e. statistics pooled over all frames of the chunk.
@@ -16,7 +16,7 @@ Numerics that matter (spec §7, §12):
 * 1.5 and 1.6 share the architecture and keys; only the face resolution differs (256 vs 512) and nothing in the file
   records it, so the resolution is tied to the registry slot the file was loaded from (``RESOLUTIONS``).
 
-DeepCache (spec §10) is built in: ``forward(..., cache=DeepCacheState)`` stores the input of the last layer of the last
+DeepCache (PR #230) is built in: ``forward(..., cache=DeepCacheState)`` stores the input of the last layer of the last
 up block on a full step and, on a cached step, recomputes only ``conv_in``, the time embedding, that one layer and the
 output head.
 """
@@ -32,7 +32,7 @@ from torch import nn
 from .latentsync_blocks import Attention, FrameConv2d, UNetMidBlock3DCrossAttn, _Block
 from .registry import WeightFile, register
 
-# ---- configuration (configs/unet/stage2.yaml == stage2_512.yaml, `model:` section; spec §1, §7) ---------------------
+# ---- configuration (configs/unet/stage2.yaml == stage2_512.yaml, `model:` section) ---------------------
 UNET_CONFIG: Dict = {
     "act_fn": "silu",
     "add_audio_layer": True,
@@ -70,13 +70,13 @@ UNET_CONFIG: Dict = {
     },
 }
 
-PARAM_COUNT = 1_267_099_844       # parameters of the full model (spec §1); + 844,800 buffer values
+PARAM_COUNT = 1_267_099_844       # parameters of the full model; + 844,800 buffer values
 NUM_STATE_DICT_KEYS = 1_246
 VERSIONS = ("1.5", "1.6")
-RESOLUTIONS = {"1.5": 256, "1.6": 512}           # spec §1: tied to the checkpoint, not recorded in it
+RESOLUTIONS = {"1.5": 256, "1.6": 512}           # tied to the checkpoint, not recorded in it
 REGISTRY_KEYS = {"1.5": "latentsync15.unet", "1.6": "latentsync16.unet"}
 
-# The fixed mouth mask every LatentSync run uses (spec §6). Fetched on first use from the original repository.
+# The fixed mouth mask every LatentSync run uses (utils/mask.png). Fetched on first use from the original repository.
 MASK_KEY = "latentsync.mask"
 register(WeightFile(
     MASK_KEY, "latentsync", "mask.png",
@@ -94,7 +94,7 @@ def normalize_version(version: str) -> str:
 
 @dataclass
 class DeepCacheState:
-    """DeepCache with ``cache_branch_id = 0`` (spec §10): a full step stores the hidden state that enters the last
+    """DeepCache with ``cache_branch_id = 0`` (DeepCache): a full step stores the hidden state that enters the last
     layer of the last up block; the next ``interval - 1`` steps reuse it. Use one state per chunk."""
 
     interval: int = 3
@@ -190,7 +190,7 @@ class UNet3DConditionModel(nn.Module):
 
         last = self.up_blocks[-1]
         if cache is not None and not cache.is_full_step(step_index):
-            # DeepCache shallow path (spec §10): only the last layer of the last up block and the head are recomputed.
+            # DeepCache shallow path: only the last layer of the last up block and the head are recomputed.
             h = torch.cat([cache.feature, h], dim=1)
             return self._head(last.layer(len(last.resnets) - 1, h, emb, audio))
 
@@ -253,7 +253,7 @@ def unwrap_checkpoint(obj) -> Dict[str, torch.Tensor]:
 def load_unet(path_or_state_dict, config: Optional[Dict] = None, device: Optional[torch.device | str] = None,
               dtype: Optional[torch.dtype] = None, source: Optional[str] = None) -> UNet3DConditionModel:
     """Load a LatentSync UNet strictly (any missing, unexpected or mis-shaped key raises
-    :class:`~.checkpoint.CheckpointError` listing them; the original loader ignored them, spec §1).
+    :class:`~.checkpoint.CheckpointError` listing them; the original from_pretrained ignored them).
 
     The module is built on the meta device and the file's tensors are assigned in place (no second full-size copy),
     then moved to ``device``/``dtype`` (default: the dtype of the stored weights).
@@ -273,7 +273,7 @@ def load_unet(path_or_state_dict, config: Optional[Dict] = None, device: Optiona
 
 
 # ---- which version is this file? -----------------------------------------------------------------------------------
-# 1.5 and 1.6 have identical keys and shapes (spec §1), so a file cannot say which resolution it was trained for. The
+# 1.5 and 1.6 have identical keys and shapes, so a file cannot say which resolution it was trained for. The
 # resolution is taken from the registry slot the file was loaded from. A fingerprint (a cheap statistic of one small
 # tensor) can recognise the released files once their values are known; fill KNOWN_FINGERPRINTS with
 # ``fingerprint(sd)`` of the released 1.5 / 1.6 files to turn on the warning below.

@@ -1,4 +1,4 @@
-"""MuseTalk v1.5 generator UNet: diffusers ``UNet2DConditionModel`` built from ``musetalk.json`` (spec musetalk.md §0).
+"""MuseTalk v1.5 generator UNet: diffusers ``UNet2DConditionModel`` built from ``musetalk.json`` (MuseTalk unet.py).
 
 The released files are ``musetalkV15/musetalk.json`` (the constructor config) and ``musetalkV15/unet.pth`` (a plain
 state dict, 686 keys, 849,947,844 parameters, see fixtures ``manifest_unet_v15.json``). The original passes the whole
@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_strict, read_state_dict
 
-# The released musetalkV15/musetalk.json (spec musetalk.md §0.1; values consistent across every public copy).
+# The released musetalkV15/musetalk.json (HF TMElyralab/MuseTalk; values consistent across every public copy).
 MUSETALK_V15_CONFIG: Dict[str, object] = {
     "_class_name": "UNet2DConditionModel",
     "_diffusers_version": "0.6.0.dev0",

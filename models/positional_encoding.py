@@ -1,4 +1,4 @@
-"""MuseTalk's fixed sinusoidal positional encoding added to the audio tokens before the UNet (spec musetalk.md §1.5).
+"""MuseTalk's fixed sinusoidal positional encoding added to the audio tokens before the UNet (MuseTalk unet.py).
 
 ``pe[p, 2k] = sin(p * d_k)``, ``pe[p, 2k+1] = cos(p * d_k)`` with ``d_k = exp(2k * (-ln 10000 / d_model))``, computed
 in float32 for ``p < max_len``. ``forward(x[B, S, d]) = x + pe[:, :S]``: the positions are the token indices of the
@@ -23,7 +23,7 @@ def sinusoid_table(d_model: int = 384, max_len: int = 5000) -> torch.Tensor:
 
 
 class PositionalEncoding(nn.Module):
-    """``x + pe[:, :S]`` for ``x`` of shape ``[B, S, d_model]`` (spec musetalk.md §1.5).
+    """``x + pe[:, :S]`` for ``x`` of shape ``[B, S, d_model]`` (MuseTalk PositionalEncoding.forward).
 
     The table is a non-persistent buffer: it is not part of any released checkpoint (MuseTalk builds it in code), so it
     follows ``.to(device, dtype)`` without appearing in state dicts.

@@ -52,7 +52,7 @@ def _mb(n: int) -> int:
     return n * 1024 * 1024
 
 
-# The released files (spec musetalk.md §0, latentsync.md §1, comfyui.md §9). Engines may register more.
+# The released files (MuseTalk download_weights.sh, LatentSync README, README.md). Engines may register more.
 register(
     WeightFile("musetalk.unet", "musetalk", "musetalkV15/unet.pth", "TMElyralab/MuseTalk", "musetalkV15/unet.pth",
                size=3_400_000_000, description="MuseTalk v1.5 UNet (plain state dict)", groups=("musetalk",)),

@@ -1,6 +1,6 @@
 """S3FD face detector (Zhang et al. 2017, "S3FD: Single Shot Scale-invariant Face Detector"), batched, pure torch.
 
-The detector used by the original MuseTalk preprocessing as a presence gate and fallback box (spec musetalk.md §1.3).
+The detector used by the original MuseTalk preprocessing as a presence gate and fallback box (preprocessing.py).
 Parameter names and shapes are those of the released ``s3fd-619a316812.pth`` (65 keys, 22,459,110 parameters;
 fixture ``manifest_s3fd.json``), so the file loads unchanged.
 
@@ -17,7 +17,7 @@ Architecture (from the paper):
   whose maximum competes with the 1 face logit (the 4-channel ``conv3_3_norm_mbox_conf``).
 * Boxes decode SSD-style with variances 0.1 (centre) and 0.2 (log size).
 
-Post-processing as spec musetalk.md §1.3: softmax score > 0.05, NMS at IoU 0.3, then keep > 0.5 (the caller's
+Post-processing as MuseTalk's sfd: softmax score > 0.05, NMS at IoU 0.3, then keep > 0.5 (the caller's
 threshold). Preprocessing (:func:`preprocess`): RGB minus ``[104, 117, 123]`` (BGR means applied to RGB, a quirk of
 the original kept because the released weights were used that way), full image, no resizing by default.
 """
@@ -108,7 +108,7 @@ class S3FD(nn.Module):
 
 
 def preprocess(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8/float RGB [n,H,W,3] -> float [n,3,H,W] minus the (BGR-order) means, spec musetalk.md §1.3."""
+    """uint8/float RGB [n,H,W,3] -> float [n,3,H,W] minus the (BGR-order) means, as MuseTalk's sfd_detector."""
     x = rgb.permute(0, 3, 1, 2).float()
     return x - torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
 

@@ -1,5 +1,5 @@
 """The Stable Diffusion VAE used by MuseTalk: ``stabilityai/sd-vae-ft-mse`` as a diffusers ``AutoencoderKL``
-(spec musetalk.md §0, §1.4, §1.8).
+(TMElyralab/MuseTalk musetalk/models/vae.py).
 
 Files, inside the ``musetalk`` model folder: ``sd-vae/config.json`` and ``sd-vae/diffusion_pytorch_model.safetensors``
 (or the original ``.bin``). 248 state-dict keys, 83,653,863 parameters (fixtures ``manifest_vae_sd_ft_mse.json``).
@@ -7,7 +7,7 @@ Files, inside the ``musetalk`` model folder: ``sd-vae/config.json`` and ``sd-vae
 The released file was written by diffusers 0.4.2 and may carry the OLD attention names of the VAE's mid-block
 (``query``/``key``/``value``/``proj_attn``). ``from_pretrained`` renames them on load; this loader builds the model
 itself (meta device + adopt the file's tensors), so it renames them too, and turns 1x1-conv shaped ``[C, C, 1, 1]``
-attention weights into the ``[C, C]`` matrices of today's linear layers (spec §0 "VAE key names").
+attention weights into the ``[C, C]`` matrices of today's linear layers (as diffusers' from_pretrained does).
 
 ``scaling_factor`` is 0.18215: the diffusers default, which MuseTalk reads from ``vae.config.scaling_factor``.
 """
@@ -118,5 +118,5 @@ def load_vae(weights: Union[str, Mapping[str, torch.Tensor]],
 
 
 def scaling_factor(vae) -> float:
-    """``vae.config.scaling_factor`` (0.18215 for sd-vae-ft-mse, spec §1.4)."""
+    """``vae.config.scaling_factor`` (0.18215 for sd-vae-ft-mse)."""
     return float(getattr(getattr(vae, "config", None), "scaling_factor", None) or SCALING_FACTOR)

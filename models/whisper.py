@@ -1,11 +1,11 @@
 """The whisper-tiny audio encoder, loadable from both released formats into one transformers module.
 
 MuseTalk v1.5 ships openai/whisper-tiny in the Hugging Face layout (``config.json`` + ``model.safetensors`` or
-``pytorch_model.bin``, keys prefixed ``model.``; spec musetalk.md §0). LatentSync ships OpenAI's own ``tiny.pt``
-(``{"dims": {...}, "model_state_dict": {...}}``, keys like ``encoder.blocks.0.attn.query.weight``; spec latentsync.md
-§1). Both hold the same network; we build transformers' ``WhisperEncoder`` once and convert OpenAI keys to its names.
+``pytorch_model.bin``, keys prefixed ``model.``; MuseTalk). LatentSync ships OpenAI's own ``tiny.pt``
+(``{"dims": {...}, "model_state_dict": {...}}``, keys like ``encoder.blocks.0.attn.query.weight``; LatentSync
+docs). Both hold the same network; we build transformers' ``WhisperEncoder`` once and convert OpenAI keys to its names.
 
-Only the encoder is used (spec musetalk.md §1.2, latentsync.md §3): decoder keys in a file are ignored, encoder keys
+Only the encoder is used (MuseTalk, LatentSync audio2feature): decoder keys in a file are ignored, encoder keys
 must match exactly (:func:`..checkpoint.load_strict` lists every missing / unexpected / wrongly shaped key).
 
 :class:`WhisperStates` returns the five hidden states both lip-sync models consume, ``[B, 1500, 5, 384]``:
@@ -36,7 +36,7 @@ WHISPER_TINY_CONFIG: Dict = {
     "num_mel_bins": 80, "pad_token_id": 50257, "scale_embedding": False, "vocab_size": 51865,
 }
 
-# The same network in OpenAI's "dims" (spec latentsync.md §1: n_audio_state 384, 6 heads, 4 layers).
+# The same network in OpenAI's "dims" (LatentSync checkpoints/whisper/tiny.pt: n_audio_state 384, 6 heads, 4 layers).
 WHISPER_TINY_DIMS: Dict[str, int] = {
     "n_mels": 80, "n_vocab": 51865, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
     "n_audio_layer": 4, "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6, "n_text_layer": 4,
@@ -46,7 +46,7 @@ WHISPER_TINY_DIMS: Dict[str, int] = {
 _ENCODER_FIELDS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
                    "max_source_positions", "activation_function", "scale_embedding")
 
-NUM_STATES = 5  # embedding + 4 layers (spec musetalk.md §1.2 step 3, latentsync.md §3)
+NUM_STATES = 5  # embedding + 4 layers (MuseTalk audio_processor.py, LatentSync audio2feature.py)
 
 
 # ---- configs --------------------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class WhisperStates(nn.Module):
     """Five encoder hidden states per mel window: ``forward(mel[B, 80, 3000], final_norm) -> [B, 1500, 5, d]``.
 
     ``final_norm=True``: the fifth state is ``LayerNorm(layer 4)`` (transformers ``hidden_states``, MuseTalk,
-    spec musetalk.md §1.2 step 3). ``final_norm=False``: the raw output of layer 4 (LatentSync, latentsync.md §3).
+    MuseTalk get_audio_feature). ``final_norm=False``: the raw output of layer 4 (LatentSync, audio2feature.py).
     The states are captured with hooks around transformers' own forward, so the numerics are exactly those of
     ``WhisperEncoder`` whatever its version.
     """

@@ -2,19 +2,19 @@
 
 Two layouts, each reproducing its original exactly at its native settings:
 
-``musetalk`` (spec musetalk.md §1.2)
+``musetalk`` (TMElyralab/MuseTalk musetalk/utils/audio_processor.py)
     16 kHz mono; 30 s segments, each zero-padded to 30 s *before* the log-mel (max over the padded segment); the five
     encoder states with the final LayerNorm on the last; trimmed to ``floor(L/16000*50)`` rows (50 Hz); ``2m`` zero rows
     before and ``6m`` after, ``m = ceil(50/fps)``; frame ``k`` takes padded rows ``[s, s+10)`` with
     ``s = floor(k*50/fps)``; ``T = floor(L/16000*fps)`` frames.
-``latentsync`` (spec latentsync.md §3)
+``latentsync`` (bytedance/LatentSync latentsync/whisper/audio2feature.py)
     16 kHz mono; log-mel of the whole file (max over the whole file); 3000-frame windows zero-padded in the normalised
     log-mel domain; five states *without* ``ln_post``; ``floor(n/2)`` rows kept per window of ``n`` real mel frames;
     frame ``k`` takes rows ``c-4 .. c+5`` clamped to the rows that exist, ``c = floor(k*50/fps)``.
 
 Frame timing (DESIGN.md "audio position is absolute"): the window of output frame ``k`` is placed by its true time
 ``k/fps`` for any fps, integer or not (29.97, 23.976...), so nothing drifts. ``compat=True`` reproduces MuseTalk's
-``int(fps)`` truncation (spec musetalk.md §1.1 BUG: 29.97 -> 29, about 2 s of lag per minute) for byte-for-byte
+``int(fps)`` truncation (MuseTalk get_whisper_chunk BUG: 29.97 -> 29, about 2 s of lag per minute) for byte-for-byte
 comparisons with the original; it is off by default. The LatentSync original always runs at 25 fps (it re-encodes the
 video, latentsync.md §2), so ``compat`` does not change that layout.
 
@@ -88,7 +88,7 @@ def musetalk_hidden_rows(num_samples: int, compat: bool = False) -> int:
 
 
 def musetalk_frame_count(num_samples: int, fps: float, compat: bool = False) -> int:
-    """``T = floor(L/16000*fps)`` output frames (compat: ``fps`` truncated with ``int``), spec musetalk.md §1.2 step 8."""
+    """``T = floor(L/16000*fps)`` output frames (compat: ``fps`` truncated with ``int``), MuseTalk get_whisper_chunk."""
     f = effective_fps(fps, "musetalk", compat)
     if compat:
         return int(math.floor((num_samples / SAMPLE_RATE) * f))
@@ -96,7 +96,7 @@ def musetalk_frame_count(num_samples: int, fps: float, compat: bool = False) -> 
 
 
 def musetalk_pad_unit(fps: float, compat: bool = False) -> int:
-    """``m = ceil(50/fps)``: 2 m zero rows go before the states and 6 m after (spec musetalk.md §1.2 step 5)."""
+    """``m = ceil(50/fps)``: 2 m zero rows go before the states and 6 m after (MuseTalk get_whisper_chunk)."""
     return int(math.ceil(ROWS_PER_SECOND / effective_fps(fps, "musetalk", compat)))
 
 
@@ -148,7 +148,7 @@ def _log10_mel(frames_wave: torch.Tensor, center: bool) -> torch.Tensor:
 
 def musetalk_log_mel(segments: torch.Tensor) -> torch.Tensor:
     """``[B, 480000]`` zero-padded 30 s segments -> ``[B, 80, 3000]`` normalised log-mel, max per segment
-    (WhisperFeatureExtractor, spec musetalk.md §1.2 step 2)."""
+    (WhisperFeatureExtractor, MuseTalk get_audio_feature)."""
     log_spec = _log10_mel(segments.float(), center=True)
     peak = log_spec.amax(dim=(1, 2), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)

@@ -53,8 +53,8 @@ DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """Compute dtype for the neural stages.
 
-    ``auto``: on CUDA fp16 from compute capability 7 (spec musetalk.md §1 ``--use_float16`` and §2: the original's
-    realtime path is forced to fp16; latentsync.md §1: fp16 on Ampere+), fp32 on older GPUs; on MPS fp16; on a CPU
+    ``auto``: on CUDA fp16 from compute capability 7 (MuseTalk scripts/inference.py ``--use_float16``; MuseTalk's
+    realtime script forces fp16; LatentSync inference.py: fp16 on Ampere+), fp32 on older GPUs; on MPS fp16; on a CPU
     bf16 when the CPU has native bf16 arithmetic (:func:`cpu_has_native_bf16`), else fp32. fp16 is never picked on a
     CPU: torch runs it there ~45x slower than fp32. bf16 is twice as fast as fp32 on such CPUs but has 3 fewer
     mantissa bits than fp16: on the parity fixtures the generated faces differ from the fp32 original by 1.25 grey

@@ -1,4 +1,4 @@
-"""Real-time avatars (spec musetalk.md §2): a face video prepared once, then any voice spoken through it fast.
+"""Real-time avatars (MuseTalk realtime_inference): a face video prepared once, then any voice spoken through it fast.
 
 Everything that depends only on the video is computed by :func:`prepare_avatar` and stored (pipeline/avatars/
 store.py): the frames, the face decisions (cutaways included: they are kept and spoken bit-identical), the crop
@@ -9,7 +9,7 @@ the avatar's fps and one frame per ``1/fps`` of audio (rounded up: nothing of th
 
 **Idle loop**: the frames an avatar shows while it speaks repeat over a range of source frames (``loop_range``
 ``"a-b"``, frames a..b inclusive; every frame by default) either ping-pong (``ping_pong``, the original's cycle,
-spec musetalk §1.6 and §2 "Cycles") or from the start again (``forward``). The avatar keeps a default in its
+MuseTalk Avatar.prepare_material) or from the start again (``forward``). The avatar keeps a default in its
 manifest, set at preparation and changed in place (:meth:`Avatar.set_default_loop`: the latents do not depend on
 it); every speech may override it.
 

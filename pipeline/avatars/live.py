@@ -2,7 +2,7 @@
 
 :class:`LiveSpeech` takes 16 kHz mono float PCM in chunks of any length (:meth:`LiveSpeech.push`) and returns the
 output frames whose audio window is complete; :meth:`LiveSpeech.close` returns the rest. Frame ``k`` (at ``k/fps``)
-reads whisper rows up to ``floor(k*50/fps) + 10 - 2m`` (spec musetalk.md §1.2: 120 ms after its time at 25 fps), so a
+reads whisper rows up to ``floor(k*50/fps) + 10 - 2m`` (MuseTalk get_whisper_chunk: 120 ms after it at 25 fps), so a
 frame is ready once that much voice has arrived.
 
 The whisper features are those of the voice received so far, as if it ended there (:class:`LiveVoice`): a frame made
@@ -12,7 +12,7 @@ Pushed in one piece, the voice gives exactly :meth:`.avatar.Avatar.speak`'s fram
 are those of the offline run.
 
 Cost per push: the new voice plus one 30 s whisper window (two when a window has just been completed), whatever the
-length of the speech; MuseTalk encodes each 30 s window alone (spec musetalk.md §1.2 steps 2-3: zero-padded to 30 s,
+length of the speech; MuseTalk encodes each 30 s window alone (MuseTalk get_audio_feature: zero-padded to 30 s,
 log-mel maximum per window, no context across the seam), so a complete window's states never change and are kept.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ class LiveVoice:
             self.fresh = False
 
     def features(self) -> AudioFeatures:
-        """The features of all the voice so far (rows ``floor(samples*50/16000)``, spec musetalk.md §1.2 step 4)."""
+        """The features of all the voice so far (rows ``floor(samples*50/16000)``, MuseTalk get_audio_feature)."""
         if not self.fresh:
             self._encode_tail()
         hidden = self.hidden[:self.rows] if self.hidden is not None else torch.zeros((0, 5, 384))

@@ -6,7 +6,7 @@ questions, so the loop (pipeline/lipsync/loop.py) never asks which backend it ha
 * ``name`` — reported per frame (``"musetalk-v1.5"``, ``"latentsync-1.6"``, ...); ``audio_layout`` — the layout of
   the whisper features it reads (``"musetalk"`` or ``"latentsync"``, pipeline/audio_features.py);
 * :meth:`Backend.unit_at` — the output frames of the next work unit from frame ``k``, at most ``size`` long: MuseTalk
-  takes a batch of any frames, LatentSync a chunk of consecutive face frames of one shot (spec latentsync.md §13).
+  takes a batch of any frames, LatentSync a chunk of consecutive face frames of one shot (docs/architecture.md).
   ``unit_label`` names the size in reports ("batch size", "chunk length"); ``default_unit`` is its starting value
   (None: the run's batch size). Out of memory halves it (:class:`.selection.BackendChain`);
 * :meth:`Backend.patches` — the lip-synced face of each frame of a unit, as a :class:`~..types.Patch` (the rectangle

@@ -1,4 +1,4 @@
-"""Paste a generated 256x256 face back into its frame (spec musetalk.md §1.9), as a patch.
+"""Paste a generated 256x256 face back into its frame (MuseTalk blending.py, get_image), as a patch.
 
 Faithful path (modes ``jaw`` — the v1.5 default —, ``raw``, ``neck``), per frame:
 
@@ -19,7 +19,7 @@ writes into the frame; only pixels under a non-zero mask differ from the input.
 
 ``feather`` mode (no weights needed, the default when the BiSeNet file is missing): the mask is the lower half of an
 ellipse inscribed in the crop box — centred on the box's horizontal centre and on the square's centre row (the
-MuseTalk mask line, spec §1.4), half-axes ``w/2 - m - 1`` and ``(y2 - centre) - m - 1`` with ``m = k//2`` so that after
+MuseTalk mask line), half-axes ``w/2 - m - 1`` and ``(y2 - centre) - m - 1`` with ``m = k//2`` so that after
 the Gaussian blur (``k`` from ratio 0.1) the soft edge stays inside the box. It covers mouth, chin and lower cheeks,
 fades out towards the jaw line and the nose, and needs no network.
 """
@@ -69,7 +69,7 @@ def expanded_crop_box(box: Sequence[float], expand: float = 1.5) -> Tuple[int, i
 
 
 def resize_face(face: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """``cv2.resize(face, (x2-x1, y2-y1))`` with the default INTER_LINEAR (spec §1.9 step 2)."""
+    """``cv2.resize(face, (x2-x1, y2-y1))`` with the default INTER_LINEAR (MuseTalk scripts/inference.py)."""
     import cv2
 
     x1, y1, x2, y2 = _int_box(box)
@@ -87,7 +87,7 @@ def _cut(frame: np.ndarray, crop_box: Tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
-# ---- face-parsing masks (spec §1.9 FaceParsing) --------------------------------------------------------------------
+# ---- face-parsing masks (MuseTalk FaceParsing) ----------------------------------------------------------------
 def jaw_dilation_kernel() -> np.ndarray:
     """33x33 kernel, anchor at the centre: rows 0-9 empty, a widening cone on rows 10-20 (row r: columns
     ``16-(r-10) .. 16+(r-10)``), then rows 21-32 at the cone's full width (columns 6..26). Dilating skin with it
@@ -116,7 +116,7 @@ def cheek_band_mask(left_width: int = 90, right_width: int = 90, size: int = PAR
 
 def parsing_mask(labels: np.ndarray, mode: str = "jaw", left_cheek_width: int = 90,
                  right_cheek_width: int = 90) -> np.ndarray:
-    """19-class label map ``[512, 512]`` -> 0/255 uint8 mask (spec §1.9).
+    """19-class label map ``[512, 512]`` -> 0/255 uint8 mask (MuseTalk FaceParsing.__call__).
 
     ``raw``: skin, mouth and lips. ``neck``: those plus neck. ``jaw``: skin dilated downwards by
     :func:`jaw_dilation_kernel`; inside the two cheek bands that dilation is eroded twice with a flat 35x3 ellipse;
@@ -142,7 +142,7 @@ def parsing_mask(labels: np.ndarray, mode: str = "jaw", left_cheek_width: int = 
 
 
 class FaceParser:
-    """BiSeNet face parsing of the expanded face squares (spec §1.9): PIL BILINEAR resize to 512x512, ToTensor,
+    """BiSeNet face parsing of the expanded face squares (FaceParsing): PIL BILINEAR resize to 512x512, ToTensor,
     ImageNet normalisation, argmax of the main head."""
 
     def __init__(self, net, runtime=None, left_cheek_width: int = 90, right_cheek_width: int = 90):
@@ -211,7 +211,7 @@ def _blur(mask: np.ndarray, ratio: float) -> np.ndarray:
 
 def mask_from_parsing(parse_mask_512: np.ndarray, box: Sequence[float], blur_ratio: float = OFFLINE_BLUR_RATIO,
                       upper_boundary_ratio: float = 0.5, expand: float = 1.5) -> BlendMask:
-    """The blend mask from a 512x512 parsing mask of ``face_large`` (spec §1.9 ``get_image`` /
+    """The blend mask from a 512x512 parsing mask of ``face_large`` (MuseTalk blending.py ``get_image`` /
     ``get_image_prepare_material``): resize BICUBIC to the square, keep the box, keep the lower part, blur."""
     from PIL import Image
 

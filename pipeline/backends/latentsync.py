@@ -1,4 +1,4 @@
-"""LatentSync 1.5 / 1.6 as a lip-sync backend (spec latentsync.md §§4-9, §13): chunks of consecutive face frames.
+"""LatentSync 1.5 / 1.6 as a lip-sync backend (LatentSync LipsyncPipeline): chunks of consecutive face frames.
 
 A chunk is at most 16 consecutive output frames with a face, in one shot, showing consecutive source frames (the
 ping-pong turn repeats one); it never spans a cut or a cutaway. Faces are aligned once per source frame, in
@@ -26,7 +26,7 @@ def face_chunks(source: np.ndarray, faces: FaceSequence, start: int, stop: int, 
                 ) -> List[Tuple[int, int, bool]]:
     """Split output frames ``[start, stop)`` into ``(k0, k1, is_face)`` segments: face chunks are consecutive output
     frames with a face, in one shot, showing consecutive source frames, at most ``max_len`` long; cutaway runs are
-    their own segments (spec latentsync §13)."""
+    their own segments (LatentSync's temporal layers span a chunk)."""
     out: List[Tuple[int, int, bool]] = []
     k = start
     while k < stop:

@@ -1,4 +1,4 @@
-"""LatentSync face alignment and paste-back ("AlignRestore", spec latentsync.md §5.1 and §9).
+"""LatentSync face alignment and paste-back (bytedance/LatentSync latentsync/utils/affine_transform.py, AlignRestore).
 
 Forward: three landmarks (left-brow centre, right-brow centre, nose centre) -> similarity transform onto a fixed
 template (float32 torch, unbiased std, SVD with reflection fix) plus the nose-bias "smoothing" whose state the caller
@@ -16,7 +16,7 @@ warp + (1 - warped ones) * fill). They run in float32 (the original runs float16
 
 Optional better paste-back (``region=``): only the regenerated lower-face region (the black area of the mouth mask,
 dilated and feathered) replaces frame pixels; elsewhere the frame keeps its own pixels instead of their warp ->
-Lanczos -> bicubic -> warp-back copy that softens the whole face in the original (spec §9 consequence, issue #67).
+Lanczos -> bicubic -> warp-back copy that softens the whole face in the original (LatentSync restore_video, issue #67).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ FILL_VALUE = 127.0
 # ---- geometry ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AlignGeometry:
-    """Template and crop size for face resolution ``resolution`` (spec §5.1): ``ratio = R/256 * 2.8``, template
+    """Template and crop size for face resolution ``resolution`` (AlignRestore): ``ratio = R/256 * 2.8``, template
     ``[[17, 20], [58, 20], [37.5, 40]] * ratio``, crop ``(int(75 ratio), int(100 ratio))`` = (w 210, h 280) at 256."""
 
     resolution: int
@@ -52,7 +52,7 @@ def align_geometry(resolution: int) -> AlignGeometry:
 
 
 def landmarks3_from_106(landmarks_106: np.ndarray) -> np.ndarray:
-    """The three alignment points from InsightFace's 106-point layout, rounded (spec §5.1): left brow = mean of points
+    """The three alignment points from InsightFace's 106-point layout, rounded (LatentSync): left brow = mean of points
     43, 48, 49, 51, 50; right brow = mean of 101..105; nose = mean of 74, 77, 83, 86."""
     lm = np.asarray(landmarks_106, dtype=np.float64)
     left = lm[[43, 48, 49, 51, 50]].mean(axis=0)
@@ -63,7 +63,7 @@ def landmarks3_from_106(landmarks_106: np.ndarray) -> np.ndarray:
 
 def similarity_transform(points: np.ndarray, template: np.ndarray, p_bias: Optional[torch.Tensor] = None,
                          smooth: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """2x3 float32 matrix mapping frame pixels onto the template (spec §5.1), and the updated nose bias.
+    """2x3 float32 matrix mapping frame pixels onto the template (AlignRestore), and the updated nose bias.
 
     Centre both point sets, divide by their unbiased std over all 6 numbers, ``R = V U^T`` from the SVD of
     ``p1^T p2`` (reflection fixed by negating V's last column), ``M = [s R | c2 - s R c1]`` with ``s = s2 / s1``.
@@ -196,7 +196,7 @@ class AlignedFace:
 class FaceAligner:
     """Aligns faces for one face resolution. Holds the nose-bias smoothing state of the original (carried from frame
     to frame in processing order); call :meth:`reset` at every cut / new face run so that it never leaks across shots
-    (spec §13)."""
+    (docs/architecture.md)."""
 
     def __init__(self, resolution: int, device: torch.device | str = "cpu"):
         self.geometry = align_geometry(resolution)
@@ -260,7 +260,7 @@ def _window_for(inv: torch.Tensor, crop_hw: Tuple[int, int], frame_hw: Tuple[int
 
 def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tensor,
                   region: Optional[torch.Tensor] = None, device: torch.device | str = "cpu") -> Optional[Patch]:
-    """Paste a generated face back into its frame (spec §9 ``restore_img``), as a patch.
+    """Paste a generated face back into its frame (LatentSync AlignRestore.restore_img), as a patch.
 
     ``frame`` uint8 [H, W, 3]; ``face_crop`` float [3, crop_h, crop_w] in about [-1, 1] (already resized back with
     :func:`resize_face_to_crop`); ``affine`` [2, 3] frame -> crop (as returned by :class:`FaceAligner`).
@@ -344,6 +344,6 @@ def restore_frame(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tens
 
 
 def faces_to_uint8(faces: torch.Tensor) -> np.ndarray:
-    """Generated faces [N, 3, R, R] float -> uint8 [N, R, R, 3]: trunc(clamp(x / 2 + 0.5, 0, 1) * 255) (spec §2)."""
+    """Generated faces [N, 3, R, R] float -> uint8 [N, R, R, 3]: trunc(clamp(x / 2 + 0.5, 0, 1) * 255) (restore_img)."""
     x = (faces.permute(0, 2, 3, 1) / 2 + 0.5).clamp(0, 1)
     return (x * 255).to(torch.uint8).cpu().numpy()

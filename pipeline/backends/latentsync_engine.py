@@ -1,8 +1,8 @@
 """LatentSync 1.5 / 1.6 denoising engine: aligned faces + audio windows -> lip-synced aligned faces
-(spec latentsync.md §§4-10).
+(bytedance/LatentSync latentsync/pipelines/lipsync_pipeline.py, LipsyncPipeline).
 
 One call, :meth:`LatentSyncEngine.sync_chunk`, processes one chunk of up to 16 consecutive face frames (the caller
-builds chunks from runs of face frames that never span a cut or a cutaway, spec §13):
+builds chunks from runs of face frames that never span a cut or a cutaway, docs/architecture.md):
 
 1. conditioning (§6): ``pixel = (x/255 - 0.5)/0.5`` (float32); ``masked = pixel * mask`` (float64 product, cast later);
    mask channel = nearest-resized ``mask[0]``; masked-image and reference latents = VAE posterior **samples**
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ...models import latentsync_unet3d as unet_mod
 from ..runtime import Runtime
 
-# configs/scheduler_config.json of the original (spec §8)
+# configs/scheduler_config.json of bytedance/LatentSync (DDIMScheduler)
 SCHEDULER_CONFIG: Dict = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -55,7 +55,7 @@ def make_scheduler():
 
 
 def load_fixed_mask(resolution: int, path: str) -> np.ndarray:
-    """``load_fixed_mask`` (spec §6): mask.png -> RGB -> Lanczos4 resize to R x R -> /255, float64 [3, R, R]
+    """``load_fixed_mask`` (LatentSync): mask.png -> RGB -> Lanczos4 resize to R x R -> /255, float64 [3, R, R]
     (1 = keep, 0 = regenerate)."""
     import cv2
 
@@ -155,7 +155,7 @@ class LatentSyncEngine:
 
     # -- pieces ------------------------------------------------------------------------------------------------
     def prepare_pixels(self, faces_u8) -> torch.Tensor:
-        """uint8 [F, R, R, 3] (numpy or tensor) -> float32 [F, 3, R, R] in [-1, 1], contiguous NCHW (spec §6, §12)."""
+        """uint8 [F, R, R, 3] (numpy or tensor) -> float32 [F, 3, R, R] in [-1, 1], contiguous NCHW (ImageProcessor)."""
         x = torch.as_tensor(np.asarray(faces_u8))
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
             raise ValueError(f"aligned faces must be uint8 [F, R, R, 3], got {tuple(x.shape)} {x.dtype}")
@@ -200,7 +200,7 @@ class LatentSyncEngine:
         """Lip-sync one chunk.
 
         ``aligned_faces_u8``: uint8 [F, R, R, 3] aligned faces of consecutive frames of one shot (F <= 24, normally
-        <= 16); ``audio_windows``: float [F, 50, 384], the windows of those frames' absolute indices (spec §3);
+        <= 16); ``audio_windows``: float [F, 50, 384], the windows of those frames' absolute indices (feature2chunks);
         ``noise``: optional :class:`ChunkNoise`; ``frame_start``: absolute index of the first frame (seeds the VAE
         noise reproducibly). Returns float32 [F, 3, R, R] pasted faces in about [-1, 1] (``output="float"``, the input
         of ``latentsync_align.resize_face_to_crop``) or uint8 [F, R, R, 3] (``output="uint8"``).
@@ -225,7 +225,7 @@ class LatentSyncEngine:
         decoded = self.decode(latents)
         if trace is not None:
             trace.update(latents_final=latents.cpu(), decoded=decoded.cpu())
-        # paste the surrounding pixels back in aligned space (spec §9): weights from the float64 mask, cast
+        # paste the surrounding pixels back in aligned space (LipsyncPipeline): weights from the float64 mask, cast
         w = (1 - self.mask[0:1]).float().to(decoded.device)
         out = (decoded * w + pixel.to(decoded.device) * (1 - w)).cpu()
         if output == "uint8":
@@ -235,7 +235,7 @@ class LatentSyncEngine:
         return out
 
     def _conditioning(self, pixel: torch.Tensor, eps_masked, eps_ref, trace: Optional[Dict]) -> torch.Tensor:
-        """The UNet's 9 conditioning channels ``[1, 9, F, h, w]`` (spec §6): mask, masked-image and reference
+        """The UNet's 9 conditioning channels ``[1, 9, F, h, w]`` (LipsyncPipeline): mask, masked-image and reference
         latents; float64 products, cast where the original casts."""
         n, h, dev = pixel.shape[0], self.latent_size, self.device
         masked = pixel * self.mask.unsqueeze(0)                 # float64
@@ -254,7 +254,7 @@ class LatentSyncEngine:
 
     def _denoise(self, cond: torch.Tensor, audio: torch.Tensor, init: torch.Tensor,
                  trace: Optional[Dict]) -> torch.Tensor:
-        """DDIM from the shared initial noise, with classifier-free guidance on the audio (spec §8) and optional
+        """DDIM from the shared initial noise, with classifier-free guidance on the audio (LipsyncPipeline) and optional
         DeepCache (§10); returns the final latents ``[1, 4, F, h, w]``."""
         n = cond.shape[2]
         cfg = self.guidance > 1.0
@@ -300,7 +300,7 @@ class LatentSyncEngine:
         :class:`~.latentsync_align.Patch` (or None when the face is outside the frame).
 
         ``better_paste`` (the product default) replaces only the regenerated lower-face region, feathered, and keeps
-        the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (spec §9)."""
+        the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (restore_img)."""
         from .latentsync_align import align_geometry, resize_face_to_crop, restore_patch
 
         g = align_geometry(self.resolution)

@@ -1,4 +1,4 @@
-"""MuseTalk v1.5 as a lip-sync backend (spec musetalk.md §1.4-§1.9): batches of any output frames.
+"""MuseTalk v1.5 as a lip-sync backend (TMElyralab/MuseTalk scripts/inference.py): batches of any output frames.
 
 Per source frame, once: the face crop's VAE latents (kept while a later output frame shows that source frame, so a
 ping-pong loop reuses them) and the blend mask (bounded cache). Per batch: one UNet step and a VAE decode

@@ -1,6 +1,6 @@
 """MuseTalk v1.5 engine core: face crop -> VAE latents -> UNet at t=0 with audio tokens -> VAE decode -> uint8 face.
 
-ComfyUI-free and numerically faithful to the original inference path (spec musetalk.md §1.4, §1.5, §1.7, §1.8):
+ComfyUI-free and numerically faithful to the original inference path (TMElyralab/MuseTalk scripts/inference.py):
 
 * :func:`crop_face` — ``frame[y1:y2, x1:x2]`` squashed to 256x256 with ``cv2.INTER_LANCZOS4`` (§1.4). The original
   crops BGR frames; resizing is per channel, so cropping our RGB frames gives the channel-swapped identical result.
@@ -9,7 +9,7 @@ ComfyUI-free and numerically faithful to the original inference path (spec muset
   ``[masked, reference]`` is ``[n, 8, 32, 32]`` (channels 0-3 masked, 4-7 reference). By default the posterior is
   *sampled* like the original (``mean + std * eps``); ``eps``/``generator`` make that reproducible (the original
   draws eps on the global RNG per frame, masked then reference: a generator seeded like the global RNG reproduces
-  it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, spec §5).
+  it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, training_utils.py).
   These latents depend only on the source frame: the orchestrator computes them once per source frame and caches
   them (on the CPU, 32 KiB each).
 * :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows (§1.5), one UNet pass
@@ -41,11 +41,11 @@ SCALING_FACTOR = 0.18215
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
-# ---- crop (spec §1.4) ---------------------------------------------------------------------------------------------
+# ---- crop (VAE.get_latents_for_unet) ---------------------------------------------------------------------------------
 def crop_face(frame: np.ndarray, box: Sequence[float], size: int = FACE_SIZE) -> np.ndarray:
     """``cv2.resize(frame[y1:y2, x1:x2], (size, size), INTER_LANCZOS4)`` for one uint8 ``[H, W, 3]`` frame.
 
-    ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied, spec §1.3).
+    ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied).
     Raises ValueError for an empty crop instead of the original's silent skip (§4).
     """
     import cv2
@@ -76,7 +76,7 @@ def _as_u8_batch(crops: ArrayLike) -> torch.Tensor:
 
 def preprocess_crops(crops_rgb_u8: ArrayLike, device: Union[str, torch.device] = "cpu"
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """RGB uint8 ``[n, 256, 256, 3]`` -> ``(masked, reference)`` float32 ``[n, 3, 256, 256]`` in [-1, 1] (spec §1.4).
+    """RGB uint8 ``[n, 256, 256, 3]`` -> ``(masked, reference)`` float32 ``[n, 3, 256, 256]`` in [-1, 1] (VAE).
 
     ``u8/255`` in float32 equals the original's float64-then-float32 for all 256 values; the masked image has rows
     128..255 zeroed before ``(x - 0.5) / 0.5``, i.e. exactly -1 there.
@@ -92,7 +92,7 @@ def preprocess_crops(crops_rgb_u8: ArrayLike, device: Union[str, torch.device] =
 
 def postprocess_decoded(images: torch.Tensor) -> np.ndarray:
     """VAE output ``[b, 3, 256, 256]`` -> uint8 RGB ``[b, 256, 256, 3]``: ``round(clamp(x/2+0.5, 0, 1)*255)``, half to
-    even, in float32 (spec §1.8; identical to the original's NumPy rounding, without its final BGR flip)."""
+    even, in float32 (VAE.decode_latents; identical to the original's NumPy rounding, without its final BGR flip)."""
     x = (images.float() / 2 + 0.5).clamp(0, 1)
     x = (x * 255).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -147,7 +147,7 @@ class MuseTalkEngine:
         self._t0 = torch.tensor([0], dtype=torch.long, device=self.device)
         self.cpu_encode_images = 2  # images per VAE encode call on the CPU (see encode_reference)
 
-    # -- encode: once per source frame (spec §1.4) -----------------------------------------------------------------
+    # -- encode: once per source frame (get_latents_for_unet) ----------------------------------------------------------
     @torch.inference_mode()
     def encode_reference(self, crops_rgb_u8: ArrayLike, eps: Optional[torch.Tensor] = None,
                          generator: Optional[torch.Generator] = None, posterior: Optional[str] = None
@@ -184,7 +184,7 @@ class MuseTalkEngine:
         z = self.scaling * z
         return z.reshape(n, 8, LATENT_SIZE, LATENT_SIZE).float().cpu()
 
-    # -- generate: per batch of output frames (spec §1.5, §1.7, §1.8) ---------------------------------------------
+    # -- generate: per batch of output frames (scripts/inference.py loop) ---------------------------------------
     @torch.inference_mode()
     def audio_tokens(self, audio_windows: ArrayLike) -> torch.Tensor:
         """``pe(windows)``: ``[b, 50, 384]`` + the sinusoid table, in float32, cast to the compute dtype."""

@@ -43,7 +43,7 @@ class BackendSpec:
     latentsync_steps: int = DEFAULT_STEPS
     latentsync_guidance: float = DEFAULT_GUIDANCE
     deepcache: bool = False
-    better_paste: bool = True          # LatentSync: paste only the regenerated lower face (spec latentsync §9)
+    better_paste: bool = True          # LatentSync: paste only the regenerated lower face (AlignRestore.restore_img)
 
     def __post_init__(self):
         if self.choice not in BACKEND_CHOICES:

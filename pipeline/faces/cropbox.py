@@ -1,6 +1,6 @@
 """Crop geometry of a face: the MuseTalk v1.5 crop box and the LatentSync alignment points.
 
-MuseTalk v1.5 (spec musetalk.md §1.3, ``get_landmark_and_bbox``) crops ``frame[y1:y2, x1:x2]`` with a box derived from
+MuseTalk v1.5 (MuseTalk ``get_landmark_and_bbox``) crops ``frame[y1:y2, x1:x2]`` with a box derived from
 68 iBUG landmarks:
 
 * landmarks are truncated to int (``astype(int32)``, i.e. toward zero);
@@ -25,7 +25,7 @@ out (leave one person out; 0.897 over all 674 faces), against 0.97 for real land
 preferred (README "Face geometry"). Pitch, yaw, jaw opening and face width are only what the 5 points and the box
 show; the 10 px ``extra_margin`` gives the jaw room, as it does for 68 points.
 
-**LatentSync alignment points** (spec latentsync.md §5.1/§5.2): left brow centre, right brow centre, nose centre.
+**LatentSync alignment points** (LatentSync AlignRestore): left brow centre, right brow centre, nose centre.
 From 68 points they are the means of ``lm68[17:22]``, ``lm68[22:27]``, ``lm68[27:36]`` (float, unrounded); from 5 points
 the same means of the estimated 68 points.
 
@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), spec musetalk §1.3 step 1
+COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), MuseTalk preprocessing.py
 IntBox = Tuple[int, int, int, int]
 
 # -- the 5-point estimate (see module docstring; refit with tools/fit_five_point.py) -------------------------------
@@ -52,7 +52,7 @@ FIVE_POINT_FEATURES = ("nose x", "nose y", "left mouth x", "left mouth y", "righ
                        "box centre x", "box centre y", "box width", "box height")
 
 def _int_box_from_detector(box) -> IntBox:
-    """Detector box clipped to >= 0 and cast to int (what S3FD hands over, spec musetalk §1.3)."""
+    """Detector box clipped to >= 0 and cast to int (what S3FD hands over in MuseTalk's preprocessing.py)."""
     x1, y1, x2, y2 = (max(0.0, float(v)) for v in box[:4])
     return int(x1), int(y1), int(x2), int(y2)
 
@@ -77,7 +77,7 @@ def _valid_or_fallback(box: IntBox, detector_box) -> IntBox:
 
 
 def musetalk_crop_box(landmarks68: Optional[np.ndarray], detector_box, bbox_shift: int = 0):
-    """MuseTalk v1.5 crop box from 68 iBUG landmarks, exactly as ``get_landmark_and_bbox`` (spec musetalk §1.3).
+    """MuseTalk v1.5 crop box from 68 iBUG landmarks, exactly as MuseTalk's ``get_landmark_and_bbox``.
 
     ``landmarks68``: float ``[68, 2]`` (x, y). ``detector_box``: the detector's box ``(x1, y1, x2, y2)`` or None
     (no face). Returns ``(x1, y1, x2, y2)`` ints, or :data:`COORD_PLACEHOLDER` when ``detector_box`` is None.
@@ -172,13 +172,13 @@ def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0):
 
 
 def apply_extra_margin(box, extra_margin: int, height: int) -> IntBox:
-    """v1.5 bottom margin: ``y2 = min(y2 + extra_margin, H)`` (spec musetalk §1.3 "v15 extra margin")."""
+    """v1.5 bottom margin: ``y2 = min(y2 + extra_margin, H)`` (MuseTalk scripts/inference.py, v15 extra_margin)."""
     x1, y1, x2, y2 = (int(v) for v in box)
     return x1, y1, x2, int(min(y2 + int(extra_margin), int(height)))
 
 
 def align_points_68(landmarks68: np.ndarray) -> np.ndarray:
-    """LatentSync's 3 alignment points from 68 landmarks: means of [17:22], [22:27], [27:36] (spec latentsync §5.2)."""
+    """LatentSync's 3 alignment points from 68 landmarks: means of [17:22], [22:27], [27:36] (LatentSync v1.0)."""
     lm = np.asarray(landmarks68, np.float64)
     return np.stack([lm[17:22].mean(0), lm[22:27].mean(0), lm[27:36].mean(0)]).astype(np.float32)
 

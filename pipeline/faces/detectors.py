@@ -15,7 +15,7 @@ Backends:
   video resolution. Each box then gets 68 real landmarks from the best landmark source installed (``landmarks``
   option, pipeline/faces/landmarks.py: DWPose, FAN, dlib; ``landmark_kind`` names it); without one the 5 points stay
   and the crop is estimated from them.
-* ``"s3fd+fan68"``: the original MuseTalk-style detector (spec musetalk.md §1.3): S3FD boxes (score > 0.05, NMS 0.3,
+* ``"s3fd+fan68"``: the original MuseTalk-style detector (MuseTalk preprocessing.py): S3FD boxes (score > 0.05, NMS 0.3,
   keep > 0.5, full resolution by default) and 68 iBUG landmarks from FAN (2DFAN4) on each box
   (``landmark_kind="fan-68"``; the original used DWPose's 68 face points, see models/landmarks68.py). Needs the
   ``s3fd`` and ``fan68`` weight files.

@@ -1,8 +1,8 @@
 """Real 68-point landmarks for the detected faces, from the best source this machine has.
 
-Both networks were trained on crops made from real landmarks: MuseTalk v1.5 from DWPose's 68 face points (spec
-musetalk.md §1.3), LatentSync from InsightFace's 106 points, reduced to three alignment points (spec latentsync.md
-§5.1/§5.2: brow centres and nose centre, which the 68 iBUG points give as well). The detector (MTCNN by default) only
+Both networks were trained on crops made from real landmarks: MuseTalk v1.5 from DWPose's 68 face points (MuseTalk
+preprocessing.py), LatentSync from InsightFace's 106 points, reduced to three alignment points (LatentSync
+AlignRestore: brow centres and nose centre, which the 68 iBUG points give as well). The detector (MTCNN by default) only
 finds the faces; a landmark source then places 68 iBUG points in each face box. Sources, best first:
 
 =============  ===============================================  ==========================================
@@ -22,7 +22,7 @@ With none of them the crop comes from the detector's 5 points and box through a 
 (pipeline/faces/cropbox.py): the "5-point estimate (approximate)". A missing source never stops a run: the next one is
 used, and the Face Detect summary and the lip-sync report name the one that ran.
 
-LatentSync 1.6 aligns faces with InsightFace's 106 points (spec latentsync.md §5.1). When the user has that model
+LatentSync 1.6 aligns faces with InsightFace's 106 points (LatentSync face_detector.py). When the user has that model
 (``2d106det.onnx``, models/insightface106.py) it gives LatentSync's three alignment points; otherwise they come from
 the 68 points (§5.2).
 """

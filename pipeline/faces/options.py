@@ -8,7 +8,7 @@ from .shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD
 
 SPEAKER_POLICIES = ("largest", "most_central", "track_index", "user_box")
 DEFAULT_MIN_SCORE = {"mtcnn": 0.9}
-FALLBACK_MIN_SCORE = 0.5            # spec latentsync §5.1 det_score >= 0.5
+FALLBACK_MIN_SCORE = 0.5            # LatentSync face_detector.py: det_score >= 0.5
 MIN_HEIGHT_RATIO = 1.6              # LatentSync's 80 px / 50 px
 
 REASON_NO_FACE = "no face"

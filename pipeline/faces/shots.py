@@ -6,7 +6,7 @@ downscaled (to ``analysis_width`` pixels wide, area interpolation), converted to
 absolute per-pixel difference. A cut starts at frame ``i`` when ``score(i-1, i) >= threshold`` and the shot that would
 end there is at least ``min_shot_len`` frames long.
 
-Why it matters here: face tracks reset at every cut, and LatentSync chunks must never span one (spec latentsync §13:
+Why it matters here: face tracks reset at every cut, and LatentSync chunks must never span one (LatentSync's UNet:
 temporal attention and cross-frame GroupNorm couple the frames of a chunk). A missed cut is therefore worse than a
 spurious one (a spurious cut only restarts a track), so the default minimum shot length is short (4 frames = 0.16 s at
 25 fps, where PySceneDetect uses 15): fast edits (music videos, trailers) have shots of a few frames.

@@ -3,7 +3,7 @@
 :func:`analyze_faces` makes one streaming pass over the frames (memory bounded by the batch size): a face detector
 backend (``pipeline.faces.detectors``) and the shot-cut detector (``pipeline.faces.shots``) see each frame once. Per frame:
 
-1. **Filter** the detections (LatentSync's rules, spec latentsync.md §5.1, in source-resolution pixels):
+1. **Filter** the detections (LatentSync's rules, latentsync/utils/face_detector.py, in source-resolution pixels):
    score ``>= min_score``; width ``>= min_face_size`` and height ``>= 1.6 * min_face_size`` (the 50 x 80 px of the
    original with the default 50); ``0.2 <= w/h <= 1.5``. ``min_score`` defaults per backend: 0.9 for MTCNN (its final
    stage already requires 0.7 and real faces score above 0.99) and 0.5 (the spec value) otherwise.

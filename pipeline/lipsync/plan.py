@@ -1,7 +1,7 @@
 """The plan of a run: which source frame each output frame shows, and the audio cut to the output's length.
 
 **Length policy** (explicit; DESIGN.md "Behaviour users rely on"): ``follow_audio`` (default; output as long as the
-audio, the video ping-pongs ``0..N-1, N-1..0, ...`` like the original's frame cycle, spec musetalk.md §1.6),
+audio, the video ping-pongs ``0..N-1, N-1..0, ...`` like MuseTalk's frame_list_cycle, scripts/inference.py),
 ``follow_video`` (output as long as the video; frames after the end of the audio are synced to silence, the audio is
 padded with silence), ``shortest``. The tail of the audio is never dropped silently: ``follow_audio`` rounds the
 frame count *up* and the plan's notes state any trimming another policy makes.
@@ -22,7 +22,7 @@ LOOP_CHOICES = ("ping_pong", "forward")   # how frames first..last repeat: the o
 
 
 def ping_pong(k: int, n: int) -> int:
-    """The original's cycle ``frames + frames[::-1]`` indexed by ``k % 2n`` (spec musetalk §1.6)."""
+    """The original's cycle ``frames + frames[::-1]`` indexed by ``k % 2n`` (MuseTalk scripts/inference.py)."""
     if n <= 1:
         return 0
     r = k % (2 * n)

@@ -43,7 +43,7 @@ class Audio:
                 "sample_rate": int(self.sample_rate)}
 
     def mono(self) -> np.ndarray:
-        """Channel mean (what librosa.load(mono=True) does: spec musetalk.md §1.2)."""
+        """Channel mean (what librosa.load(mono=True) does in MuseTalk's audio_processor.py)."""
         if self.channels == 1:
             return self.samples[0]
         return self.samples.mean(axis=0, dtype=np.float32)
