@@ -1,6 +1,6 @@
 """Safe loading of released checkpoint files and strict, explained state-dict loading.
 
-Only safetensors or ``torch.load(weights_only=True)`` are used: a checkpoint can never run code (DESIGN.md, issue 5).
+Only safetensors or ``torch.load(weights_only=True)`` are used: a checkpoint can never run code.
 Like spandrel, a file that is not what it claims gets a precise error naming the file and what is wrong with it.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """InsightFace's 106-point landmarks (``2d106det.onnx`` of the ``buffalo_l`` pack): the points LatentSync 1.6 aligns
 faces with (LatentSync face_detector.py). Used only when the user has the file (its licence allows non-commercial
 research only, so it is never downloaded); otherwise LatentSync's three points come from the 68 iBUG points
-(§5.2).
+(LatentSync 1.5's landmark rule).
 
 As insightface's ``Landmark.get`` runs it: a 192x192 crop centred on the face box, scale ``192 / (1.5 * max(w,
 h))``, no rotation (black outside); input ``(pixel - mean) / std`` in RGB, where (mean, std) is (0, 1) when the

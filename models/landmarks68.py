@@ -3,7 +3,7 @@ are we from solving the 2D & 3D Face Alignment problem?"), pure torch, batched o
 
 The original MuseTalk takes its 68 points from DWPose (RTMPose-l whole body, points 23..90; MuseTalk preprocessing.py),
 run on the whole frame. This pack uses the equivalent 68-point model of the ``face_alignment`` package instead, run
-on each S3FD box: same iBUG point order (so the crop-box rules of §1.3 apply unchanged), better precision on small
+on each S3FD box: same iBUG point order (so MuseTalk's crop-box rules apply unchanged), better precision on small
 faces (it sees a 256x256 crop around the face, not the whole frame at 288x384). LatentSync 1.0/1.5 used exactly this
 S3FD + 2DFAN4 pair (LatentSync v1.0 face alignment).
 

@@ -2,9 +2,9 @@
 
 The released files are ``musetalkV15/musetalk.json`` (the constructor config) and ``musetalkV15/unet.pth`` (a plain
 state dict, 686 keys, 849,947,844 parameters, see fixtures ``manifest_unet_v15.json``). The original passes the whole
-JSON to the constructor and diffusers drops the ``_``-prefixed keys (§0.1); we drop them explicitly.
+JSON to the constructor and diffusers drops the ``_``-prefixed keys; we drop them explicitly.
 ``attention_head_dim: 8`` is really the head count (8 heads of width 40/80/160/160). The network takes
-``[B, 8, 32, 32]`` latents (masked + reference, §1.4), timestep 0 and ``[B, 50, 384]`` audio tokens (§1.7).
+``[B, 8, 32, 32]`` latents (masked + reference), timestep 0 and ``[B, 50, 384]`` audio tokens.
 
 The model is built on the ``meta`` device and adopts the file's tensors (``assign=True``), so 3.4 GB of fp32 weights
 exist once in memory while loading.
@@ -49,7 +49,7 @@ CONFIG_RELPATH = "musetalkV15/musetalk.json"
 
 
 def constructor_config(config: Mapping[str, object]) -> Dict[str, object]:
-    """The keyword arguments for ``UNet2DConditionModel``: the JSON minus its ``_``-prefixed metadata (§0.1)."""
+    """The keyword arguments for ``UNet2DConditionModel``: the JSON minus its ``_``-prefixed metadata."""
     return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
 
 

@@ -5,7 +5,7 @@ source. Weights live under ``ComfyUI/models/<folder>`` when running inside Comfy
 folder resolver backed by ``folder_paths``), or under ``$MUSETALK_MODELS_DIR/<folder>`` standalone (default
 ``~/.cache/musetalk_enhanced/models``). Missing files are downloaded on first use with huggingface_hub when allowed;
 otherwise one :class:`MissingWeightsError` lists every missing file, its source and its destination
-(spec/comfyui.md §9).
+(ComfyUI folder_paths.py).
 """
 from __future__ import annotations
 

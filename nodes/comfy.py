@@ -1,4 +1,4 @@
-"""The ONLY module that touches ComfyUI internals (DESIGN.md; spec/comfyui.md §5, §6).
+"""The ONLY module that touches ComfyUI internals (docs/architecture.md; ComfyUI's model_management, folder_paths).
 
 Everything is imported lazily inside functions, with standalone behaviour when ComfyUI is absent:
 * directories: ComfyUI's input/output/temp dirs, else ``$MUSETALK_INPUT_DIR`` / ``$MUSETALK_OUTPUT_DIR`` /
@@ -90,7 +90,7 @@ _folders_installed = False
 
 
 def register_model_folders() -> None:
-    """Register the model folder types with folder_paths (spec/comfyui.md §6); a no-op outside ComfyUI. Only touches
+    """Register the model folder types with folder_paths; a no-op outside ComfyUI. Only touches
     an in-memory table, so it is safe at import time."""
     fp = _try_import("folder_paths") if "folder_paths" in __import__("sys").modules else None
     if fp is None or not hasattr(fp, "models_dir") or not hasattr(fp, "add_model_folder_path"):

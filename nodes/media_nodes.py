@@ -1,7 +1,7 @@
 """Media nodes: load a video (streaming handle + IMAGE), load audio, mux frames + audio into an mp4.
 
 Names carry the ``MuseTalk`` prefix: a pack node called ``LoadVideo``/``LoadAudio`` would be silently replaced by the
-core one (spec/comfyui.md §2).
+core one (ComfyUI comfy_extras/nodes_video.py).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .common import FRAMES_TYPE, MISSING_AUDIO_KEY, frames_from_inputs, log_warn
 CATEGORY = "MuseTalk/media"
 IMAGE_OUTPUTS = ("auto", "all_frames", "first_frame_only")
 # "auto" decodes the IMAGE output only while it stays under this many bytes of float32 (the streaming handle is
-# always complete); a 1080p minute is ~37 GB as float32 (spec/comfyui.md §1).
+# always complete); a 1080p minute is ~37 GB as float32.
 AUTO_IMAGE_LIMIT_BYTES = int(float(os.environ.get("MUSETALK_MAX_IMAGE_GB", "4")) * (1 << 30))
 
 

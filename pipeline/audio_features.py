@@ -12,11 +12,11 @@ Two layouts, each reproducing its original exactly at its native settings:
     log-mel domain; five states *without* ``ln_post``; ``floor(n/2)`` rows kept per window of ``n`` real mel frames;
     frame ``k`` takes rows ``c-4 .. c+5`` clamped to the rows that exist, ``c = floor(k*50/fps)``.
 
-Frame timing (DESIGN.md "audio position is absolute"): the window of output frame ``k`` is placed by its true time
+Frame timing (README "What it does"): the window of output frame ``k`` is placed by its true time
 ``k/fps`` for any fps, integer or not (29.97, 23.976...), so nothing drifts. ``compat=True`` reproduces MuseTalk's
 ``int(fps)`` truncation (MuseTalk get_whisper_chunk BUG: 29.97 -> 29, about 2 s of lag per minute) for byte-for-byte
 comparisons with the original; it is off by default. The LatentSync original always runs at 25 fps (it re-encodes the
-video, latentsync.md §2), so ``compat`` does not change that layout.
+video, LatentSync audio2feature.py), so ``compat`` does not change that layout.
 
 Non-25 fps, documented choices:
 * MuseTalk keeps its padding rule at every fps: ``m = ceil(50/fps)`` (2 for fps >= 25, 3 for 16.7 <= fps < 25), as the
@@ -101,7 +101,7 @@ def musetalk_pad_unit(fps: float, compat: bool = False) -> int:
 
 
 def latentsync_hidden_rows(num_samples: int) -> int:
-    """``floor(M/2)`` rows for ``M = N // 160`` mel frames (per 3000-frame window, latentsync.md §3)."""
+    """``floor(M/2)`` rows for ``M = N // 160`` mel frames (per 3000-frame window, LatentSync audio2feature.py)."""
     mel = num_samples // HOP
     full, rest = divmod(mel, MEL_FRAMES)
     return full * ROWS_PER_SEGMENT + rest // 2
@@ -109,7 +109,7 @@ def latentsync_hidden_rows(num_samples: int) -> int:
 
 def latentsync_frame_count(rows: int, fps: float) -> int:
     """The original's chunk count generalised by time: ``1 + min{i : floor(i*50/fps) > rows}``
-    (``floor(rows/2) + 2`` at 25 fps, latentsync.md §3)."""
+    (``floor(rows/2) + 2`` at 25 fps, LatentSync audio2feature.py)."""
     f = effective_fps(fps, "latentsync")
     i = max(0, int(math.ceil((rows + 1) * f / ROWS_PER_SECOND)) - 2)
     while _floor(i * ROWS_PER_SECOND / f) <= rows:
@@ -156,7 +156,7 @@ def musetalk_log_mel(segments: torch.Tensor) -> torch.Tensor:
 
 
 def latentsync_log_mel(wave: np.ndarray, device: torch.device, block_frames: int = MEL_FRAMES) -> torch.Tensor:
-    """Whole-file normalised log-mel ``[80, N // 160]`` on the CPU (max over the whole file, latentsync.md §3).
+    """Whole-file normalised log-mel ``[80, N // 160]`` on the CPU (max over the file, LatentSync audio.py).
 
     Computed ``block_frames`` frames at a time from one reflect-padded copy of the waveform, so memory stays bounded
     for long files; each frame sees exactly the samples ``torch.stft(center=True)`` would give it.

@@ -3,7 +3,7 @@
 The pipeline never imports ComfyUI. Whoever calls it (a ComfyUI node through ``nodes/comfy.py``, the CLI, a test)
 passes a :class:`Runtime` that knows the device, the compute dtype, how to report progress, how to check for
 cancellation and how to put a model on the device. The default implementation here is the standalone one
-(DESIGN.md "nodes/ ... standalone fallbacks").
+(docs/architecture.md; nodes/comfy.py is the ComfyUI one).
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class Face:
     detection: Detection
     track_id: int
     crop_box: Tuple[int, int, int, int]            # MuseTalk v1.5 crop box + extra_margin (get_landmark_and_bbox)
-    align_points: Optional[np.ndarray] = None      # float [3, 2]: LatentSync left brow, right brow, nose (§5.1)
+    align_points: Optional[np.ndarray] = None      # float [3, 2]: left brow, right brow, nose (LatentSync)
 
 
 @dataclass

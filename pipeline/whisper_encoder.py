@@ -89,7 +89,7 @@ EncoderLike = Union[torch.nn.Module, Callable[[], torch.nn.Module], None]
 
 def _encoder_dtype(runtime: Runtime) -> torch.dtype:
     """fp16 on an accelerator whenever the runtime computes in half precision (both originals run whisper in fp16 on
-    CUDA, latentsync.md §1), float32 otherwise."""
+    CUDA, LatentSync scripts/inference.py), float32 otherwise."""
     if runtime.device.type != "cpu" and runtime.dtype in (torch.float16, torch.bfloat16):
         return torch.float16
     return torch.float32

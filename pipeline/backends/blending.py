@@ -36,8 +36,8 @@ PARSE_SIZE = 512
 MODES = ("jaw", "raw", "neck", "feather")
 BLEND_CHOICES = ("auto",) + MODES   # what a user may ask for: auto picks jaw with the face parser, else feather
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
-OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image (§1.9)
-REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material (§2)
+OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image
+REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material
 FEATHER_BLUR_RATIO = 0.1
 
 

@@ -4,13 +4,14 @@
 One call, :meth:`LatentSyncEngine.sync_chunk`, processes one chunk of up to 16 consecutive face frames (the caller
 builds chunks from runs of face frames that never span a cut or a cutaway, docs/architecture.md):
 
-1. conditioning (§6): ``pixel = (x/255 - 0.5)/0.5`` (float32); ``masked = pixel * mask`` (float64 product, cast later);
+1. conditioning (prepare_masked_latents):
+   ``pixel = (x/255 - 0.5)/0.5`` (float32); ``masked = pixel * mask`` (float64 product, cast later);
    mask channel = nearest-resized ``mask[0]``; masked-image and reference latents = VAE posterior **samples**
    ``(mean + std * eps) * 0.18215`` (``eps`` injectable);
-2. DDIM (§8, diffusers ``DDIMScheduler`` with the original config) from the shared initial noise ``[1,4,1,h,w]``
+2. DDIM (diffusers ``DDIMScheduler`` with the original config) from the shared initial noise ``[1,4,1,h,w]``
    repeated over the frames; classifier-free guidance with an all-zero audio context when ``guidance > 1``;
-   optional DeepCache (interval 3, branch 0, §10);
-3. VAE decode (in slices) and paste in aligned space (§9 first bullet): ``decoded * w + pixel * (1 - w)``,
+   optional DeepCache (interval 3, branch 0);
+3. VAE decode (in slices) and paste in aligned space (paste_surrounding_pixels_back): ``decoded * w + pixel * (1 - w)``,
    ``w = float(1 - mask[0])``; not clamped.
 
 Frames are restored into the video with :mod:`.latentsync_align` (``resize_face_to_crop`` + ``restore_patch``).
@@ -255,7 +256,7 @@ class LatentSyncEngine:
     def _denoise(self, cond: torch.Tensor, audio: torch.Tensor, init: torch.Tensor,
                  trace: Optional[Dict]) -> torch.Tensor:
         """DDIM from the shared initial noise, with classifier-free guidance on the audio (LipsyncPipeline) and optional
-        DeepCache (§10); returns the final latents ``[1, 4, F, h, w]``."""
+        DeepCache; returns the final latents ``[1, 4, F, h, w]``."""
         n = cond.shape[2]
         cfg = self.guidance > 1.0
         latents = init.to(self.device, torch.float32).repeat(1, 1, n, 1, 1) * self.scheduler.init_noise_sigma

@@ -2,7 +2,7 @@
 
 ComfyUI-free and numerically faithful to the original inference path (TMElyralab/MuseTalk scripts/inference.py):
 
-* :func:`crop_face` — ``frame[y1:y2, x1:x2]`` squashed to 256x256 with ``cv2.INTER_LANCZOS4`` (§1.4). The original
+* :func:`crop_face` — ``frame[y1:y2, x1:x2]`` squashed to 256x256 with ``cv2.INTER_LANCZOS4``. The original
   crops BGR frames; resizing is per channel, so cropping our RGB frames gives the channel-swapped identical result.
 * :meth:`MuseTalkEngine.encode_reference` — per source frame, the lower-half-masked crop and the full crop are
   normalised (``(u8/255 - 0.5)/0.5``, masked rows 128..255 = -1), VAE-encoded and scaled by 0.18215; the result
@@ -12,9 +12,9 @@ ComfyUI-free and numerically faithful to the original inference path (TMElyralab
   it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, training_utils.py).
   These latents depend only on the source frame: the orchestrator computes them once per source frame and caches
   them (on the CPU, 32 KiB each).
-* :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows (§1.5), one UNet pass
-  at timestep 0 (no scheduler, §1.7), ``vae.decode(pred * (1/0.18215))``, ``round(clamp(x/2 + 0.5, 0, 1) * 255)`` with
-  round-half-to-even (§1.8) -> uint8 ``[b, 256, 256, 3]`` **RGB** (the original returns BGR).
+* :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows, one UNet pass
+  at timestep 0 (no scheduler), ``vae.decode(pred * (1/0.18215))``, ``round(clamp(x/2 + 0.5, 0, 1) * 255)`` with
+  round-half-to-even -> uint8 ``[b, 256, 256, 3]`` **RGB** (the original returns BGR).
 
 dtype follows ``runtime.dtype`` (``pick_dtype``: bf16/fp16 on CUDA; bf16 on CPUs with native bf16, else fp32). In
 half precision the models run channels_last (oneDNN's and cuDNN's fast layout for these convolutions; on a CPU with
@@ -32,9 +32,9 @@ import torch
 from ...models import registry
 from ..runtime import Runtime
 
-FACE_SIZE = 256          # the generator's face resolution (§1.4)
+FACE_SIZE = 256          # the generator's face resolution
 LATENT_SIZE = 32         # FACE_SIZE / 8
-AUDIO_TOKENS = 50        # 10 whisper frames x 5 hidden layers per video frame (§1.2)
+AUDIO_TOKENS = 50        # 10 whisper frames x 5 hidden layers per video frame (MuseTalk audio_processor.py)
 AUDIO_WIDTH = 384
 SCALING_FACTOR = 0.18215
 
@@ -46,7 +46,7 @@ def crop_face(frame: np.ndarray, box: Sequence[float], size: int = FACE_SIZE) ->
     """``cv2.resize(frame[y1:y2, x1:x2], (size, size), INTER_LANCZOS4)`` for one uint8 ``[H, W, 3]`` frame.
 
     ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied).
-    Raises ValueError for an empty crop instead of the original's silent skip (§4).
+    Raises ValueError for an empty crop instead of the original's silent skip (scripts/inference.py).
     """
     import cv2
 

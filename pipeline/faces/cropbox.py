@@ -206,7 +206,7 @@ def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,
     else:
         box = _int_box_from_detector(detection.box)
         align = None
-    if getattr(detection, "align", None) is not None:  # LatentSync 1.6's own points (InsightFace 106, §5.1)
+    if getattr(detection, "align", None) is not None:  # LatentSync 1.6's own points (InsightFace 106, face_detector.py)
         align = np.asarray(detection.align, np.float32)
     x1, y1, x2, y2 = apply_extra_margin(box, extra_margin, height)
     x2 = min(x2, int(width))

@@ -24,7 +24,7 @@ used, and the Face Detect summary and the lip-sync report name the one that ran.
 
 LatentSync 1.6 aligns faces with InsightFace's 106 points (LatentSync face_detector.py). When the user has that model
 (``2d106det.onnx``, models/insightface106.py) it gives LatentSync's three alignment points; otherwise they come from
-the 68 points (§5.2).
+the 68 points (LatentSync 1.5's landmark rule).
 """
 from __future__ import annotations
 

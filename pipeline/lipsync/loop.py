@@ -1,6 +1,6 @@
 """The lip-sync loop: work units in output order -> the backend chain -> patches composed into frames -> the sink.
 
-Rules users rely on (DESIGN.md "Behaviour users rely on"; unlike MuseTalk scripts/inference.py)):
+Rules users rely on (README "What it does"; unlike MuseTalk scripts/inference.py)):
 
 * **Cutaways** (frames whose :class:`~..types.FrameFaces` has no face) are written bit-identical to their source and
   never enter a network. A face frame changes only inside its patch, and inside it only where the backend changed

@@ -1,7 +1,7 @@
 """Lip-synced frames handed from node to node without a lossy encode: the source frames plus the patches.
 
 The lip-sync loop changes a face frame only inside the pasted mouth region and returns a cutaway frame untouched
-(DESIGN.md, "Behaviour users rely on"). So a streamed result needs no video of its own: :class:`PatchSink` keeps,
+(README, "What it does"). So a streamed result needs no video of its own: :class:`PatchSink` keeps,
 for each output frame, the rectangle where it differs from its source frame (lossless PNG in one temporary file),
 and :class:`PatchedFrames` composes the source frame and that rectangle when a later node reads the frame. The only
 lossy encode of a workflow is then the final one (Mux Video), and cutaway frames reach it bit-identical to what the

@@ -1,6 +1,6 @@
 """The plan of a run: which source frame each output frame shows, and the audio cut to the output's length.
 
-**Length policy** (explicit; DESIGN.md "Behaviour users rely on"): ``follow_audio`` (default; output as long as the
+**Length policy** (explicit; README "What it does"): ``follow_audio`` (default; output as long as the
 audio, the video ping-pongs ``0..N-1, N-1..0, ...`` like MuseTalk's frame_list_cycle, scripts/inference.py),
 ``follow_video`` (output as long as the video; frames after the end of the audio are synced to silence, the audio is
 padded with silence), ``shortest``. The tail of the audio is never dropped silently: ``follow_audio`` rounds the

@@ -1,6 +1,6 @@
 """Audio as the pipeline sees it: ComfyUI AUDIO in any form -> float32 arrays; resampling; loading files with PyAV.
 
-ComfyUI's AUDIO is a mapping ``{"waveform": [B, C, T], "sample_rate": int}`` (spec/comfyui.md §1). VideoHelperSuite
+ComfyUI's AUDIO is a mapping ``{"waveform": [B, C, T], "sample_rate": int}`` (ComfyUI nodes_audio.py). VideoHelperSuite
 passes a lazy ``Mapping`` (not a dict), core ``GetVideoComponents`` can hand over integer PCM tensors. We accept all of
 them, never call the object, never require ``dict``.
 """

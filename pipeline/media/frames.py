@@ -1,4 +1,4 @@
-"""A sequence of RGB frames at an fps, backed by memory or streamed from a file (DESIGN.md "Data through the graph").
+"""A sequence of RGB frames at an fps, backed by memory or streamed from a file (docs/architecture.md).
 
 The pipeline's currency is ``uint8 [n, H, W, 3]`` RGB numpy batches: 1080p is 6 MB a frame instead of the 25 MB of a
 float32 IMAGE. :class:`Frames` is the interface every stage consumes:
