@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help=f"the results file (default: {RESULTS_FILE} in the out folder)")
     p.add_argument("--dry-run", action="store_true", help="check every row and run nothing")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: never)")
+    p.add_argument("--masks", action="store_true", help="also write each dub's mask of the changed pixels as "
+                                                        "<out>.mask.mp4 (a grey mp4; a row's mask_out wins)")
     p.add_argument("--max-seconds", type=float, default=MediaLimits.max_seconds,
                    help="refuse inputs longer than this, counted from their packets (0: no limit)")
     p.add_argument("--max-frames", type=int, default=MediaLimits.max_frames,
@@ -60,7 +62,7 @@ def main(argv) -> int:
 
     def batch() -> int:
         parsed = DubRequest.from_mapping(machine)
-        jobs = read_jobs(args.jobs, out_dir, defaults, {k: getattr(parsed, k) for k in machine})
+        jobs = read_jobs(args.jobs, out_dir, defaults, {k: getattr(parsed, k) for k in machine}, args.masks)
         if not jobs:
             raise RequestError("jobs", f"no jobs in {args.jobs}", "a folder needs name.mp4 + name.wav pairs; a list "
                                                                  "needs rows")

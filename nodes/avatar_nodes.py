@@ -4,7 +4,7 @@ from __future__ import annotations
 from . import comfy
 from ..pipeline.jobs.fields import spec_of
 from ..pipeline.jobs.requests import PrepareRequest, SpeakRequest
-from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs, widget
+from .common import FACES_TYPE, FRAMES_TYPE, frames_from_inputs, settings_from_widgets, widget
 from .lipsync_nodes import node_outputs, output_sink
 
 AVATAR_TYPE = "MUSETALK_AVATAR"
@@ -29,7 +29,8 @@ class MuseTalkPrepareAvatar:
                 "blend_mode": widget(PrepareRequest, "blend_mode", "How the new mouth will be pasted (as Batched "
                                                                    "Lip-Sync): jaw/raw/neck use the BiSeNet face "
                                                                    "parser, feather needs no weights; auto = jaw when "
-                                                                   "the parser weights are present."),
+                                                                   "the parser weights are present; box / mouth: "
+                                                                   "shaped by feather_px and dilate_px."),
                 "force": widget(PrepareRequest, "force", "Prepare again even when the frames, face settings and "
                                                          "weights are unchanged."),
             },
@@ -43,6 +44,10 @@ class MuseTalkPrepareAvatar:
                 "loop_range": widget(PrepareRequest, "loop_range", RANGE_TOOLTIP + " Stored as the avatar's "
                                                                   "default; changing it does not prepare the avatar "
                                                                   "again."),
+                "feather_px": widget(PrepareRequest, "feather_px", "box / mouth masks: how wide the edge fades, in "
+                                                                   "pixels of the 256 px face."),
+                "dilate_px": widget(PrepareRequest, "dilate_px", "box / mouth masks: grow (+) or shrink (-) the "
+                                                                 "pasted region, in pixels of the 256 px face."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -58,19 +63,23 @@ class MuseTalkPrepareAvatar:
 
     def prepare(self, name, faces, blend_mode=PrepareRequest.blend_mode, force=PrepareRequest.force, images=None,
                 frames=None, fps=25.0, loop=PrepareRequest.loop, loop_range=PrepareRequest.loop_range,
-                unique_id=None):
+                feather_px=None, dilate_px=None, unique_id=None):
         from ..pipeline.avatars import Avatar, is_current, prepare_avatar
         from ..pipeline.avatars.avatar import describe
+        from ..pipeline.jobs.requests import BlendSettings
 
+        blend = settings_from_widgets(BlendSettings, dict(blend_mode=blend_mode, feather_px=feather_px,
+                                                          dilate_px=dilate_px))
         seq = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Prepare Avatar")
-        source, settings = _identity(seq), {"faces": _face_settings(faces), "blend_mode": blend_mode}
+        source, settings = _identity(seq), {"faces": _face_settings(faces), **blend.blend_identity()}
         loop = loop or PrepareRequest.loop
         if not force and is_current(name, source, settings):
             avatar = Avatar(name)
             changed = avatar.set_default_loop(loop, loop_range)
             return (avatar, f"reused{' (new idle loop)' if changed else ''}: {describe(avatar.manifest)}")
         runtime = comfy.make_runtime(unique_id)
-        avatar = prepare_avatar(name, seq, faces, runtime, source=source, settings=settings, blend_mode=blend_mode,
+        avatar = prepare_avatar(name, seq, faces, runtime, source=source, settings=settings,
+                                blend_mode=blend.blend_options(),
                                 loop=loop, loop_range=loop_range)
         return (avatar, f"prepared: {describe(avatar.manifest)}")
 
@@ -94,6 +103,13 @@ class MuseTalkAvatarSpeak:
                                                                       "avatar."}),
                 "loop_range": ("STRING", {"default": "", "tooltip": RANGE_TOOLTIP.replace(
                     "empty or 'all' = every frame", "'all' = every frame; empty = the range stored with the avatar")}),
+                "on_silence": widget(SpeakRequest, "on_silence", "sync: lip-sync every face frame. keep_original: "
+                                                                 "while the voice is silent the avatar keeps its "
+                                                                 "real mouth (frames untouched)."),
+                "silence_fade": widget(SpeakRequest, "silence_fade", "keep_original: frames of cross-fade on the "
+                                                                     "speech side of each silence."),
+                "min_silence": widget(SpeakRequest, "min_silence", "keep_original: the shortest silence (seconds) "
+                                                                   "that keeps the real mouth.", step=0.05),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -110,7 +126,7 @@ class MuseTalkAvatarSpeak:
                    "avatar's idle loop (or the one chosen here); cutaway frames untouched.")
 
     def speak(self, audio, batch_size=SpeakRequest.batch_size, avatar=None, avatar_name="", loop=FROM_AVATAR, loop_range="",
-              unique_id=None):
+              on_silence=None, silence_fade=None, min_silence=None, unique_id=None):
         from ..pipeline.audio_features import compute_audio_features
         from ..pipeline.avatars import Avatar, AvatarError
         from ..pipeline.media.audio import from_comfy
@@ -122,9 +138,13 @@ class MuseTalkAvatarSpeak:
         runtime = comfy.make_runtime(unique_id)
         avatar.ensure_current(runtime)      # a cached avatar whose folder was prepared again: its fps may differ
         features = compute_audio_features(from_comfy(audio, "audio"), avatar.fps, "musetalk", None, runtime)
+        from ..pipeline.jobs.requests import SilenceSettings
+
+        silence = settings_from_widgets(SilenceSettings, dict(on_silence=on_silence, silence_fade=silence_fade,
+                                                              min_silence=min_silence)).silence_options()
         run = avatar.start(features, runtime, batch_size=batch_size,
                            loop=None if loop in (None, FROM_AVATAR) else loop,
-                           loop_range=(loop_range or "").strip() or None)
+                           loop_range=(loop_range or "").strip() or None, silence=silence)
         sink, to_image = output_sink(avatar.frames, run.plan)
         report = run.into(sink)
         images_out, frames_out = node_outputs(sink.close(), avatar.frames, to_image)

@@ -69,6 +69,11 @@ class MuseTalkFaceDetect:
                 "images": ("IMAGE", {"tooltip": "Video frames as an IMAGE batch (give 'images' or 'frames')."}),
                 "frames": (FRAMES_TYPE, {"tooltip":
                     "Frames streamed from a video file (from Load Video); preferred for long videos."}),
+                "edge_faces": widget(FaceSettings, "edge_faces",
+                    "Faces touching the frame's edge (tight close-ups, 9:16 video). pad: the crop follows the face "
+                    "past the edge, filled with the frame's border pixels, so the network sees the face shaped as "
+                    "in training; only pixels inside the frame change. original: the released rule (a face 1 px "
+                    "past the left edge falls back to the detector box, a differently shaped crop)."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -84,7 +89,7 @@ class MuseTalkFaceDetect:
     def detect(self, backend=None, fps=25.0, min_score=None, min_face_size=None, shot_threshold=None,
                debounce_frames=None, bridge_gap=None, speaker=None, track_index=None, user_box=None, bbox_shift=None,
                extra_margin=None, smooth_boxes=None, auto_download=None, landmarks=None, images=None, frames=None,
-               unique_id=None):
+               edge_faces=None, unique_id=None):
         from ..pipeline.faces.detectors import create_detector
         from ..pipeline.faces.preview import PreviewCollector, summarize
         from ..pipeline.faces.tracks import analyze_faces
@@ -94,7 +99,7 @@ class MuseTalkFaceDetect:
             detector=backend, min_score=min_score, min_face_size=min_face_size, shot_threshold=shot_threshold,
             debounce_frames=debounce_frames, bridge_gap=bridge_gap, speaker=speaker, track_index=track_index,
             user_box=user_box, bbox_shift=bbox_shift, extra_margin=extra_margin, smooth_boxes=smooth_boxes,
-            landmarks=landmarks))
+            landmarks=landmarks, edge_faces=edge_faces))
         download = settings_from_widgets(MachineSettings, {"auto_download": auto_download}).auto_download
         src = frames_from_inputs(images, frames, fps if frames is None else 0.0, node="Face Detect")
         options = settings.face_options()

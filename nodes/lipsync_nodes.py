@@ -83,7 +83,9 @@ class MuseTalkBatchedLipSync:
                 "blend_mode": widget(LipSyncSettings, "blend_mode",
                                      "How the new mouth is pasted: jaw/raw/neck use the BiSeNet face parser (the "
                                      "original v1.5 uses jaw); feather needs no extra weights; auto = jaw when the "
-                                     "parser weights are present, else feather."),
+                                     "parser weights are present, else feather. box: a feathered box over the lower "
+                                     "face; mouth: the lower face drawn from the landmarks (both shaped by "
+                                     "feather_px and dilate_px; LatentSync uses them instead of its own mask)."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "The video frames (IMAGE batch). Use either this or 'frames'."}),
@@ -92,16 +94,34 @@ class MuseTalkBatchedLipSync:
                                   "tooltip": "Frame rate of 'images' (0 = take it from 'frames' or the audio "
                                              "features)."}),
                 "backend": (BACKEND_TYPE, {"tooltip": "From UNet / Backend Selector (default: auto)."}),
+                "on_silence": widget(LipSyncSettings, "on_silence",
+                                     "sync: lip-sync every face frame. keep_original: while the voice is silent the "
+                                     "frames keep the real mouth (bit-identical, reported like cutaways), so lips "
+                                     "do not quiver or hang open."),
+                "silence_fade": widget(LipSyncSettings, "silence_fade",
+                                       "keep_original: frames over which the lip-synced mouth fades into the real "
+                                       "one before a silence and back after it."),
+                "min_silence": widget(LipSyncSettings, "min_silence",
+                                      "keep_original: the shortest silence (seconds) that keeps the real mouth; "
+                                      "shorter pauses stay lip-synced.", step=0.05),
+                "feather_px": widget(LipSyncSettings, "feather_px",
+                                     "box / mouth masks: how wide the edge fades, in pixels of the 256 px face."),
+                "dilate_px": widget(LipSyncSettings, "dilate_px",
+                                    "box / mouth masks: grow (+) or shrink (-) the pasted region, in pixels of the "
+                                    "256 px face."),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = ("IMAGE", FRAMES_TYPE, "AUDIO", "FLOAT", "STRING")
-    RETURN_NAMES = ("images", "frames", "audio", "fps", "report")
+    RETURN_TYPES = ("IMAGE", FRAMES_TYPE, "AUDIO", "FLOAT", "STRING", "MASK")
+    RETURN_NAMES = ("images", "frames", "audio", "fps", "report", "mask")
     OUTPUT_TOOLTIPS = ("Lip-synced frames as IMAGE (for long outputs only the first frame; use 'frames')",
                        "Lip-synced frames, streamed (for Mux Video)", "The voice track cut/padded to the output",
                        "Frame rate of the output", "Which backend ran on which frames, fallbacks and why, frames "
-                       "synced vs passed through")
+                       "synced vs passed through",
+                       "Per frame, the soft mask of the pixels the lip-sync changed (0 on cutaways and kept "
+                       "silence): restore or sharpen only the new mouth (e.g. ImageCompositeMasked). Like 'images', "
+                       "only the first frame for long outputs")
     FUNCTION = "lipsync"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Lip-sync the frames to the audio in batches. Cutaway frames (no usable face) pass through "
@@ -109,24 +129,30 @@ class MuseTalkBatchedLipSync:
                    "audio at k/fps. Progress and Cancel work per batch.")
 
     def lipsync(self, faces, audio_features, batch_size=None, length_policy=None, blend_mode=None,
-                images=None, frames=None, fps=0.0, backend=None, unique_id=None):
+                images=None, frames=None, fps=0.0, backend=None, on_silence=None, silence_fade=None,
+                min_silence=None, feather_px=None, dilate_px=None, unique_id=None):
         from ..pipeline.lipsync import LipSyncRun
+        from ..pipeline.lipsync.sinks import MaskImageSink
 
-        settings = settings_from_widgets(LipSyncSettings, dict(batch_size=batch_size, length_policy=length_policy,
-                                                               blend_mode=blend_mode))
+        settings = settings_from_widgets(LipSyncSettings, dict(
+            batch_size=batch_size, length_policy=length_policy, blend_mode=blend_mode, on_silence=on_silence,
+            silence_fade=silence_fade, min_silence=min_silence, feather_px=feather_px, dilate_px=dilate_px))
         if not fps and frames is None and images is not None:
             fps = float(audio_features.fps)
         seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
         run = LipSyncRun(seq, faces, audio_features, backend, settings.length_policy, settings.batch_size,
-                         settings.blend_mode)
+                         settings.blend_options(), settings.silence_options())
         runtime = comfy.make_runtime(unique_id, run.spec.device, run.spec.dtype)
         sink, to_image = output_sink(seq, run.plan)
-        report = run.into(sink, runtime)
+        mask_sink = MaskImageSink(run.plan.num_frames, seq.height, seq.width,
+                                  first_only=_image_bytes(seq, run.plan.num_frames) > OUTPUT_IMAGE_LIMIT_BYTES)
+        report = run.into(sink, runtime, mask_sink=mask_sink)
         images_out, frames_out = node_outputs(sink.close(), seq, to_image)
         text = report.text()
         runtime.log(text)
         audio_out = run.audio.to_comfy() if run.audio is not None else None
-        return {"ui": {"text": [text]}, "result": (images_out, frames_out, audio_out, float(seq.fps), text)}
+        return {"ui": {"text": [text]}, "result": (images_out, frames_out, audio_out, float(seq.fps), text,
+                                                   mask_sink.close())}
 
 
 def output_sink(seq, plan):

@@ -24,13 +24,16 @@ class LipSyncError(RuntimeError):
 @dataclass
 class Patch:
     """Replace ``frame[y0:y1, x0:x1]`` by ``pixels`` (uint8 ``[y1-y0, x1-x0, 3]``); nothing else changes. Every
-    backend returns its pasted face as a patch; the lip-sync loop writes it into the output frame."""
+    backend returns its pasted face as a patch; the lip-sync loop writes it into the output frame. ``alpha`` (uint8
+    ``[y1-y0, x1-x0]``) is the soft mask of the paste: above 0 wherever a pixel may differ from the frame (the MASK
+    output); None when the backend did not say."""
 
     y0: int
     y1: int
     x0: int
     x1: int
     pixels: np.ndarray
+    alpha: Optional[np.ndarray] = None
 
     @property
     def empty(self) -> bool:

@@ -175,7 +175,7 @@ async def live_route(request):
                        "try again when one ends (or start the server with a larger --max-live)")
     loop = asyncio.get_running_loop()
     speech = await loop.run_in_executor(None, open_speech, request.match_info["name"], request.app[WORKERS][0].device,
-                                        request.query.get("batch_size", "4"))
+                                        request.query.get("batch_size", "4"), silence_query(request.query))
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 << 20)
     await ws.prepare(request)
     session = LiveSession(speech, speech.avatar.fps, fmt)
@@ -211,7 +211,24 @@ async def run_session(ws, session: LiveSession) -> None:
             task.cancel()
 
 
-def open_speech(name: str, device: str, batch_size: str):
+def silence_query(query):
+    """``?on_silence=keep_original&silence_fade=3&min_silence=0.3`` -> pipeline/lipsync/silence.py SilenceOptions,
+    checked by the request fields (pipeline/jobs/requests.py SilenceSettings)."""
+    from ..pipeline.jobs import RequestError
+    from ..pipeline.jobs.fields import build, checked, specs
+    from ..pipeline.jobs.requests import SilenceSettings
+    from .errors import bad_request
+
+    names = {s.name for s in specs(SilenceSettings)}
+    try:
+        settings = build(SilenceSettings, {k: v for k, v in query.items() if k in names}, prefix="")
+        checked(settings)
+    except RequestError as exc:
+        raise bad_request(exc.field, exc.message, exc.fix) from None
+    return settings.silence_options()
+
+
+def open_speech(name: str, device: str, batch_size: str, silence=None):
     """The avatar and its live speech on the workers' first device (models from the shared cache)."""
     from ..pipeline.avatars import Avatar, AvatarError
     from ..pipeline.avatars.live import LiveSpeech
@@ -224,7 +241,8 @@ def open_speech(name: str, device: str, batch_size: str):
         raise bad_request("batch_size", f"{batch_size!r} is not a whole number", "e.g. ?batch_size=4")
     try:
         avatar = Avatar(name)
-        return LiveSpeech(avatar, Runtime(device=pick_device(device), show_progress=False), batch_size=size)
+        return LiveSpeech(avatar, Runtime(device=pick_device(device), show_progress=False), batch_size=size,
+                          silence=silence)
     except AvatarError as exc:
 
         raise avatar_refusal("name", name, exc)

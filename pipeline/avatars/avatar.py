@@ -94,27 +94,28 @@ def stored_loop(manifest: Dict) -> str:
 
 # ---- preparing -----------------------------------------------------------------------------------------------------
 def prepare_avatar(name: str, frames: Frames, faces: FaceSequence, runtime: Optional[Runtime] = None, *,
-                   source: Dict, settings: Dict, engine=None, parser=None, blend_mode: str = "auto",
+                   source: Dict, settings: Dict, engine=None, parser=None, blend_mode="auto",
                    auto_download: bool = True, root: Optional[str] = None, loop: str = DEFAULT_LOOP,
                    loop_range: LoopRange = None) -> "Avatar":
     """Store ``frames`` with their ``faces`` as avatar ``name``: frames, face decisions, VAE latents and blend masks
     (streamed, bounded memory). ``source`` and ``settings`` identify what it was made from (see
-    :func:`is_current`); ``loop``/``loop_range`` are its default idle loop (:func:`check_loop`).
-    ``engine``/``parser`` override model loading (tests)."""
-    from ..backends.blending import load_face_parser, resolve_blend_mode
+    :func:`is_current`); ``loop``/``loop_range`` are its default idle loop (:func:`check_loop`); ``blend_mode``: a
+    mode name or ``BlendOptions`` (pipeline/backends/blending.py). ``engine``/``parser`` override model loading
+    (tests)."""
+    from ..backends.blending import PARSER_MODES, blend_options, load_face_parser
     from ..backends.musetalk_engine import load_musetalk
 
     runtime = runtime or Runtime()
     faces.check_matches(len(frames), frames.width, frames.height)
     idle = check_loop(loop, loop_range, len(frames), name)
-    mode = resolve_blend_mode(blend_mode)
+    blend = blend_options(blend_mode).resolved()
     engine = engine or load_musetalk(runtime, auto_download, posterior="mode")
-    if mode != "feather" and parser is None:
+    if blend.mode in PARSER_MODES and parser is None:
         parser = load_face_parser(runtime, auto_download)
     staging = store.staging_dir(name, root)
     try:
-        latents, masks = _store_frames(staging, frames, faces, engine, parser, mode, runtime)
-        _save(staging, latents, masks, _manifest(name, frames, faces, source, settings, mode, masks, idle))
+        latents, masks = _store_frames(staging, frames, faces, engine, parser, blend, runtime)
+        _save(staging, latents, masks, _manifest(name, frames, faces, source, settings, blend.mode, masks, idle))
         store.commit(staging, name, root)
     except BaseException:
         import shutil
@@ -124,7 +125,7 @@ def prepare_avatar(name: str, frames: Frames, faces: FaceSequence, runtime: Opti
     return Avatar(name, root)
 
 
-def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, parser, mode: str,
+def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, parser, blend,
                   runtime: Runtime, batch_size: int = DEFAULT_BATCH_SIZE):
     """Write every frame as PNG; encode the face frames' latents and blend masks. Returns ({frame: latent},
     {frame: BlendMask})."""
@@ -147,7 +148,8 @@ def _store_frames(folder: str, frames: Frames, faces: FaceSequence, engine, pars
                                                                            boxes))):
                 latents[i] = lat
             for i, box in zip(face_idx, boxes):
-                masks[i] = prepare_blend_mask(rgb[i], box, mode, parser)
+                masks[i] = prepare_blend_mask(rgb[i], box, blend, parser,
+                                              landmarks=faces.frames[i].face.detection.landmarks)
         runtime.progress("avatar", batch.stop, len(frames))
     return latents, masks
 
@@ -287,10 +289,11 @@ class Avatar:
         return backend
 
     def start(self, features, runtime: Optional[Runtime] = None, engine=None, batch_size: int = DEFAULT_BATCH_SIZE,
-              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None) -> "AvatarRun":
+              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None,
+              silence=None) -> "AvatarRun":
         """A run of the avatar speaking ``features`` (whisper features at the avatar's fps, MuseTalk layout) over its
         idle loop (:meth:`idle_loop`): its ``plan`` and ``audio`` (the voice cut to the output's length) are ready,
-        ``into(sink)`` runs it."""
+        ``into(sink)`` runs it. ``silence``: pipeline/lipsync/silence.py ``SilenceOptions``."""
         from ..backends.selection import MUSETALK, BackendSpec
         from ..lipsync import LipSyncRun
 
@@ -307,14 +310,14 @@ class Avatar:
         backend = self.speaking_backend(runtime, engine, auto_download)
         run = LipSyncRun(self.frames.speech_view(SPEECH_FRAME_CACHE), self.faces, features,
                          BackendSpec(choice=MUSETALK, auto_download=auto_download), length_policy="follow_audio",
-                         batch_size=batch_size, blend_mode=backend.blend_mode)
+                         batch_size=batch_size, blend_mode=backend.blend_mode, silence=silence)
         run.plan = idle.plan(run.plan)      # the same length, the frames of the idle loop
         return AvatarRun(self, run, backend, runtime, notes)
 
     def speak(self, features, sink, runtime: Optional[Runtime] = None, engine=None, batch_size: int = DEFAULT_BATCH_SIZE,
-              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None):
+              auto_download: bool = True, loop: Optional[str] = None, loop_range: LoopRange = None, silence=None):
         """:meth:`start` + ``into(sink)``: returns ``(report, the voice cut to the output's length)``."""
-        run = self.start(features, runtime, engine, batch_size, auto_download, loop, loop_range)
+        run = self.start(features, runtime, engine, batch_size, auto_download, loop, loop_range, silence)
         return run.into(sink), run.audio
 
 

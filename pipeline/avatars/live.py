@@ -11,6 +11,10 @@ Pushed in one piece, the voice gives exactly :meth:`.avatar.Avatar.speak`'s fram
 (``ceil(seconds * fps)``), the idle loop (the avatar's default, or the one given) and the cutaway frames (untouched)
 are those of the offline run.
 
+**Silence** (``silence``, pipeline/lipsync/silence.py): with ``on_silence=keep_original`` a frame is made only once
+the voice ``silence_fade + min_silence`` frames after it has arrived (:meth:`SilenceOptions.lookahead`), so that
+its weight is the offline run's: the price of keeping the real mouth live is that much more latency.
+
 Cost per push: the new voice plus one 30 s whisper window (two when a window has just been completed), whatever the
 length of the speech; MuseTalk encodes each 30 s window alone (MuseTalk get_audio_feature: zero-padded to 30 s,
 log-mel maximum per window, no context across the seam), so a complete window's states never change and are kept.
@@ -25,6 +29,8 @@ import torch
 
 from ..audio_features import (ROWS_PER_SECOND, ROWS_PER_SEGMENT, SEGMENT_SAMPLES, WINDOW_ROWS, AudioFeatures,
                               compute_audio_features, musetalk_frame_count, musetalk_pad_unit)
+from ..lipsync.silence import (SilenceOptions, VoiceActivity, fade_patch, fade_weights, frame_level, frame_span,
+                               silent_runs)
 from ..media.audio import Audio
 from ..runtime import Runtime
 from .avatar import SPEECH_FRAME_CACHE
@@ -87,12 +93,47 @@ class LiveVoice:
         self.hidden[base:need] = states.to(self.hidden.dtype)
 
 
+class LiveSilence:
+    """Voice activity of the frames whose voice has arrived, decided exactly as the offline run decides it."""
+
+    def __init__(self, options: SilenceOptions, fps: float):
+        self.options, self.fps = options, float(fps)
+        self.activity = VoiceActivity()
+        self.voiced: List[bool] = []
+        self.pending = np.zeros(0, np.float32)   # samples from the start of frame len(voiced)
+        self.start = 0                           # sample index of pending[0]
+
+    def add(self, pcm: np.ndarray, final: bool = False) -> None:
+        self.pending = np.concatenate([self.pending, pcm])
+        while True:
+            a, b = frame_span(len(self.voiced), SAMPLE_RATE, self.fps)
+            have = self.start + len(self.pending)
+            if have < b and not (final and have > a):
+                return
+            segment = self.pending[a - self.start:b - self.start]
+            if len(segment) < b - a:        # the voice's last, partial frame: padded like the offline audio
+                segment = np.pad(segment, (0, b - a - len(segment)))
+            self.voiced.append(self.activity.voiced(frame_level(segment, SAMPLE_RATE)))
+            self.pending, self.start = self.pending[b - self.start:], b
+
+    def ready(self, final: bool) -> int:
+        """How many frames' weights are decided."""
+        return len(self.voiced) if final else max(0, len(self.voiced) - self.options.lookahead(self.fps) + 1)
+
+    def weights(self) -> np.ndarray:
+        voiced = np.asarray(self.voiced, bool)
+        return fade_weights(len(voiced), silent_runs(voiced, self.options.min_frames(self.fps)),
+                            int(self.options.fade_frames))
+
+
 class LiveSpeech:
     """One live speech of ``avatar``; ``encoder``/``engine`` override model loading (tests, a server's shared
-    models); ``loop``/``loop_range`` override the avatar's default idle loop (:meth:`.avatar.Avatar.idle_loop`)."""
+    models); ``loop``/``loop_range`` override the avatar's default idle loop (:meth:`.avatar.Avatar.idle_loop`);
+    ``silence``: what silent stretches do (module docstring)."""
 
     def __init__(self, avatar, runtime: Optional[Runtime] = None, engine=None, encoder=None, batch_size: int = 4,
-                 sample_rate: int = SAMPLE_RATE, loop: Optional[str] = None, loop_range=None):
+                 sample_rate: int = SAMPLE_RATE, loop: Optional[str] = None, loop_range=None,
+                 silence: Optional[SilenceOptions] = None):
         if sample_rate != SAMPLE_RATE:
             raise AvatarError(f"live speech takes {SAMPLE_RATE} Hz mono PCM (got {sample_rate} Hz); resample the "
                               "voice first.")
@@ -104,6 +145,8 @@ class LiveSpeech:
         self.frames = avatar.frames.speech_view(SPEECH_FRAME_CACHE)     # each looped frame decoded once
         self.voice = LiveVoice(avatar.fps, encoder, self.runtime)
         self.batch_size = max(1, int(batch_size))
+        self.silence = LiveSilence(silence, avatar.fps) if silence is not None and silence.active else None
+        self.kept_silent: List[int] = []   # output frames that kept the original mouth
         self.next = 0          # the next output frame to make
         self.closed = False
 
@@ -111,18 +154,25 @@ class LiveSpeech:
         """Add voice samples; returns ``[(output frame index, uint8 [H, W, 3])]`` of the frames now ready."""
         if self.closed:
             raise AvatarError(f"avatar {self.avatar.name!r}: this live speech is closed; start a new one.")
-        self.voice.add(np.asarray(pcm, np.float32).reshape(-1))
+        pcm = np.asarray(pcm, np.float32).reshape(-1)
+        self.voice.add(pcm)
+        if self.silence is not None:
+            self.silence.add(pcm)
         return self._make(self._ready(final=False))
 
     def close(self) -> List[Tuple[int, np.ndarray]]:
         """The voice has ended: the remaining frames (the last one covers the voice's tail)."""
         self.closed = True
+        if self.silence is not None:
+            self.silence.add(np.zeros(0, np.float32), final=True)
         return self._make(self._ready(final=True))
 
     # -- which frames are ready ---------------------------------------------------------------------------------------
     def _ready(self, final: bool) -> int:
         fps, samples = self.avatar.fps, self.voice.samples
         total = max(1, int(math.ceil(samples / SAMPLE_RATE * fps - 1e-6)))   # as the plan: rounded up
+        if self.silence is not None:
+            total = min(total, self.silence.ready(final))
         if final:
             return total if samples else 0
         rows = samples * ROWS_PER_SECOND // SAMPLE_RATE
@@ -151,11 +201,18 @@ class LiveSpeech:
         srcs = [self.idle.frame(k) for k in ks]
         uniq = sorted(set(srcs))
         u8 = dict(zip(uniq, frames.read(uniq)))
-        face_ks = [k for k, s in zip(ks, srcs) if faces.frames[s].face is not None]
+        weights = self.silence.weights() if self.silence is not None else None
+        with_face = [(k, s) for k, s in zip(ks, srcs) if faces.frames[s].face is not None]
+        if weights is not None:
+            self.kept_silent += [k for k, _ in with_face if weights[k] <= 0]
+            with_face = [(k, s) for k, s in with_face if weights[k] > 0]
         patches = {}
-        if face_ks:
-            face_srcs = [s for s in srcs if faces.frames[s].face is not None]
+        if with_face:
+            face_ks, face_srcs = [k for k, _ in with_face], [s for _, s in with_face]
             with torch.inference_mode():
                 made = self.backend.patches(face_ks, face_srcs, u8, faces, features.windows(face_ks))
             patches = {k: p for k, p in zip(face_ks, made) if p is not None}
+            if weights is not None:
+                patches = {k: fade_patch(p, u8[s], float(weights[k])) for (k, s), p in
+                           zip(with_face, made) if p is not None}
         return [(k, compose(u8[s].copy(), u8[s], patches[k]) if k in patches else u8[s]) for k, s in zip(ks, srcs)]

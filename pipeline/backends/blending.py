@@ -22,6 +22,16 @@ ellipse inscribed in the crop box — centred on the box's horizontal centre and
 MuseTalk mask line), half-axes ``w/2 - m - 1`` and ``(y2 - centre) - m - 1`` with ``m = k//2`` so that after
 the Gaussian blur (``k`` from ratio 0.1) the soft edge stays inside the box. It covers mouth, chin and lower cheeks,
 fades out towards the jaw line and the nose, and needs no network.
+
+**Shaped masks** (modes ``box`` and ``mouth``, no weights needed; LatentSync takes them as an option instead of its own
+paste-back mask): ``box`` is the lower half of the crop box (from its centre row, the MuseTalk mask line, down);
+``mouth`` is the lower face drawn from the 68 landmarks: the jaw line from cheek to cheek (points 2..14, 0-based)
+closed under the nose (points 35..31), so it follows the chin and is narrower on the far side of a turned head. With
+only the 5-point estimate (pipeline/faces/cropbox.py ``estimate_68``) the shape is approximate; a face without
+landmarks gets the box. Both are grown by ``dilate_px`` (negative: shrunk) and faded in over ``feather_px``
+(smoothstep), both in pixels of the 256x256 face the network sees (scaled to the face's size in the frame), and
+both fade out at the crop box's edges, where the generated face ends. :func:`shaped_mask` draws them in frame
+coordinates.
 """
 from __future__ import annotations
 
@@ -33,12 +43,50 @@ import numpy as np
 from ..types import Patch
 
 PARSE_SIZE = 512
-MODES = ("jaw", "raw", "neck", "feather")
+PARSER_MODES = ("jaw", "raw", "neck")       # need the BiSeNet face parser
+SHAPED_MODES = ("box", "mouth")             # drawn from the crop box and the landmarks (LatentSync takes these too)
+MODES = PARSER_MODES + ("feather",) + SHAPED_MODES
 BLEND_CHOICES = ("auto",) + MODES   # what a user may ask for: auto picks jaw with the face parser, else feather
+DEFAULT_FEATHER_PX = 16             # shaped masks: fade-in width, pixels of the 256x256 face
+DEFAULT_DILATE_PX = 0               # shaped masks: growth (negative: shrink), pixels of the 256x256 face
+FEATHER_RANGE = (0, 128)
+DILATE_RANGE = (-64, 64)
+FACE_PIXELS = 256                   # the face size feather_px and dilate_px are measured in
+MOUTH_OUTLINE = tuple(range(2, 15)) + (35, 34, 33, 32, 31)   # 68-point indices: jaw cheek to cheek, under the nose
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
 OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image
 REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material
 FEATHER_BLUR_RATIO = 0.1
+
+
+@dataclass(frozen=True)
+class BlendOptions:
+    """How a generated face is pasted: the mode, and the shaped masks' ``feather_px`` / ``dilate_px``."""
+
+    mode: str = "auto"
+    feather_px: int = DEFAULT_FEATHER_PX
+    dilate_px: int = DEFAULT_DILATE_PX
+
+    def __post_init__(self):
+        if self.mode not in BLEND_CHOICES:
+            raise ValueError(f"blend_mode: unknown value {self.mode!r}; use one of {', '.join(BLEND_CHOICES)}")
+        for name, value, (lo, hi) in (("feather_px", self.feather_px, FEATHER_RANGE),
+                                      ("dilate_px", self.dilate_px, DILATE_RANGE)):
+            if not lo <= int(value) <= hi:
+                raise ValueError(f"{name}: {value} is outside {lo}..{hi}")
+
+    @property
+    def shaped(self) -> bool:
+        return self.mode in SHAPED_MODES
+
+    def resolved(self) -> "BlendOptions":
+        """``auto`` made concrete (:func:`resolve_blend_mode`)."""
+        return BlendOptions(resolve_blend_mode(self.mode), self.feather_px, self.dilate_px)
+
+
+def blend_options(value) -> BlendOptions:
+    """A :class:`BlendOptions` from itself or a mode name."""
+    return value if isinstance(value, BlendOptions) else BlendOptions(str(value or "auto"))
 
 
 @dataclass
@@ -255,15 +303,94 @@ def feather_mask(box: Sequence[float], blur_ratio: float = FEATHER_BLUR_RATIO, u
     return BlendMask(crop_box, cv2.GaussianBlur(mask, (k, k), 0))
 
 
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _signed_distance(region: np.ndarray) -> np.ndarray:
+    """Distance to the region's edge, positive inside (in pixels), from a 0/1 uint8 map."""
+    import cv2
+
+    inside = cv2.distanceTransform(region, cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform(1 - region, cv2.DIST_L2, 5)
+    return np.where(region > 0, inside, -outside)
+
+
+def face_scale(box: Sequence[float]) -> float:
+    """Frame pixels per pixel of the 256x256 face, for a crop box (its mean side over 256)."""
+    x1, y1, x2, y2 = _int_box(box)
+    return ((x2 - x1) + (y2 - y1)) / 2.0 / FACE_PIXELS
+
+
+def mouth_outline(landmarks) -> Optional[np.ndarray]:
+    """The lower-face polygon (float ``[18, 2]``) from 68 points, or from the 5-point estimate; None without
+    landmarks."""
+    if landmarks is None:
+        return None
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape == (5, 2):
+        from ..faces.cropbox import estimate_68
+
+        lm = estimate_68(lm)
+    if lm.shape != (68, 2):
+        return None
+    return lm[list(MOUTH_OUTLINE)]
+
+
+def shaped_mask(box: Sequence[float], options: BlendOptions, landmarks=None) -> Tuple[Tuple[int, int, int, int],
+                                                                                      np.ndarray]:
+    """The ``box`` / ``mouth`` mask of a face, in frame coordinates over its crop box: ``((x1, y1, x2, y2),
+    uint8 [y2-y1, x2-x1])`` (see the module docstring). The crop box may leave the frame (edge faces)."""
+    import cv2
+
+    x1, y1, x2, y2 = _int_box(box)
+    h, w = y2 - y1, x2 - x1
+    scale = face_scale(box)
+    region = np.zeros((h, w), np.uint8)
+    outline = mouth_outline(landmarks) if options.mode == "mouth" else None
+    if outline is not None:
+        pts = np.round((outline - [x1, y1]) * 16).astype(np.int32)
+        cv2.fillPoly(region, [pts], 1, cv2.LINE_8, 4)
+    else:
+        region[(y1 + y2) // 2 - y1:, :] = 1       # the lower half of the crop box
+    feather = max(1.0, options.feather_px * scale)
+    grown = _signed_distance(region) + options.dilate_px * scale
+    edge = np.ones((h, w), np.uint8)
+    edge[[0, -1], :] = 0
+    edge[:, [0, -1]] = 0
+    inside_box = _signed_distance(edge) + 1.0     # 1 at the crop box's outermost pixels
+    alpha = np.minimum(_smoothstep(grown / feather), _smoothstep(inside_box / feather))
+    return (x1, y1, x2, y2), np.round(alpha * 255).astype(np.uint8)
+
+
+def shaped_blend_mask(box: Sequence[float], options: BlendOptions, landmarks=None, expand: float = 1.5) -> BlendMask:
+    """:func:`shaped_mask` placed in the expanded square of MuseTalk's paste-back."""
+    (x1, y1, x2, y2), alpha = shaped_mask(box, options, landmarks)
+    crop_box = expanded_crop_box(box, expand)
+    xs, ys = crop_box[0], crop_box[1]
+    mask = np.zeros((crop_box[3] - ys, crop_box[2] - xs), np.uint8)
+    mask[y1 - ys:y2 - ys, x1 - xs:x2 - xs] = alpha
+    return BlendMask(crop_box, mask)
+
+
 def prepare_blend_mask(frame: np.ndarray, box: Sequence[float], mode: str = "jaw", parser: Optional[FaceParser] = None,
                        labels: Optional[np.ndarray] = None, blur_ratio: Optional[float] = None,
                        upper_boundary_ratio: float = 0.5, expand: float = 1.5, left_cheek_width: int = 90,
-                       right_cheek_width: int = 90) -> BlendMask:
+                       right_cheek_width: int = 90, landmarks=None) -> BlendMask:
     """The blend mask for one source frame (RGB uint8 ``[H, W, 3]``) and its face box ``(x1, y1, x2, y2)``.
 
-    ``jaw``/``raw``/``neck`` need the 19-class labels of the expanded square: given as ``labels`` (512x512), or
-    computed by ``parser``. ``blur_ratio`` defaults to 0.05 (offline) for those and 0.1 for ``feather``.
+    ``mode``: a mode name or :class:`BlendOptions` (the shaped modes' feather and dilation). ``jaw``/``raw``/``neck``
+    need the 19-class labels of the expanded square: given as ``labels`` (512x512), or computed by ``parser``.
+    ``blur_ratio`` defaults to 0.05 (offline) for those and 0.1 for ``feather``. ``box``/``mouth`` read the face's
+    ``landmarks`` (68 or 5 points).
     """
+    if isinstance(mode, BlendOptions):
+        if mode.shaped:
+            return shaped_blend_mask(box, mode, landmarks, expand)
+        mode = mode.mode
+    if mode in SHAPED_MODES:
+        return shaped_blend_mask(box, BlendOptions(mode), landmarks, expand)
     if mode == "feather":
         return feather_mask(box, FEATHER_BLUR_RATIO if blur_ratio is None else blur_ratio, upper_boundary_ratio,
                             expand)
@@ -298,11 +425,12 @@ def blend_face(frame: np.ndarray, face: np.ndarray, box: Sequence[float], blend_
     h, w = frame.shape[:2]
     y0, y1c, x0, x1c = max(0, cy0), min(h, cy1), max(0, cx0), min(w, cx1)
     if y1c <= y0 or x1c <= x0:
-        return Patch(0, 0, 0, 0, np.zeros((0, 0, 3), np.uint8))
+        return Patch(0, 0, 0, 0, np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8))
     region = Image.fromarray(np.ascontiguousarray(frame[y0:y1c, x0:x1c]))
     rel = (x0 - cx0, y0 - cy0, x1c - cx0, y1c - cy0)
-    region.paste(large.crop(rel), (0, 0), Image.fromarray(blend_mask.mask).crop(rel))
-    return Patch(y0, y1c, x0, x1c, np.array(region))
+    alpha = Image.fromarray(blend_mask.mask).crop(rel)
+    region.paste(large.crop(rel), (0, 0), alpha)
+    return Patch(y0, y1c, x0, x1c, np.array(region), np.array(alpha))
 
 
 def paste_face(frame: np.ndarray, face: np.ndarray, box: Sequence[float], mode: str = "feather",

@@ -56,10 +56,13 @@ class LatentSyncBackend:
     unit_label = "chunk length"
     default_unit = MAX_CHUNK
 
-    def __init__(self, engine, name: str, better_paste: bool = True, cache: int = 64):
+    def __init__(self, engine, name: str, better_paste: bool = True, cache: int = 64, blend=None):
+        from .blending import blend_options
+
         self.engine = engine
         self.name = name
         self.better_paste = better_paste
+        self.blend = blend_options(blend)     # box / mouth replace the own paste-back mask; other modes keep it
         self.aligner = engine.aligner()
         self.affines: Dict[int, torch.Tensor] = {}
         self.aligned = LRU(cache)
@@ -81,8 +84,17 @@ class LatentSyncBackend:
         restored = []
         for j, s in enumerate(srcs):
             self.engine._check_cancelled()
-            restored.append(self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste))
+            restored.append(self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste,
+                                                shaped=self._shaped(faces.frames[s].face)))
         return restored
+
+    def _shaped(self, face):
+        """The ``box`` / ``mouth`` mask of a face when one was asked for (pipeline/backends/blending.py)."""
+        if not self.blend.shaped:
+            return None
+        from .blending import shaped_mask
+
+        return shaped_mask(face.crop_box, self.blend, face.detection.landmarks)
 
     def _aligned_face(self, s: int, frame_u8: np.ndarray, faces: FaceSequence) -> np.ndarray:
         import cv2
@@ -91,8 +103,9 @@ class LatentSyncBackend:
         if face is not None:
             return face
         ff = faces.frames[s]
+        replicate = (faces.params or {}).get("edge_faces") == "pad"   # pipeline/faces/cropbox.py EDGE_FACES
         if s in self.affines:  # evicted: re-warp with the affine it had (smoothing state untouched)
-            crop = self.aligner.warp(frame_u8, self.affines[s])
+            crop = self.aligner.warp(frame_u8, self.affines[s], replicate)
             r = self.engine.resolution
             face = cv2.resize(crop, (r, r), interpolation=cv2.INTER_LANCZOS4)
         else:
@@ -101,7 +114,7 @@ class LatentSyncBackend:
             pts = ff.face.align_points
             if pts is None:
                 raise LipSyncError(f"frame {s}: the face has no alignment points (re-run Face Detect)")
-            a = self.aligner.align(frame_u8, np.asarray(pts, dtype=np.float64))
+            a = self.aligner.align(frame_u8, np.asarray(pts, dtype=np.float64), replicate=replicate)
             self.affines[s] = a.affine
             face = a.face
             self._last = (ff.shot, s)
@@ -125,10 +138,11 @@ def latentsync_present(version: str) -> bool:
 
 
 def open_latentsync(name: str, runtime: Runtime, auto_download: bool, steps: int, guidance: float,
-                    deepcache: bool, seed: int, better_paste: bool) -> LatentSyncBackend:
-    """Load (or reuse) the engine of ``name`` ('latentsync-1.6' / 'latentsync-1.5')."""
+                    deepcache: bool, seed: int, better_paste: bool, blend=None) -> LatentSyncBackend:
+    """Load (or reuse) the engine of ``name`` ('latentsync-1.6' / 'latentsync-1.5'); ``blend``: the run's blend
+    options (only ``box`` and ``mouth`` change LatentSync's paste-back)."""
     from .latentsync_engine import load_latentsync_cached
 
     engine = load_latentsync_cached(name.split("-")[-1], runtime, auto_download, steps=steps, guidance=guidance,
                                     deepcache=deepcache, seed=seed)
-    return LatentSyncBackend(engine, name, better_paste=better_paste)
+    return LatentSyncBackend(engine, name, better_paste=better_paste, blend=blend)

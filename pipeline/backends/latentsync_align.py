@@ -151,11 +151,14 @@ def _sampling_grid(m: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, 
 
 
 def warp_affine(src: torch.Tensor, m: torch.Tensor, dsize: Tuple[int, int], fill: Optional[float] = None,
-                window: Optional[Tuple[int, int, int, int]] = None) -> torch.Tensor:
+                window: Optional[Tuple[int, int, int, int]] = None, replicate: bool = False) -> torch.Tensor:
     """Bilinear affine warp ``dst(p) = src(m^-1 p)`` of ``src`` [B, C, H, W] to ``dsize = (h, w)``; ``m`` [B, 2, 3]
-    maps source to destination pixels. ``fill=None``: zeros outside; else that constant (kornia "fill" padding).
+    maps source to destination pixels. ``fill=None``: zeros outside; else that constant (kornia "fill" padding);
+    ``replicate``: the nearest border pixel outside (a face at the frame's edge, ``edge_faces=pad``).
     ``window`` computes only ``dst[..., y0:y1, x0:x1]``."""
     grid = _sampling_grid(m.to(src.dtype), (src.shape[-2], src.shape[-1]), dsize, window)
+    if replicate:
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     if fill is not None:
         ones = torch.ones_like(src)
@@ -212,18 +215,21 @@ class FaceAligner:
             self.p_bias = bias
         return m
 
-    def warp(self, frame: np.ndarray, affine: torch.Tensor) -> np.ndarray:
-        """Frame uint8 [H, W, 3] -> crop uint8 [crop_h, crop_w, 3] (bilinear, fill 127, truncation)."""
+    def warp(self, frame: np.ndarray, affine: torch.Tensor, replicate: bool = False) -> np.ndarray:
+        """Frame uint8 [H, W, 3] -> crop uint8 [crop_h, crop_w, 3] (bilinear, fill 127 outside the frame like the
+        original, or the frame's border pixels with ``replicate``; truncation)."""
         g = self.geometry
         src = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, torch.float32).permute(2, 0, 1)[None]
-        out = warp_affine(src, affine.reshape(1, 2, 3).to(self.device), (g.crop_h, g.crop_w), fill=FILL_VALUE)
+        out = warp_affine(src, affine.reshape(1, 2, 3).to(self.device), (g.crop_h, g.crop_w), fill=FILL_VALUE,
+                          replicate=replicate)
         return out[0].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
 
-    def align(self, frame: np.ndarray, landmarks3: np.ndarray, smooth: bool = True) -> AlignedFace:
+    def align(self, frame: np.ndarray, landmarks3: np.ndarray, smooth: bool = True,
+              replicate: bool = False) -> AlignedFace:
         import cv2
 
         m = self.affine(landmarks3, smooth)
-        crop = self.warp(frame, m)
+        crop = self.warp(frame, m, replicate)
         r = self.geometry.resolution
         face = cv2.resize(crop, (r, r), interpolation=cv2.INTER_LANCZOS4)
         return AlignedFace(face, crop, m)
@@ -259,13 +265,17 @@ def _window_for(inv: torch.Tensor, crop_hw: Tuple[int, int], frame_hw: Tuple[int
 
 
 def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tensor,
-                  region: Optional[torch.Tensor] = None, device: torch.device | str = "cpu") -> Optional[Patch]:
+                  region: Optional[torch.Tensor] = None, device: torch.device | str = "cpu",
+                  shaped=None) -> Optional[Patch]:
     """Paste a generated face back into its frame (LatentSync AlignRestore.restore_img), as a patch.
 
     ``frame`` uint8 [H, W, 3]; ``face_crop`` float [3, crop_h, crop_w] in about [-1, 1] (already resized back with
     :func:`resize_face_to_crop`); ``affine`` [2, 3] frame -> crop (as returned by :class:`FaceAligner`).
     ``region``: optional float [h, w] map in aligned-face space (any size, e.g. R x R), 1 where the face was
     regenerated; when given only that region (dilated and feathered) replaces frame pixels.
+    ``shaped``: ``((x1, y1, x2, y2), uint8 alpha)`` in frame coordinates (pipeline/backends/blending.py
+    ``shaped_mask``): the ``box`` / ``mouth`` mask, used instead of ``region``.
+    The patch's ``alpha`` is the final soft mask, rounded up (above 0 wherever a pixel may change).
     Returns None when the face lies completely outside the frame.
     """
     import cv2
@@ -296,7 +306,9 @@ def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tens
     k = 2 * w_edge + 1
     sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
     soft = gaussian_blur(center_t, k, sigma)[0]
-    if region is not None:
+    if shaped is not None:
+        soft = soft * _shaped_weight(shaped, win, dev)
+    elif region is not None:
         soft = soft * _region_weight(region, (ch, cw), inv, (h, w), win, w_edge, dev)
     src = torch.from_numpy(np.ascontiguousarray(frame[y0:y1, x0:x1])).to(dev, torch.float32).permute(2, 0, 1)
     out = soft * pasted + (1 - soft) * src
@@ -308,7 +320,19 @@ def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tens
     rows = np.flatnonzero(nz.any(axis=1))
     cols = np.flatnonzero(nz.any(axis=0))
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return Patch(y0 + r0, y0 + r1, x0 + c0, x0 + c1, pixels[r0:r1, c0:c1])
+    alpha = torch.ceil(soft[0] * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return Patch(y0 + r0, y0 + r1, x0 + c0, x0 + c1, pixels[r0:r1, c0:c1], alpha[r0:r1, c0:c1])
+
+
+def _shaped_weight(shaped, win: Tuple[int, int, int, int], dev: torch.device) -> torch.Tensor:
+    """A frame-space shaped mask ``((x1, y1, x2, y2), uint8 alpha)`` cut to the window ``(y0, y1, x0, x1)``, 0..1."""
+    (bx1, by1, bx2, by2), alpha = shaped
+    y0, y1, x0, x1 = win
+    out = np.zeros((y1 - y0, x1 - x0), np.float32)
+    ys, ye, xs, xe = max(y0, by1), min(y1, by2), max(x0, bx1), min(x1, bx2)
+    if ye > ys and xe > xs:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = alpha[ys - by1:ye - by1, xs - bx1:xe - bx1] / 255.0
+    return torch.from_numpy(out).to(dev)[None]
 
 
 def _region_weight(region: torch.Tensor, crop_hw: Tuple[int, int], inv: torch.Tensor, frame_hw: Tuple[int, int],

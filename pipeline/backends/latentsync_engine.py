@@ -296,18 +296,20 @@ class LatentSyncEngine:
         return FaceAligner(self.resolution)
 
     def restore(self, frame_u8: np.ndarray, face: torch.Tensor, affine: torch.Tensor, better_paste: bool = True,
-                device: Optional[torch.device | str] = None):
+                device: Optional[torch.device | str] = None, shaped=None):
         """Paste one generated face (float [3, R, R] from :meth:`sync_chunk`) back into its frame; returns a
         :class:`~.latentsync_align.Patch` (or None when the face is outside the frame).
 
         ``better_paste`` (the product default) replaces only the regenerated lower-face region, feathered, and keeps
-        the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (restore_img)."""
+        the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (restore_img).
+        ``shaped``: a ``box`` / ``mouth`` mask in frame coordinates (pipeline/backends/blending.py ``shaped_mask``)
+        used instead of either."""
         from .latentsync_align import align_geometry, resize_face_to_crop, restore_patch
 
         g = align_geometry(self.resolution)
         crop = resize_face_to_crop(face.float(), (g.crop_h, g.crop_w))
         region = self.regenerated_region() if better_paste else None
-        return restore_patch(frame_u8, crop, affine, region=region, device=device or "cpu")
+        return restore_patch(frame_u8, crop, affine, region=region, device=device or "cpu", shaped=shaped)
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------

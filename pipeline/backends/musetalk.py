@@ -27,9 +27,12 @@ class MuseTalkBackend:
     unit_label = "batch size"
     default_unit = None   # the run's batch size
 
-    def __init__(self, engine, blend_mode: str, parser=None, mask_cache: int = 256):
+    def __init__(self, engine, blend_mode, parser=None, mask_cache: int = 256):
+        from .blending import blend_options
+
         self.engine = engine
-        self.blend_mode = blend_mode
+        self.blend = blend_options(blend_mode)         # a mode name, or BlendOptions (shaped masks' sizes)
+        self.blend_mode = self.blend.mode
         self.parser = parser
         self.latents: Dict[int, torch.Tensor] = {}      # source frame -> [8, 32, 32] (computed once)
         self.masks = LRU(mask_cache)                     # source frame -> BlendMask
@@ -61,7 +64,8 @@ class MuseTalkBackend:
             box = faces.frames[s].face.crop_box
             mask = self.masks.get(s)
             if mask is None:
-                mask = prepare_blend_mask(src_u8[s], box, self.blend_mode, self.parser)
+                mask = prepare_blend_mask(src_u8[s], box, self.blend, self.parser,
+                                          landmarks=faces.frames[s].face.detection.landmarks)
                 self.masks.put(s, mask)
             out.append(blend_face(src_u8[s], face, box, mask))
         return out
@@ -77,20 +81,22 @@ class MuseTalkBackend:
 def required_weights(blend_mode: str = "auto") -> List[Tuple[str, ...]]:
     """The weight files MuseTalk needs, each as its acceptable registry keys (the sd-vae ``.bin`` stands in for its
     ``.safetensors``); the face parser only for the parser blend modes."""
+    from .blending import PARSER_MODES, blend_options
     from .musetalk_engine import WEIGHT_KEYS
 
     need = [("sd_vae.weights", "sd_vae.weights_bin") if k == "sd_vae.weights" else (k,) for k in WEIGHT_KEYS]
-    if blend_mode in ("jaw", "raw", "neck"):
+    if blend_options(blend_mode).mode in PARSER_MODES:
         need.append(("face_parse.bisenet",))
     return need
 
 
-def open_musetalk(runtime: Runtime, auto_download: bool, posterior: str, blend_mode: str) -> MuseTalkBackend:
-    """Load (or reuse) the generator, and the face parser when the blend mode needs it."""
-    from .blending import load_face_parser, resolve_blend_mode
+def open_musetalk(runtime: Runtime, auto_download: bool, posterior: str, blend_mode) -> MuseTalkBackend:
+    """Load (or reuse) the generator, and the face parser when the blend mode needs it. ``blend_mode``: a mode name
+    or :class:`~.blending.BlendOptions`."""
+    from .blending import PARSER_MODES, blend_options, load_face_parser
     from .musetalk_engine import load_musetalk
 
     engine = load_musetalk(runtime, auto_download, posterior=posterior)
-    mode = resolve_blend_mode(blend_mode)
-    parser = load_face_parser(runtime, auto_download) if mode != "feather" else None
-    return MuseTalkBackend(engine, mode, parser)
+    blend = blend_options(blend_mode).resolved()
+    parser = load_face_parser(runtime, auto_download) if blend.mode in PARSER_MODES else None
+    return MuseTalkBackend(engine, blend, parser)

@@ -45,15 +45,21 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 def crop_face(frame: np.ndarray, box: Sequence[float], size: int = FACE_SIZE) -> np.ndarray:
     """``cv2.resize(frame[y1:y2, x1:x2], (size, size), INTER_LANCZOS4)`` for one uint8 ``[H, W, 3]`` frame.
 
-    ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied).
-    Raises ValueError for an empty crop instead of the original's silent skip (scripts/inference.py).
+    ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied). A box that
+    leaves the frame (``edge_faces=pad``, pipeline/faces/cropbox.py) is cut from the frame padded with its border
+    pixels, so the crop keeps the box's shape. Raises ValueError for an empty crop instead of the original's silent
+    skip (scripts/inference.py).
     """
     import cv2
 
     x1, y1, x2, y2 = (int(v) for v in box)
-    crop = frame[y1:y2, x1:x2]
+    h, w = frame.shape[:2]
+    crop = frame[max(0, y1):max(0, y2), max(0, x1):max(0, x2)]
     if crop.size == 0 or crop.shape[0] == 0 or crop.shape[1] == 0:
         raise ValueError(f"empty face crop for box {tuple(box)} in a {frame.shape[1]}x{frame.shape[0]} frame")
+    if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+        crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), max(0, -y1), max(0, y2 - h), max(0, -x1),
+                                  max(0, x2 - w), cv2.BORDER_REPLICATE)
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_LANCZOS4)
 
 

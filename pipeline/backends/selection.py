@@ -73,13 +73,15 @@ def layout_of(backend: str) -> str:
     return latentsync.AUDIO_LAYOUT if backend in latentsync.VERSIONS else musetalk.AUDIO_LAYOUT
 
 
-def open_backend(name: str, spec: BackendSpec, runtime: Runtime, blend_mode: str) -> Backend:
-    """Load one backend by name (models are cached: a second run with the same files reuses them)."""
+def open_backend(name: str, spec: BackendSpec, runtime: Runtime, blend_mode) -> Backend:
+    """Load one backend by name (models are cached: a second run with the same files reuses them). ``blend_mode``:
+    a mode name or pipeline/backends/blending.py ``BlendOptions``."""
     if name == MUSETALK:
         return musetalk.open_musetalk(runtime, spec.auto_download, spec.posterior, blend_mode)
     if name in latentsync.VERSIONS:
         return latentsync.open_latentsync(name, runtime, spec.auto_download, spec.latentsync_steps,
-                                          spec.latentsync_guidance, spec.deepcache, spec.seed, spec.better_paste)
+                                          spec.latentsync_guidance, spec.deepcache, spec.seed, spec.better_paste,
+                                          blend_mode)
     raise LipSyncError(f"{name}: unknown backend")
 
 

@@ -29,6 +29,14 @@ show; the 10 px ``extra_margin`` gives the jaw room, as it does for 68 points.
 From 68 points they are the means of ``lm68[17:22]``, ``lm68[22:27]``, ``lm68[27:36]`` (float, unrounded); from 5 points
 the same means of the estimated 68 points.
 
+**Faces at the frame's edge** (``edge_faces``, :data:`EDGE_FACES`): ``original`` is the rule above, as released: a
+landmark 1 px left of the frame (``x1 < 0``) switches to the detector box, whose shape the network never saw in
+training, and a box past the top is cut at row 0, past the right or bottom edge by the slice (then stretched to
+256x256). ``pad`` (the default) keeps the box the landmarks give wherever it lies (no ``max(0, ...)``, no fallback
+for ``x1 < 0``, no clipping of the margin): the crop is cut from the frame padded with its border pixels
+(pipeline/backends/musetalk_engine.py ``crop_face``; LatentSync's warp replicates the border the same way) and only
+the pixels inside the frame are pasted back.
+
 **Box smoothing** (:func:`smooth_boxes`): a centred moving average of the four coordinates over the frames of one
 track run (never across a cut), rounded to int. Off reproduces the per-frame boxes of the original exactly.
 """
@@ -42,6 +50,7 @@ import numpy as np
 
 COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate (floats), MuseTalk preprocessing.py
 IntBox = Tuple[int, int, int, int]
+EDGE_FACES = ("pad", "original")          # faces at the frame's edge: see the module docstring
 
 # -- the 5-point estimate (see module docstring; refit with tools/fit_five_point.py) -------------------------------
 # the eye frame: MTCNN's points (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner)
@@ -51,33 +60,40 @@ FIVE_POINT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fiv
 FIVE_POINT_FEATURES = ("nose x", "nose y", "left mouth x", "left mouth y", "right mouth x", "right mouth y",
                        "box centre x", "box centre y", "box width", "box height")
 
-def _int_box_from_detector(box) -> IntBox:
-    """Detector box clipped to >= 0 and cast to int (what S3FD hands over in MuseTalk's preprocessing.py)."""
+def _int_box_from_detector(box, edge_faces: str = "original") -> IntBox:
+    """Detector box clipped to >= 0 and cast to int (what S3FD hands over in MuseTalk's preprocessing.py); with
+    ``pad`` not clipped."""
+    if edge_faces == "pad":
+        return tuple(int(np.floor(float(v))) for v in box[:4])
     x1, y1, x2, y2 = (max(0.0, float(v)) for v in box[:4])
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def _landmark_rule(points: np.ndarray, center_row: int, bbox_shift: int) -> IntBox:
-    """The MuseTalk rule on truncated int points; ``points[center_row]`` is point 29."""
-    lm = np.asarray(points).astype(np.int32)  # truncation toward zero, like the original's astype(np.int32)
+def _landmark_rule(points: np.ndarray, center_row: int, bbox_shift: int, edge_faces: str = "original") -> IntBox:
+    """The MuseTalk rule on truncated int points; ``points[center_row]`` is point 29. ``pad`` does not cut the top
+    at row 0 and floors instead of truncating (the same for points inside the frame)."""
+    p = np.asarray(points, np.float64)
+    lm = (np.floor(p) if edge_faces == "pad" else p).astype(np.int32)  # astype: toward zero, like the original
     if bbox_shift:
         lm[center_row, 1] += int(bbox_shift)  # the original modifies point 29 in place (it is a view)
     yc = int(lm[center_row, 1])
     y_max = int(lm[:, 1].max())
     half = y_max - yc
-    y1 = int(max(0, yc - half))
+    y1 = int(yc - half) if edge_faces == "pad" else int(max(0, yc - half))
     return int(lm[:, 0].min()), y1, int(lm[:, 0].max()), y_max
 
 
-def _valid_or_fallback(box: IntBox, detector_box) -> IntBox:
+def _valid_or_fallback(box: IntBox, detector_box, edge_faces: str = "original") -> IntBox:
     x1, y1, x2, y2 = box
-    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
-        return _int_box_from_detector(detector_box)
+    if y2 - y1 <= 0 or x2 - x1 <= 0 or (x1 < 0 and edge_faces != "pad"):
+        return _int_box_from_detector(detector_box, edge_faces)
     return box
 
 
-def musetalk_crop_box(landmarks68: Optional[np.ndarray], detector_box, bbox_shift: int = 0):
-    """MuseTalk v1.5 crop box from 68 iBUG landmarks, exactly as MuseTalk's ``get_landmark_and_bbox``.
+def musetalk_crop_box(landmarks68: Optional[np.ndarray], detector_box, bbox_shift: int = 0,
+                      edge_faces: str = "original"):
+    """MuseTalk v1.5 crop box from 68 iBUG landmarks, exactly as MuseTalk's ``get_landmark_and_bbox`` (``original``),
+    or following the landmarks past the frame's edges (``pad``, see the module docstring).
 
     ``landmarks68``: float ``[68, 2]`` (x, y). ``detector_box``: the detector's box ``(x1, y1, x2, y2)`` or None
     (no face). Returns ``(x1, y1, x2, y2)`` ints, or :data:`COORD_PLACEHOLDER` when ``detector_box`` is None.
@@ -87,7 +103,7 @@ def musetalk_crop_box(landmarks68: Optional[np.ndarray], detector_box, bbox_shif
     lm = np.asarray(landmarks68, dtype=np.float64)
     if lm.shape != (68, 2):
         raise ValueError(f"musetalk_crop_box: expected 68 landmarks [68, 2], got {tuple(lm.shape)}")
-    return _valid_or_fallback(_landmark_rule(lm, 29, bbox_shift), detector_box)
+    return _valid_or_fallback(_landmark_rule(lm, 29, bbox_shift, edge_faces), detector_box, edge_faces)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -163,18 +179,20 @@ def estimate_68(points5: np.ndarray, detector_box=None, model: Optional[dict] = 
     return _apply(inverse, shape.reshape(68, 2))
 
 
-def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0):
+def crop_box_from_5(points5: np.ndarray, detector_box, bbox_shift: int = 0, edge_faces: str = "original"):
     """Approximate MuseTalk v1.5 crop box from 5 landmarks and the detector's box: the 68-point rule applied to
     :func:`estimate_68`, with the same fallback to the detector box and the same placeholder."""
     if detector_box is None:
         return COORD_PLACEHOLDER
-    return musetalk_crop_box(estimate_68(points5, detector_box), detector_box, bbox_shift)
+    return musetalk_crop_box(estimate_68(points5, detector_box), detector_box, bbox_shift, edge_faces)
 
 
-def apply_extra_margin(box, extra_margin: int, height: int) -> IntBox:
-    """v1.5 bottom margin: ``y2 = min(y2 + extra_margin, H)`` (MuseTalk scripts/inference.py, v15 extra_margin)."""
+def apply_extra_margin(box, extra_margin: int, height: int, edge_faces: str = "original") -> IntBox:
+    """v1.5 bottom margin: ``y2 = min(y2 + extra_margin, H)`` (MuseTalk scripts/inference.py, v15 extra_margin);
+    with ``pad`` the margin may leave the frame."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    return x1, y1, x2, int(min(y2 + int(extra_margin), int(height)))
+    y2 = y2 + int(extra_margin)
+    return x1, y1, x2, (y2 if edge_faces == "pad" else int(min(y2, int(height))))
 
 
 def align_points_68(landmarks68: np.ndarray) -> np.ndarray:
@@ -188,29 +206,33 @@ def align_points_5(points5: np.ndarray, detector_box=None) -> np.ndarray:
     return align_points_68(estimate_68(points5, detector_box))
 
 
-def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0,
-                       extra_margin: int = 10) -> Tuple[Optional[IntBox], Optional[np.ndarray]]:
-    """Crop box (extra margin applied, clipped to the frame) and alignment points of one :class:`~.types.Detection`.
+def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0, extra_margin: int = 10,
+                       edge_faces: str = "original") -> Tuple[Optional[IntBox], Optional[np.ndarray]]:
+    """Crop box (extra margin applied) and alignment points of one :class:`~.types.Detection`.
 
     68 landmarks: the exact MuseTalk rule; 5 landmarks: the approximation; no landmarks: the detector box and no
-    alignment points. The box's right/bottom edges are clipped to the frame (the pixels the original's numpy slice
-    would take). Returns ``(None, align)`` when the box is empty after clipping."""
+    alignment points. ``original``: the box's right/bottom edges are clipped to the frame (the pixels the original's
+    numpy slice would take); ``pad``: the box may leave the frame (module docstring). Returns ``(None, align)`` when
+    the box is empty, or lies wholly outside the frame."""
+    if edge_faces not in EDGE_FACES:
+        raise ValueError(f"edge_faces: unknown value {edge_faces!r}; use one of {', '.join(EDGE_FACES)}")
     lm = detection.landmarks
     n = 0 if lm is None else int(np.asarray(lm).shape[0])
     if n == 68:
-        box = musetalk_crop_box(lm, detection.box, bbox_shift)
+        box = musetalk_crop_box(lm, detection.box, bbox_shift, edge_faces)
         align = align_points_68(lm)
     elif n == 5:
-        box = crop_box_from_5(lm, detection.box, bbox_shift)
+        box = crop_box_from_5(lm, detection.box, bbox_shift, edge_faces)
         align = align_points_5(lm, detection.box)
     else:
-        box = _int_box_from_detector(detection.box)
+        box = _int_box_from_detector(detection.box, edge_faces)
         align = None
     if getattr(detection, "align", None) is not None:  # LatentSync 1.6's own points (InsightFace 106, face_detector.py)
         align = np.asarray(detection.align, np.float32)
-    x1, y1, x2, y2 = apply_extra_margin(box, extra_margin, height)
-    x2 = min(x2, int(width))
-    if x2 - x1 <= 0 or y2 - y1 <= 0:
+    x1, y1, x2, y2 = apply_extra_margin(box, extra_margin, height, edge_faces)
+    if edge_faces != "pad":
+        x2 = min(x2, int(width))
+    if x2 - x1 <= 0 or y2 - y1 <= 0 or min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
         return None, align
     return (x1, y1, x2, y2), align
 

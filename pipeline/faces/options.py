@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
+from .cropbox import EDGE_FACES
 from .shots import DEFAULT_MIN_SHOT_LEN, DEFAULT_THRESHOLD
 
 SPEAKER_POLICIES = ("largest", "most_central", "track_index", "user_box")
@@ -43,12 +44,15 @@ class FaceOptions:
     smooth_boxes: bool = True
     smooth_radius: int = 2                     # moving-average half window in frames
     batch_size: int = 8
+    edge_faces: str = EDGE_FACES[0]            # pad: crop boxes may leave the frame (pipeline/faces/cropbox.py)
 
     def validate(self) -> None:
         if self.speaker not in SPEAKER_POLICIES:
             raise ValueError(f"speaker: unknown policy {self.speaker!r}; use one of {', '.join(SPEAKER_POLICIES)}")
         if self.min_aspect > self.max_aspect:
             raise ValueError(f"face aspect limits: min {self.min_aspect} > max {self.max_aspect}")
+        if self.edge_faces not in EDGE_FACES:
+            raise ValueError(f"edge_faces: unknown value {self.edge_faces!r}; use one of {', '.join(EDGE_FACES)}")
         if self.track_index < 0:
             raise ValueError(f"track_index: must be >= 0 (got {self.track_index})")
         if self.speaker == "user_box" and not self.user_box:

@@ -258,7 +258,8 @@ class FaceAnalyzer:
         """Crop box and alignment points of each frame's chosen face, boxes smoothed per run of the same track."""
         o = self.opt
         geo = [(None, None) if t is None else
-               face_crop_geometry(t.at(r.index), self.width, self.height, o.bbox_shift, o.extra_margin)
+               face_crop_geometry(t.at(r.index), self.width, self.height, o.bbox_shift, o.extra_margin,
+                                  o.edge_faces)
                for r, t in zip(recs, chosen)]
         if not (o.smooth_boxes and o.smooth_radius > 0):
             return geo

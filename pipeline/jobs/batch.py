@@ -35,8 +35,10 @@ DONE, FAILED, SKIPPED, CANCELLED = "done", "failed", "skipped", "cancelled"
 
 # ---- identity ------------------------------------------------------------------------------------------------------
 def job_key(request: Request) -> str:
-    """A digest of what the output depends on: the inputs (size and modification time), the options and the
+    """A digest of what the output depends on: the inputs (size and modification time), the options that differ
+    from their defaults (an option added later does not make finished jobs run again), the mask asked for and the
     weights."""
+    from .fields import specs
     from ..backends.selection import BackendSpec, MUSETALK, weights_in_use
 
     inputs: Dict[str, Any] = {}
@@ -53,8 +55,12 @@ def job_key(request: Request) -> str:
         weights = weights_in_use(BackendSpec(choice=MUSETALK))
     else:
         weights = weights_in_use(request.backend_spec(), request.detector, request.blend_mode)
-    text = json.dumps({"kind": request.KIND, "inputs": inputs, "options": request.options(), "weights": weights},
-                      sort_keys=True, default=str)
+    defaults = {f.name: f.default for f in specs(request)}
+    options = {k: v for k, v in request.options().items() if v != defaults[k]}
+    identity = {"kind": request.KIND, "inputs": inputs, "options": options, "weights": weights}
+    if getattr(request, "mask_out", None):
+        identity["mask"] = os.path.basename(request.mask_out)
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -159,9 +165,11 @@ class BatchRun:
             if done is not None:
                 return self._finish(i, job, {**record, "state": SKIPPED, "bytes": done["bytes"]}, t0,
                                     f"{prefix}: skipped (done before with the same inputs, options and weights)")
-            if os.path.exists(request.out) and not self.overwrite:
-                raise RequestError("out", f"{request.out} exists and was not made by this batch from these inputs, "
-                                          "options and weights", "pass --overwrite to replace it, or move it away")
+            for field in ("out", "mask_out"):
+                path = getattr(request, field, None)
+                if path and os.path.exists(path) and not self.overwrite:
+                    raise RequestError(field, f"{path} exists and was not made by this batch from these inputs, "
+                                              "options and weights", "pass --overwrite to replace it, or move it away")
             result = self.execute(i, job, request, key, record, t0)
             return self._finish(i, job, {**record, "state": DONE}, t0, f"{prefix}: done in {time.time() - t0:.1f} s"
                                 f" ({_short(result)})", written=True)
@@ -176,33 +184,40 @@ class BatchRun:
     def execute(self, i: int, job: BatchJob, request: Request, key: str, record: Dict, t0: float) -> JobResult:
         """Run into the staging name; record ``done``; then rename into place (a kill in between leaves a record
         whose file is missing, which a rerun redoes)."""
-        out = request.out
+        out, mask = request.out, getattr(request, "mask_out", None)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        staging = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + STAGING_SUFFIX)
-        _remove(staging)
+        staging, mask_staging = _staging(out), _staging(mask) if mask else None
+        for path in (staging, mask_staging):
+            _remove(path)
         runtime = make_runtime(request, lambda stage, done, total: self._emit(
             "progress", i, job, {"stage": stage, "done": done, "total": total}), self.stop.is_set,
                                show_progress=self.show_progress)
         try:
-            result = run(request.replace(out=staging), runtime, log=lambda _text: None)
+            staged = request.replace(out=staging, **({"mask_out": mask_staging} if mask else {}))
+            result = run(staged, runtime, log=lambda _text: None)
             record.update(key=job_key(request),       # again: weights downloaded by this job are part of it now
                           report=result.as_dict(out), bytes=os.path.getsize(staging))
+            if mask:
+                record["mask"] = mask
             self.results.append({**record, "state": DONE, "seconds": round(time.time() - t0, 3),
                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            if mask:
+                self._place(mask_staging, mask, "mask_out")
             self._place(staging, out)
         finally:
-            _remove(staging)
+            for path in (staging, mask_staging):
+                _remove(path)
         result.output = out
         return result
 
-    def _place(self, staging: str, out: str) -> None:
+    def _place(self, staging: str, out: str, field: str = "out") -> None:
         if self.overwrite:
             os.replace(staging, out)
             return
         try:
             os.link(staging, out)               # fails if a file appeared there meanwhile: it is never replaced
         except FileExistsError:
-            raise RequestError("out", f"{out} appeared while the job ran; it was kept",
+            raise RequestError(field, f"{out} appeared while the job ran; it was kept",
                                "move it away, or pass --overwrite") from None
         except OSError:                         # a file system without hard links
             if os.path.exists(out):
@@ -241,8 +256,14 @@ def _bar(total: int, show: bool):
     return tqdm(total=total, desc="batch", unit="job", position=0, leave=True, dynamic_ncols=True)
 
 
-def _remove(path: str) -> None:
+def _staging(out: str) -> str:
+    """The name a job writes ``out`` under until its results line is written."""
+    return os.path.join(os.path.dirname(out), "." + os.path.basename(out) + STAGING_SUFFIX)
+
+
+def _remove(path: Optional[str]) -> None:
     try:
-        os.remove(path)
+        if path:
+            os.remove(path)
     except FileNotFoundError:
         pass

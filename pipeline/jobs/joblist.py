@@ -38,9 +38,10 @@ def default_out_dir(source: str) -> str:
 
 
 def read_jobs(source: str, out_dir: Optional[str] = None, defaults: Optional[Dict[str, Any]] = None,
-              machine: Optional[Dict[str, Any]] = None) -> List[BatchJob]:
+              machine: Optional[Dict[str, Any]] = None, masks: bool = False) -> List[BatchJob]:
     """The jobs of ``source`` (a folder, a ``.csv`` or a ``.jsonl``). ``defaults``: options for every row (a row's
-    own value wins); ``machine``: the device, dtype and downloads every job runs with."""
+    own value wins); ``machine``: the device, dtype and downloads every job runs with; ``masks``: every dub also
+    writes its mask as ``<out>.mask.mp4`` (a row's ``mask_out`` wins)."""
     if not os.path.exists(source):
         raise RequestError("jobs", f"{source} does not exist", "give a folder of videos, a .csv or a .jsonl file")
     out_dir = os.path.abspath(out_dir or default_out_dir(source))
@@ -54,7 +55,7 @@ def read_jobs(source: str, out_dir: Optional[str] = None, defaults: Optional[Dic
         raise RequestError("jobs", f"{os.path.basename(source)} is not a folder, .csv or .jsonl",
                            "list the jobs in a .csv or .jsonl file, or give a folder pairing name.mp4 with name.wav")
     base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-    jobs = [make_job(label, row, base, out_dir, defaults or {}, machine or {}) for label, row in rows]
+    jobs = [make_job(label, row, base, out_dir, defaults or {}, machine or {}, masks) for label, row in rows]
     return refuse_shared_outputs(jobs)
 
 
@@ -124,8 +125,11 @@ def jsonl_rows(path: str) -> List[Tuple[str, Dict[str, Any]]]:
     return rows
 
 
+MASK_SUFFIX = ".mask.mp4"     # batch --masks: the mask of out.mp4 is out.mask.mp4
+
+
 def make_job(label: str, row: Dict[str, Any], base: str, out_dir: str, defaults: Dict[str, Any],
-             machine: Dict[str, Any]) -> BatchJob:
+             machine: Dict[str, Any], masks: bool = False) -> BatchJob:
     """A row's request: paths relative to the list's folder (outputs: to ``out_dir``), the command line's options
     under the row's own; any problem becomes the row's error."""
     row = dict(row)
@@ -141,6 +145,10 @@ def make_job(label: str, row: Dict[str, Any], base: str, out_dir: str, defaults:
             if row.get(key):
                 row[key] = os.path.join(base, str(row[key]))
         row["out"] = os.path.join(out_dir, str(row.get("out") or default_out_name(row)))
+        if row.get("mask_out"):
+            row["mask_out"] = os.path.join(out_dir, str(row["mask_out"]))
+        elif masks and kind is DubRequest:
+            row["mask_out"] = os.path.splitext(row["out"])[0] + MASK_SUFFIX
         known = names_table(kind)
         options = {k: v for k, v in defaults.items() if k in known}
         values = {**options, **row}

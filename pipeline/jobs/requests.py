@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..avatars.avatar import DEFAULT_LOOP, WHOLE_CLIP
-from ..backends.blending import BLEND_CHOICES
+from ..backends.blending import (BLEND_CHOICES, DEFAULT_DILATE_PX, DEFAULT_FEATHER_PX, DILATE_RANGE, FEATHER_RANGE,
+                                 BlendOptions)
 from ..backends.selection import BACKEND_CHOICES, DEFAULT_BATCH_SIZE, BackendSpec
 from ..faces.detectors import BACKENDS as DETECTORS, DEFAULT_BACKEND as DEFAULT_DETECTOR
+from ..faces.cropbox import EDGE_FACES
 from ..faces.landmarks import LANDMARK_CHOICES
 from ..faces.options import SPEAKER_POLICIES, FaceOptions, parse_user_box
 from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
+from ..lipsync.silence import FADE_RANGE, MIN_SILENCE_RANGE, ON_SILENCE, SilenceOptions
 from ..media.video import MAX_FORCE_RATE
 from ..media.writer import CRF_RANGE, DEFAULT_CRF
 from ..runtime import DTYPE_CHOICES
@@ -69,6 +72,10 @@ class FaceSettings:
                                range=(0, 200))
     smooth_boxes: bool = option(FaceOptions.smooth_boxes, "smooth crop boxes over time within each face track",
                                 inverted_names=("no_smooth_boxes",))
+    edge_faces: str = option(FaceOptions.edge_faces, "faces at the frame's edge: pad = the crop follows the "
+                                                     "landmarks past the edge (the frame's border pixels fill it); "
+                                                     "original = the released rule (falls back to the detector box)",
+                             choices=EDGE_FACES)
 
     def face_options(self) -> FaceOptions:
         """The face analysis' options (checked)."""
@@ -76,7 +83,8 @@ class FaceSettings:
                               shot_threshold=float(self.shot_threshold), debounce_frames=int(self.debounce_frames),
                               bridge_gap=int(self.bridge_gap), speaker=self.speaker, track_index=int(self.track_index),
                               user_box=self.user_box or None, bbox_shift=int(self.bbox_shift),
-                              extra_margin=int(self.extra_margin), smooth_boxes=bool(self.smooth_boxes))
+                              extra_margin=int(self.extra_margin), smooth_boxes=bool(self.smooth_boxes),
+                              edge_faces=self.edge_faces)
         try:
             options.validate()
             parse_user_box(self.user_box, 1000, 1000)      # its syntax, before any work
@@ -93,6 +101,7 @@ class FaceSettings:
                                              "track_index", "user_box", "shot_threshold", "bbox_shift",
                                              "extra_margin")}
         out["no_smooth_boxes"] = not self.smooth_boxes
+        out["edge_faces"] = self.edge_faces              # avatars made before it used the original rule
         for k in ("debounce_frames", "bridge_gap"):     # added later: stored only when changed
             if getattr(self, k) != getattr(FaceOptions, k):
                 out[k] = getattr(self, k)
@@ -124,7 +133,48 @@ class GeneratorSettings(MachineSettings):
 
 
 @dataclass
-class LipSyncSettings:
+class BlendSettings:
+    """How the new mouth is pasted (pipeline/backends/blending.py)."""
+
+    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth is pasted: auto = jaw with the face parser, else "
+                                               "feather; box = a feathered box; mouth = the lower face drawn from the "
+                                               "landmarks (box and mouth also replace LatentSync's own mask)",
+                             choices=BLEND_CHOICES)
+    feather_px: int = option(DEFAULT_FEATHER_PX, "box and mouth masks: fade-in width, in pixels of the 256 px face",
+                             range=FEATHER_RANGE)
+    dilate_px: int = option(DEFAULT_DILATE_PX, "box and mouth masks: grow (+) or shrink (-) the region, in pixels "
+                                               "of the 256 px face", range=DILATE_RANGE)
+
+    def blend_options(self) -> BlendOptions:
+        return BlendOptions(self.blend_mode, int(self.feather_px), int(self.dilate_px))
+
+    def blend_identity(self) -> Dict[str, Any]:
+        """What a prepared avatar's masks depend on (the sizes only for the shaped masks that read them)."""
+        out: Dict[str, Any] = {"blend_mode": self.blend_mode}
+        if self.blend_options().shaped:
+            out.update(feather_px=int(self.feather_px), dilate_px=int(self.dilate_px))
+        return out
+
+
+@dataclass
+class SilenceSettings:
+    """What silent stretches of the voice do (pipeline/lipsync/silence.py)."""
+
+    on_silence: str = option(SilenceOptions.on_silence, "sync: lip-sync every face frame; keep_original: frames of "
+                                                        "silence keep the real mouth (passed through bit-identical)",
+                             choices=ON_SILENCE)
+    silence_fade: int = option(SilenceOptions.fade_frames, "keep_original: frames of cross-fade on the speech side "
+                                                           "of each silence", range=FADE_RANGE)
+    min_silence: float = option(SilenceOptions.min_silence, "keep_original: the shortest silence acted on, in "
+                                                            "seconds (shorter pauses stay lip-synced)",
+                                range=MIN_SILENCE_RANGE)
+
+    def silence_options(self) -> SilenceOptions:
+        return SilenceOptions(self.on_silence, int(self.silence_fade), float(self.min_silence))
+
+
+@dataclass
+class LipSyncSettings(SilenceSettings, BlendSettings):
     """The lip-sync run's options (the Batched Lip-Sync node's)."""
 
     length_policy: str = option(LENGTH_POLICIES[0], "follow_audio: as long as the voice (the video ping-pongs); "
@@ -132,8 +182,6 @@ class LipSyncSettings:
                                 choices=LENGTH_POLICIES)
     batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
                              range=BATCH_SIZE_RANGE)
-    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth is pasted (auto: jaw with the face parser, else "
-                                               "feather)", choices=BLEND_CHOICES)
 
 
 class Request:
@@ -174,10 +222,10 @@ def _required(value: Optional[str], field: str, fix: str) -> None:
         raise RequestError(field, "contains a NUL byte", "give a plain file name")
 
 
-def _check_out(out: str) -> None:
-    _required(out, "out", "name the .mp4 to write")
+def _check_out(out: str, field: str = "out") -> None:
+    _required(out, field, "name the .mp4 to write")
     if not out.lower().endswith(".mp4"):
-        raise RequestError("out", f"{os.path.basename(out)!r} is not an .mp4 name", "end the output name with .mp4")
+        raise RequestError(field, f"{os.path.basename(out)!r} is not an .mp4 name", "end the output name with .mp4")
 
 
 def _check_loop_range(value: Optional[str], field: str = "loop_range") -> None:
@@ -201,17 +249,23 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
                                range=(0, MAX_FORCE_RATE))
     compat_int_fps: bool = option(False, "reproduce the original's int(fps) audio timing (drifts at 29.97 fps)")
     crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
+    mask_out: Optional[str] = option(None, "also write the mask of the changed pixels, per frame, as a grey mp4 "
+                                           "(never overwritten)", kind=str, role=INPUT)
 
     def check_inputs(self) -> None:
         _required(self.video, "video", "name the video to dub")
         if self.audio is not None and "\x00" in self.audio:
             raise RequestError("audio", "contains a NUL byte", "give a plain file name")
         _check_out(self.out)
+        if self.mask_out is not None:
+            _check_out(self.mask_out, "mask_out")
+            if os.path.abspath(self.mask_out) == os.path.abspath(self.out):
+                raise RequestError("mask_out", "is the same file as out", "give the mask its own name")
         self.face_options()
 
 
 @dataclass
-class SpeakRequest(MachineSettings, Request):
+class SpeakRequest(SilenceSettings, MachineSettings, Request):
     """Speak ``audio`` through the prepared avatar ``avatar`` into the mp4 ``out``."""
 
     KIND = "avatar"
@@ -241,13 +295,12 @@ class SpeakRequest(MachineSettings, Request):
 
 
 @dataclass
-class PrepareRequest(FaceSettings, MachineSettings, Request):
+class PrepareRequest(FaceSettings, BlendSettings, MachineSettings, Request):
     """Prepare (or reuse, when nothing changed) the avatar ``name`` from ``video``."""
 
     KIND = "prepare"
     video: str = option("", "the face video (any format FFmpeg reads)", role=INPUT)
     name: str = option("", "the avatar's name (letters, digits, _ . -)", role=INPUT)
-    blend_mode: str = option(BLEND_CHOICES[0], "how the new mouth will be pasted", choices=BLEND_CHOICES)
     force: bool = option(False, "prepare again even when nothing changed")
     loop: str = option(DEFAULT_LOOP, "the avatar's default idle loop (changing it later does not prepare again)",
                        choices=LOOP_CHOICES)
@@ -270,7 +323,7 @@ class PrepareRequest(FaceSettings, MachineSettings, Request):
 
     def settings(self) -> Dict[str, Any]:
         """What the prepared avatar depends on (pipeline/avatars: ``is_current``)."""
-        return {**self.identity(), "force_rate": self.force_rate, "blend_mode": self.blend_mode}
+        return {**self.identity(), "force_rate": self.force_rate, **self.blend_identity()}
 
 
 REQUESTS = {r.KIND: r for r in (DubRequest, SpeakRequest, PrepareRequest)}

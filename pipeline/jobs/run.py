@@ -46,7 +46,8 @@ class JobResult:
         r = self.report
         if r is not None:
             out.update({"frames": r.num_frames, "synced": {k: len(v) for k, v in r.synced.items()},
-                        "passed_through": r.passed_through, "fallbacks": r.fallbacks, "notes": r.notes,
+                        "passed_through": r.passed_through, "kept_silent": r.kept_silent,
+                        "fallbacks": r.fallbacks, "notes": r.notes,
                         "lipsync_seconds": round(r.seconds, 3), "text": r.text()})
         if self.message:
             out["message"] = self.message
@@ -77,6 +78,8 @@ def run(request: Request, runtime: Optional[Runtime] = None, progress: Optional[
     request.validate()
     if isinstance(request, (DubRequest, SpeakRequest)):
         check_output(request.out, [getattr(request, k, None) for k in ("video", "audio")])
+    if getattr(request, "mask_out", None):
+        check_output(request.mask_out, [request.video, request.audio], field="mask_out")
     runtime = runtime or make_runtime(request, progress, cancel, show_progress=False)
     log = log or runtime.log
     started = time.time()
@@ -103,21 +106,21 @@ def job_fraction(kind: str, stage: str, done: int, total: int) -> Optional[float
     return None
 
 
-def check_output(out: str, inputs=()) -> None:
+def check_output(out: str, inputs=(), field: str = "out") -> None:
     """Before any work: the output is new, is none of the job's ``inputs``, and its folder exists and is writable
     (nothing is overwritten)."""
     out = os.path.abspath(out)
     folder = os.path.dirname(out)
     for path in inputs:
         if path and os.path.realpath(path) == os.path.realpath(out):
-            raise RequestError("out", f"{os.path.basename(out)} is this job's own input",
+            raise RequestError(field, f"{os.path.basename(out)} is this job's own input",
                                "write the output to another name or folder")
     if os.path.exists(out):
-        raise RequestError("out", f"{out} already exists", "choose another name (nothing is overwritten)")
+        raise RequestError(field, f"{out} already exists", "choose another name (nothing is overwritten)")
     if not os.path.isdir(folder):
-        raise RequestError("out", f"the folder {folder} does not exist", "create it first, or choose another folder")
+        raise RequestError(field, f"the folder {folder} does not exist", "create it first, or choose another folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise RequestError("out", f"the folder {folder} is not writable", "choose a folder you can write to")
+        raise RequestError(field, f"the folder {folder} is not writable", "choose a folder you can write to")
 
 
 # ---- a dub ---------------------------------------------------------------------------------------------------------
@@ -144,12 +147,24 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     features = compute_audio_features(audio, frames.fps, spec.audio_layout, None, runtime,
                                       compat=request.compat_int_fps, auto_download=request.auto_download)
     run_ = LipSyncRun(frames, faces, features, spec, length_policy=request.length_policy,
-                      batch_size=request.batch_size, blend_mode=request.blend_mode)
+                      batch_size=request.batch_size, blend_mode=request.blend_options(),
+                      silence=request.silence_options())
     out = os.path.abspath(request.out)
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
-    report = encode(lambda sink: run_.into(sink, runtime), writer, runtime)
+    masks = mask_writer(request.mask_out, frames.fps, frames.width, frames.height, request.crf)
+    report = encode(lambda sink, mask_sink=None: run_.into(sink, runtime, mask_sink=mask_sink), writer, runtime,
+                    masks)
     report.notes.extend(f"warning: {w}" for w in warnings)
+    if masks is not None:
+        report.notes.append(f"mask of the changed pixels: {os.path.basename(request.mask_out)}")
     return JobResult("dub", out, report)
+
+
+def mask_writer(path: Optional[str], fps: float, width: int, height: int, crf: int):
+    """The grey mp4 of ``--mask-out`` (no sound), or None."""
+    from ..media.writer import VideoWriter
+
+    return None if not path else VideoWriter(os.path.abspath(path), fps, width, height, None, crf=crf)
 
 
 EXTREME_SHARE = 0.25     # a crop moved (bbox_shift) or grown (extra_margin) by more than this share of the face
@@ -201,25 +216,34 @@ def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
     features = compute_audio_features(voice, avatar.fps, "musetalk", None, runtime,
                                       auto_download=request.auto_download)
     run_ = avatar.start(features, runtime, batch_size=request.batch_size, auto_download=request.auto_download,
-                        loop=request.loop, loop_range=request.loop_range)
+                        loop=request.loop, loop_range=request.loop_range, silence=request.silence_options())
     out = os.path.abspath(request.out)
     writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf)
     return JobResult("avatar", out, encode(run_.into, writer, runtime))
 
 
-def encode(into: Callable, writer, runtime: Runtime):
-    """``into(sink)`` (a run) into ``writer``, then the encoder's last frames and the file moved into place, a stage
-    of its own on the progress bar; on any failure or cancel nothing is left under the output's name. Returns the
-    run's report."""
-    from ..lipsync.sinks import WriterSink
+def encode(into: Callable, writer, runtime: Runtime, mask_writer=None):
+    """``into(sink)`` (a run) into ``writer`` (and ``into(sink, mask_sink)`` when a ``mask_writer`` takes the masks),
+    then the encoders' last frames and the files moved into place, a stage of its own on the progress bar; on any
+    failure or cancel nothing is left under the outputs' names. Returns the run's report."""
+    from ..lipsync.sinks import MaskWriterSink, WriterSink
 
+    writers = ([mask_writer] if mask_writer is not None else []) + [writer]    # the output itself last
+    closed = []
     try:
-        report = into(WriterSink(writer))
+        if mask_writer is None:
+            report = into(WriterSink(writer))
+        else:
+            report = into(WriterSink(writer), MaskWriterSink(mask_writer))
         runtime.progress("encoding", 0, 1)
-        writer.close()
+        for w in writers:
+            closed.append(w.close())
         runtime.progress("encoding", 1, 1)
     except BaseException:
-        writer.abort()
+        for w in writers:
+            w.abort()
+        for path in closed:             # the mask of an output that failed goes with it
+            os.remove(path)
         raise
     return report
 
@@ -240,7 +264,7 @@ def prepare(request: PrepareRequest, runtime: Runtime, log: Log) -> JobResult:
     check_loop(request.loop, request.loop_range, len(frames), request.name)   # before the long face analysis
     faces = analyse_faces(request, frames, runtime, log)
     avatar = prepare_avatar(request.name, frames, faces, runtime, source=source, settings=settings,
-                            blend_mode=request.blend_mode, auto_download=request.auto_download, loop=request.loop,
+                            blend_mode=request.blend_options(), auto_download=request.auto_download, loop=request.loop,
                             loop_range=request.loop_range)
     return JobResult("prepare", avatar.folder, None, message=f"avatar {request.name}: prepared")
 

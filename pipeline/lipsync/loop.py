@@ -7,8 +7,13 @@ Rules users rely on (README "What it does"; unlike MuseTalk scripts/inference.py
   a pixel (:func:`.sinks.compose`).
 * **Audio position is absolute**: output frame ``k`` uses the audio window of frame ``k`` whatever was skipped around
   it; the source frame shown at ``k`` comes from the plan.
+* **Silence** (pipeline/lipsync/silence.py, ``on_silence=keep_original``): an output frame of weight 0 is passed
+  through like a cutaway and never enters a network (a unit ends where such a stretch begins); a frame of weight
+  between 0 and 1 gets its patch faded towards the source frame.
 * **Units**: the backend chain says how many frames go together (a MuseTalk batch, a LatentSync chunk); progress
   and cancellation come every unit; a unit that ran out of memory is read and run again, smaller.
+* **Masks**: with a mask sink, each output frame's soft mask of the pixels the run changed (the patch's ``alpha``;
+  nothing on cutaways and kept-silent frames) goes to it in output order.
 * **Overlap**: the next unit's frames are read, and the previous unit's output is written, in two worker threads
   while the current unit is on the model. Per-source caches are dropped once no later output frame shows the source.
 """
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from ..types import FaceSequence, Patch
+from .silence import fade_patch
 from .sinks import compose
 
 
@@ -82,8 +88,10 @@ class _UnitReader:
         self.pending = (k0, k1, self.workers.read(self.read, k0, k1))
 
 
-def _generate(chain, unit: _Unit, faces: FaceSequence, is_face: bool, report) -> Optional[Dict[int, Patch]]:
-    """Patches of the unit's face frames by output frame; None when the unit shrank and must be run again."""
+def _generate(chain, unit: _Unit, faces: FaceSequence, is_face: bool, report,
+              weights: Optional[np.ndarray]) -> Optional[Dict[int, Patch]]:
+    """Patches of the unit's face frames by output frame (faded by their silence weight); None when the unit shrank
+    and must be run again."""
     face_pos = [i for i, s in enumerate(unit.srcs) if faces.frames[s].face is not None] if is_face else []
     if not face_pos or chain.backend is None:
         return {}
@@ -93,11 +101,13 @@ def _generate(chain, unit: _Unit, faces: FaceSequence, is_face: bool, report) ->
         return None
     name, patches = got
     done = {k: p for k, p in zip(ks, patches) if p is not None}
+    if weights is not None:
+        done = {k: fade_patch(p, unit.src_u8[unit.srcs[k - unit.ks[0]]], float(weights[k])) for k, p in done.items()}
     report.add(name, list(done))
     return done
 
 
-def _compose(unit: _Unit, patches: Dict[int, Patch], report):
+def _compose(unit: _Unit, patches: Dict[int, Patch], report, kept: np.ndarray, faces: FaceSequence):
     """The unit's output frames: the source frame, with its patch written in when it has one."""
     out = []
     for k, s in zip(unit.ks, unit.srcs):
@@ -107,15 +117,44 @@ def _compose(unit: _Unit, patches: Dict[int, Patch], report):
                             patches[k])
         else:
             report.passed_through.append(k)
+            if kept[k] and faces.frames[s].face is not None:
+                report.kept_silent.append(k)
         out.append(frame)
     return torch.stack(out) if isinstance(out[0], torch.Tensor) else np.stack(out)
 
 
-def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runtime, report) -> None:
-    """Every output frame (``source[k]``: the source frame it shows) through the chain into ``sink``."""
+class _Units:
+    """The chain's units, ended where a kept-silent stretch begins; such a stretch is a unit of its own with no face
+    frames (it is passed through like cutaways)."""
+
+    def __init__(self, chain, faces: FaceSequence, source: np.ndarray, kept: np.ndarray):
+        self.chain, self.faces, self.source, self.kept = chain, faces, source, kept
+
+    def at(self, k: int, total: int):
+        if self.kept[k]:
+            j = k + 1
+            while j < total and self.kept[j]:
+                j += 1
+            return k, j, False
+        k0, k1, is_face = self.chain.unit_at(self.source, self.faces, k, total)
+        silent = np.flatnonzero(self.kept[k0:k1])
+        return (k0, k0 + int(silent[0]), is_face) if len(silent) else (k0, k1, is_face)
+
+
+def _masks(unit: _Unit, patches: Dict[int, Patch]) -> List[Optional[Patch]]:
+    """Per output frame of the unit: its patch (whose ``alpha`` is the mask), or None (mask 0)."""
+    return [patches.get(k) for k in unit.ks]
+
+
+def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runtime, report,
+              weights: Optional[np.ndarray] = None, mask_sink=None) -> None:
+    """Every output frame (``source[k]``: the source frame it shows) through the chain into ``sink``; ``weights``:
+    each output frame's silence weight (None: all 1); ``mask_sink``: where the frames' masks go."""
     total = int(len(source))
     last_use = np.full(len(frames), -1, np.int64)   # the last output frame showing each source frame
     last_use[source] = np.arange(total)
+    kept = np.zeros(total, bool) if weights is None else np.asarray(weights) <= 0
+    units = _Units(chain, faces, source, kept)
     workers = _Workers()
     reader = _UnitReader(frames, source, workers)
     written = None   # the last sink write: at most one unit in flight
@@ -123,17 +162,17 @@ def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runt
         runtime.progress("lip-sync", 0, total)     # shown from the start, even when one unit holds every frame
         k = 0
         while k < total:
-            k0, k1, is_face = chain.unit_at(source, faces, k, total)
+            k0, k1, is_face = units.at(k, total)
             unit = reader.get(k0, k1)
             if k1 < total:
-                reader.prefetch(*chain.unit_at(source, faces, k1, total)[:2])
-            patches = _generate(chain, unit, faces, is_face, report)
+                reader.prefetch(*units.at(k1, total)[:2])
+            patches = _generate(chain, unit, faces, is_face, report, weights)
             if patches is None:
                 continue
-            batch = _compose(unit, patches, report)
+            batch = _compose(unit, patches, report, kept, faces)
             if written is not None:
                 written.result()   # surface an encoder error now
-            written = workers.write(sink.write, batch)
+            written = workers.write(_write, sink, batch, mask_sink, _masks(unit, patches))
             chain.forget([s for s in set(unit.srcs) if last_use[s] < k1])
             k = k1
             runtime.progress("lip-sync", k, total)
@@ -142,5 +181,13 @@ def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runt
     except BaseException:
         workers.shutdown(cancel=True)
         sink.abort()
+        if mask_sink is not None:
+            mask_sink.abort()
         raise
     workers.shutdown()
+
+
+def _write(sink, batch, mask_sink, masks) -> None:
+    sink.write(batch)
+    if mask_sink is not None:
+        mask_sink.write(masks)

@@ -13,6 +13,7 @@ class LipSyncReport:
     num_frames: int = 0
     synced: Dict[str, List[int]] = field(default_factory=dict)   # backend -> output frames it synced
     passed_through: List[int] = field(default_factory=list)      # output frames copied unchanged (cutaways)
+    kept_silent: List[int] = field(default_factory=list)         # of those, face frames kept during silence
     fallbacks: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     batch_sizes: List[int] = field(default_factory=list)
@@ -42,6 +43,9 @@ class LipSyncReport:
         lines.append(f"frames: {self.num_frames} out, {sum(len(v) for v in self.synced.values())} synced, "
                      f"{len(self.passed_through)} passed through unchanged "
                      f"({ranges_text(_ranges(self.passed_through))})")
+        if self.kept_silent:
+            lines.append(f"silence: {len(self.kept_silent)} frames kept the original mouth "
+                         f"({ranges_text(_ranges(self.kept_silent))})")
         for f in self.fallbacks:
             lines.append(f"fallback: {f}")
         for n in self.notes:

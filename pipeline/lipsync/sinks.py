@@ -8,8 +8,16 @@ uint8 from a file), so untouched pixels stay bit-identical. Sinks take the compo
 * :class:`WriterSink` — a :class:`~..media.writer.VideoWriter` (the CLI: one encode, bounded memory);
 * :class:`~.patched_frames.PatchSink` — only the changed rectangles, composed again when a later node reads them
   (the lossless hand-off between ComfyUI nodes).
+
+Mask sinks take each output frame's soft mask of the changed pixels (a patch's ``alpha``, or None: 0 everywhere):
+
+* :class:`MaskImageSink` — a ComfyUI MASK tensor (float32 ``[n, H, W]``, 0..1), or only its first frame when the
+  whole would not fit in memory (the IMAGE output's rule);
+* :class:`MaskWriterSink` — a grey mp4 (``--mask-out``), streamed like the frames.
 """
 from __future__ import annotations
+
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -61,6 +69,55 @@ class WriterSink:
 
     def write(self, native) -> None:
         self.writer.write(image_to_uint8(native) if isinstance(native, torch.Tensor) else native)
+
+    def close(self):
+        return self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+# ---- masks -------------------------------------------------------------------------------------------------------
+def frame_mask(patch: Optional[Patch], height: int, width: int) -> np.ndarray:
+    """One output frame's mask, uint8 ``[H, W]``: the patch's ``alpha`` in its rectangle (255 where a patch without
+    one changed a pixel), 0 elsewhere."""
+    out = np.zeros((height, width), np.uint8)
+    if patch is not None and not patch.empty:
+        out[patch.y0:patch.y1, patch.x0:patch.x1] = patch.alpha if patch.alpha is not None else 255
+    return out
+
+
+class MaskImageSink:
+    """Collects the masks as a ComfyUI MASK (float32 ``[n, H, W]``); ``first_only`` keeps the first frame's alone
+    (an output too long to hold in memory)."""
+
+    def __init__(self, num_frames: int, height: int, width: int, first_only: bool = False):
+        self.height, self.width, self.first_only = height, width, first_only
+        self.mask = torch.zeros((1 if first_only else num_frames, height, width), dtype=torch.float32)
+        self.count = 0
+
+    def write(self, patches: List[Optional[Patch]]) -> None:
+        for patch in patches:
+            if self.count < self.mask.shape[0]:
+                self.mask[self.count] = torch.from_numpy(frame_mask(patch, self.height, self.width)).float() / 255.0
+            self.count += 1
+
+    def close(self) -> torch.Tensor:
+        return self.mask[:min(self.count, self.mask.shape[0])]
+
+    def abort(self) -> None:
+        self.mask = None
+
+
+class MaskWriterSink:
+    """Streams the masks into a :class:`~..media.writer.VideoWriter` as grey frames (bounded memory)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, patches: List[Optional[Patch]]) -> None:
+        masks = np.stack([frame_mask(p, self.writer.height, self.writer.width) for p in patches])
+        self.writer.write(np.repeat(masks[..., None], 3, axis=-1))
 
     def close(self):
         return self.writer.close()
