@@ -235,6 +235,7 @@ TEMPLATES: Dict[str, str] = {
     "chain_with_core_video": "5. With ComfyUI core video nodes",
     "vhs_lipsync": "6. With VideoHelperSuite (needs that pack)",
     "real_time_avatar": "7. Real-time avatar, prepare once and speak any voice",
+    "restore_mouth_only": "8. Sharpen or restore only the new mouth (MASK)",
 }
 
 
@@ -258,6 +259,8 @@ THUMBNAILS: Dict[str, Tuple[str, str, Sequence[Tuple[str, int, object]]]] = {
                     [(CUTAWAY_CLIP, 20, None), (CUTAWAY_CLIP, 60, None), (CUTAWAY_CLIP, 120, "cutaway")]),
     "real_time_avatar": ("Real-time avatar", "prepare a face once, then speak any voice fast",
                          [(FACE_CLIP, 5, None), (FACE_CLIP, 45, None), (FACE_CLIP, 85, None)]),
+    "restore_mouth_only": ("Restore only the new mouth", "the MASK of the changed pixels -> core compositing",
+                           [(FACE_CLIP, 30, None), (FACE_CLIP, 30, "mouth_mask")]),
 }
 THUMB_SIZE = (512, 288)
 
@@ -287,6 +290,12 @@ def mark(frame: np.ndarray, how) -> np.ndarray:
         img[:b], img[-b:], img[:, :b], img[:, -b:] = (220, 30, 30), (220, 30, 30), (220, 30, 30), (220, 30, 30)
         cv2.putText(img, "cutaway", (b + 8, h - b - 12), cv2.FONT_HERSHEY_SIMPLEX, w / 320, (255, 255, 255), 2 * b // 3,
                     cv2.LINE_AA)
+    elif how == "mouth_mask":           # the lower face, tinted like a MASK preview
+        tint = np.zeros(img.shape[:2], np.float32)
+        cv2.ellipse(tint, (w // 2, int(h * 0.62)), (w // 6, h // 9), 0, 0, 360, 1.0, -1)
+        tint = cv2.GaussianBlur(tint, (0, 0), max(1.0, w / 60))[..., None]
+        img = (img * (1 - 0.55 * tint) + np.array([255, 255, 255]) * 0.55 * tint).astype(np.uint8)
+        cv2.putText(img, "mask", (8, h - 14), cv2.FONT_HERSHEY_SIMPLEX, w / 320, (255, 255, 255), 2, cv2.LINE_AA)
     elif how is not None:
         x1, y1, x2, y2 = (int(v) for v in how)
         cv2.rectangle(img, (x1, y1), (x2, y2), (40, 230, 60), max(2, w // 128))

@@ -405,6 +405,46 @@ def example_workflows(out_dir):
     ex.link(sp, "report", rp, "source")
     _mux(ex, sp, "MuseTalk/avatar")
     save(ex, "real_time_avatar")
+
+    # 8. restore_mouth_only: the MASK output into core compositing (a face-restore pack drops in for ImageSharpen)
+    ex = _Example(m)
+    ex.note("**Sharpen or restore only the new mouth.**\n\nBatched Lip-Sync's last output, mask, is the soft mask "
+            "of the pixels it changed in each frame (0 on cutaways and on frames that kept their real mouth). "
+            "Here Image Sharpen works on a copy of the lip-synced frames and Image Composite Masked takes it back "
+            "only under that mask, so the rest of the face keeps its original detail. Replace Image Sharpen by a "
+            "face-restore node (GFPGAN, CodeFormer, an upscaler) to restore the mouth alone.\n\nThe lip-sync "
+            "node uses blend_mode 'mouth' (the lower face drawn from the landmarks) and keeps the real mouth "
+            "during silence (on_silence keep_original). Mask to Image shows the mask.\n\n" +
+            inputs.format(media.FACE_CLIP + "` and `" + media.VOICE) + weights, height=460)
+    lv, la = _musetalk_loaders(ex, media.FACE_CLIP, media.VOICE)
+    fd = _faces(ex, lv)
+    sel, wf = _backend_and_voice(ex, la, "audio", lv, "fps")
+    ex.column("4. Lip-sync")
+    ls = ex.node("MuseTalkBatchedLipSync", {"blend_mode": "mouth", "on_silence": "keep_original"},
+                 models=model_entries(BLEND_KEYS))
+    ex.link(fd, "faces", ls, "faces")
+    ex.link(wf, "audio_features", ls, "audio_features")
+    ex.link(lv, "frames", ls, "frames")
+    ex.link(sel, "backend", ls, "backend")
+    ex.column("5. Sharpen the new mouth only")
+    sh = ex.node("ImageSharpen", {"sharpen_radius": 2, "sigma": 1.0, "alpha": 1.0})
+    ex.link(ls, "images", sh, "image")
+    cm = ex.node("ImageCompositeMasked", {"x": 0, "y": 0, "resize_source": False})
+    ex.link(ls, "images", cm, "destination")
+    ex.link(sh, "IMAGE", cm, "source")
+    ex.link(ls, "mask", cm, "mask")
+    mi = ex.node("MaskToImage")
+    ex.link(ls, "mask", mi, "mask")
+    pv = ex.node("PreviewImage", title="The mask of the changed pixels")
+    ex.link(mi, "IMAGE", pv, "images")
+    ex.column("6. Make and save the video")
+    mk = ex.node("CreateVideo")
+    ex.link(cm, "IMAGE", mk, "images")
+    ex.link(ls, "audio", mk, "audio")
+    ex.link(ls, "fps", mk, "fps")
+    sv = ex.node("SaveVideo", {"filename_prefix": "video/MuseTalk_mouth", "format": "auto", "codec": "auto"})
+    ex.link(mk, "VIDEO", sv, "video")
+    save(ex, "restore_mouth_only")
     return written
 
 

@@ -23,6 +23,12 @@ CORE: Dict[str, Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]]]] = {
     "PreviewAudio": ([("audio", "AUDIO", False)], []),
     "SaveAudio": ([("audio", "AUDIO", False), ("filename_prefix", "STRING", True)], []),
     "PreviewAny": ([("source", "*", False)], []),
+    "ImageSharpen": ([("image", "IMAGE", False), ("sharpen_radius", "INT", True), ("sigma", "FLOAT", True),
+                      ("alpha", "FLOAT", True)], [("IMAGE", "IMAGE")]),
+    "ImageCompositeMasked": ([("destination", "IMAGE", False), ("source", "IMAGE", False), ("x", "INT", True),
+                              ("y", "INT", True), ("resize_source", "BOOLEAN", True), ("mask", "MASK", False)],
+                             [("IMAGE", "IMAGE")]),
+    "MaskToImage": ([("mask", "MASK", False)], [("IMAGE", "IMAGE")]),
 }
 
 # Widget/input options of the core nodes above, as /object_info of ComfyUI v0.3.64 reports them (spec comfyui.md §2):
@@ -36,6 +42,11 @@ CORE_OPTIONS: Dict[str, Dict[str, dict]] = {
                   "format": {"choices": ["auto", "mp4"], "default": "auto"},
                   "codec": {"choices": ["auto", "h264"], "default": "auto"}},
     "SaveAudio": {"filename_prefix": {"default": "audio/ComfyUI"}},
+    "ImageSharpen": {"sharpen_radius": {"default": 1, "min": 1, "max": 31},
+                     "sigma": {"default": 1.0, "min": 0.1, "max": 10.0},
+                     "alpha": {"default": 1.0, "min": 0.0, "max": 5.0}},
+    "ImageCompositeMasked": {"x": {"default": 0, "min": 0, "max": 16384}, "y": {"default": 0, "min": 0, "max": 16384},
+                             "resize_source": {"default": False}, "mask": {"optional": True}},
 }
 # What the frontend's Missing Models dialog can download (1.27 MissingModelsWarning): files from these hosts with
 # these suffixes. Anything else it lists as an error, and a file the server's model API never lists (.json, .png)

@@ -205,20 +205,22 @@ class MTCNNDetector(FaceDetector):
             r["landmarks"] = r["landmarks"].astype(np.float64) * scale
         if full is not None:
             results = self._refined(full, results)
-        out = []
+        out, raw = [], []           # raw: the boxes as regressed, past the frame's edge (for the landmark models)
         for r in results:
-            dets = []
+            dets, boxes = [], []
             for box, score, pts in zip(r["boxes"], r["scores"], r["landmarks"]):
                 clipped = _clip_box(box, width, height)
                 if clipped is not None:
                     dets.append(Detection(box=clipped, score=float(score), landmarks=pts.astype(np.float32),
                                           landmark_kind="mtcnn5"))
+                    boxes.append(tuple(float(v) for v in box))
             out.append(dets)
+            raw.append(boxes)
         if self.landmarks is None and self.align is None:
             return out
         from .landmarks import add_landmarks
 
-        return add_landmarks(self.landmarks, frames.cpu().numpy(), out, self.align)
+        return add_landmarks(self.landmarks, frames.cpu().numpy(), out, self.align, raw)
 
     def _refined(self, images: torch.Tensor, results: List[dict]) -> List[dict]:
         """The 5 points are the crop's only source (no 68-point model): O-Net re-reads them over shifted and

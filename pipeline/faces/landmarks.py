@@ -290,10 +290,13 @@ def open_alignment_source(runtime: Optional[Runtime] = None):
 
 
 def add_landmarks(source: Optional[LandmarkSource], frames: np.ndarray, per_frame: Sequence[List[Detection]],
-                  align_source=None) -> List[List[Detection]]:
+                  align_source=None, boxes_seen=None) -> List[List[Detection]]:
     """Replace the detector's points of the best ``MAX_FACES_PER_FRAME`` faces of each frame with the source's 68
     points (all faces of a batch in one call), and give them LatentSync's alignment points from ``align_source``
-    (the 106-point model) when there is one. Without either the detections are returned unchanged."""
+    (the 106-point model) when there is one. Without either the detections are returned unchanged.
+    ``boxes_seen``: per frame, each detection's box as the detector regressed it, before clipping to the frame: a
+    face cut by the frame's edge is then framed for the landmark model as a whole face (``edge_faces``,
+    pipeline/faces/cropbox.py)."""
     if source is None and align_source is None:
         return [list(d) for d in per_frame]
     picks = [(i, j) for i, dets in enumerate(per_frame)
@@ -303,7 +306,8 @@ def add_landmarks(source: Optional[LandmarkSource], frames: np.ndarray, per_fram
     from ...models.insightface106 import latentsync_points
 
     index = np.array([i for i, _ in picks], np.int64)
-    boxes = np.array([per_frame[i][j].box for i, j in picks], np.float64)
+    boxes = np.array([(boxes_seen[i][j] if boxes_seen is not None else per_frame[i][j].box) for i, j in picks],
+                     np.float64)
     points5 = [per_frame[i][j].landmarks for i, j in picks]
     points = source.predict(frames, index, boxes, points5) if source is not None else [None] * len(picks)
     aligns = [latentsync_points(p) for p in align_source.predict(frames, index, boxes)] \
