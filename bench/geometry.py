@@ -1,7 +1,7 @@
 """Face geometry: how faithful each landmark source's crop is to the original's rule on real 68-point landmarks.
 
     python bench/geometry.py                 # every source installed here, all photos and variants, the clips
-    python bench/geometry.py --quick         # astronaut only, fewer variants (seconds)
+    python bench/geometry.py --quick         # astronaut only, fewer variants and cuts (seconds)
 
 Photos: scikit-image's astronaut (1 face), insightface's sample group photo ``t1.jpg`` (6 faces) and portrait
 ``Tom_Hanks_54745.png`` (padded: the file is a tight 112 px crop), each also rotated by +-12 degrees, scaled 2x and
@@ -11,16 +11,33 @@ photo (the model's native use), carried into each variant by the variant's exact
 Per landmark source (the default path, i.e. MTCNN boxes + the best installed 68-point model, then each source on
 its own, and the 5-point estimate), against the reference:
 
-* crop IoU: the MuseTalk v1.5 crop box (spec musetalk.md §1.3) from the source vs from the reference points;
+* crop IoU: the MuseTalk v1.5 crop box (MuseTalk ``get_landmark_and_bbox``, pipeline/faces/cropbox.py) from the
+  source vs from the reference points;
 * edge deviation: the largest of the four box-edge differences, in % of the reference box's larger side;
-* alignment error: LatentSync's three alignment points (spec latentsync.md §5.2), mean distance in % of the
-  inter-ocular distance;
+* alignment error: LatentSync's three alignment points (LatentSync AlignRestore, pipeline/faces/cropbox.py
+  ``align_points_68``), mean distance in % of the inter-ocular distance;
 * jitter: RMS frame-to-frame change of the smoothed crop box (px) on a static face clip (the same photo with sensor
   noise in every frame); clip IoU: mean crop IoU on a clip of the face moving (pan + zoom);
 * ms per face (landmarks only, CPU).
 
 A source whose real weights are not on this machine is listed as not measured (random test weights would only
 measure noise).
+
+Faces at the frame's edge (``edge_faces``, pipeline/faces/cropbox.py), a second table: each face of the photos, as
+Face Detect finds it in the untouched photo (MTCNN boxes, the best installed 68-point source's points), is cut out of
+the photo at its left, top, right and bottom: the photo is cropped so that the outermost of the face's 68 points on
+that side lies a few px (:data:`EDGE_OVERSHOOT`) outside the cut image, the rest of the photo kept (at the top the cut
+goes through the brows, so the crop box's top, the chin mirrored about point 29, is far outside). Face Detect runs on
+the cut image and ``face_crop_geometry(detection, W, H, 0, 10, edge_faces)`` gives the crop box under each rule; the
+box is shifted back into the photo's pixels and compared with the box of the same rule in the untouched photo (where
+``pad`` and ``original`` agree: a face that already touches the photo's edge there is left out). Per side and rule:
+
+* crop IoU mean / min against that reference: ``original`` loses what leaves the frame (the top cut at row 0, the
+  right and bottom edges clipped) and, for a point left of the frame, switches to the detector box as MuseTalk's
+  ``get_landmark_and_bbox`` does; ``pad`` keeps the box the landmarks give, so it only loses what the landmark model
+  misplaces on a face that is partly outside;
+* fallbacks: the crops that took the detector's box instead of the landmark box;
+* missed: cuts in which Face Detect found no face at the reference face's place.
 """
 from __future__ import annotations
 
@@ -39,6 +56,12 @@ COLUMNS = [("source", "landmark source"), ("faces", "faces"), ("iou_mean", "crop
            ("ms_per_face", "ms/face"), ("note", "note")]
 VARIANTS_FULL = ("original", "rotate +12", "rotate -12", "scale 2x", "padded + panned")
 VARIANTS_QUICK = ("original", "rotate +12")
+EDGE_COLUMNS = [("side", "face at the"), ("edge_faces", "edge_faces"), ("faces", "faces"),
+                ("iou_mean", "crop IoU mean"), ("iou_min", "IoU min"), ("fallbacks", "detector-box fallbacks"),
+                ("missed", "missed")]
+EDGE_SIDES = ("left", "top", "right", "bottom")
+EDGE_OVERSHOOT = (2, 5, 8)   # px by which the outermost point on the cut side lies outside the cut image
+EDGE_OVERSHOOT_QUICK = (4,)
 
 
 # ---- photos and their variants ---------------------------------------------------------------------------------
@@ -288,6 +311,119 @@ def five_point_note() -> str:
             f"min {held['min']}")
 
 
+# ---- faces at the frame's edge ---------------------------------------------------------------------------------
+def face_detect():
+    """Face Detect's default path on the CPU: MTCNN boxes (faces down to 20 px, as :func:`detect_5`), 68 points from
+    the best installed landmark source (pipeline/faces/detectors.py ``MTCNNDetector``)."""
+    from musetalk_enhanced.pipeline.faces.detectors import create_detector
+    from musetalk_enhanced.pipeline.runtime import Runtime
+
+    return create_detector("mtcnn", Runtime(device="cpu"), auto_download=False, landmarks="auto", min_face_size=20)
+
+
+def edge_cut(lm68: np.ndarray, side: str, overshoot: int, width: int, height: int):
+    """``(x0, y0, x1, y1)``: the window of the photo whose ``side`` border lies ``overshoot`` px inside the face's
+    outermost point on that side; the other borders stay the photo's."""
+    x0, y0, x1, y1 = 0, 0, width, height
+    if side == "left":
+        x0 = int(round(lm68[:, 0].min())) + overshoot
+    elif side == "top":
+        y0 = int(round(lm68[:, 1].min())) + overshoot
+    elif side == "right":
+        x1 = int(round(lm68[:, 0].max())) - overshoot
+    elif side == "bottom":
+        y1 = int(round(lm68[:, 1].max())) - overshoot
+    else:
+        raise ValueError(side)
+    return x0, y0, x1, y1
+
+
+def edge_faces_in(detector, quick: bool = False):
+    """``[(photo name, rgb, Face Detect's detection)]``: the bench's faces (the ones dlib's reference finds), where the
+    two ``edge_faces`` rules agree in the untouched photo (the face is away from its edges)."""
+    from musetalk_enhanced.pipeline.faces.cropbox import face_crop_geometry
+
+    out, at_edge = [], 0
+    for name, rgb in photos(quick):
+        h, w = rgb.shape[:2]
+        dets = detector.detect(rgb[None])[0]
+        for ref in reference_faces(rgb) or []:
+            det = match(dets, ref)
+            if det is None or det.landmarks is None or len(det.landmarks) != 68:
+                continue
+            boxes = [face_crop_geometry(det, w, h, 0, 10, rule)[0] for rule in ("pad", "original")]
+            if boxes[0] != boxes[1]:
+                at_edge += 1
+                continue
+            out.append((name, rgb, det))
+    return out, at_edge
+
+
+def falls_back(det) -> bool:
+    """The original rule took the detector's box (a point left of the frame, or an empty landmark box): the result
+    moves with the detector's box (MuseTalk ``get_landmark_and_bbox``; pipeline/faces/cropbox.py)."""
+    from musetalk_enhanced.pipeline.faces.cropbox import musetalk_crop_box
+
+    moved = np.asarray(det.box, np.float64) + 1.0
+    return musetalk_crop_box(det.landmarks, det.box) != musetalk_crop_box(det.landmarks, moved)
+
+
+def cut_boxes(detector, rgb: np.ndarray, full, window):
+    """Face Detect on ``rgb`` cut to ``window``: ``({rule: crop box in the photo's pixels or None}, fell back)`` for
+    the face ``full`` (its detection in the untouched photo), or None when no face was found there."""
+    from musetalk_enhanced.pipeline.faces.cropbox import EDGE_FACES, face_crop_geometry
+
+    x0, y0, x1, y1 = window
+    dets = detector.detect(np.ascontiguousarray(rgb[y0:y1, x0:x1])[None])[0]
+    det = match(dets, np.asarray(full.landmarks, np.float64) - (x0, y0))
+    if det is None or det.landmarks is None or len(det.landmarks) != 68:
+        return None
+    boxes = {rule: face_crop_geometry(det, x1 - x0, y1 - y0, 0, 10, rule)[0] for rule in EDGE_FACES}
+    return {rule: None if b is None else np.asarray(b, np.float64) + (x0, y0, x0, y0)
+            for rule, b in boxes.items()}, falls_back(det)
+
+
+def edge_measure(detector, faces, overshoots):
+    """One row per side and ``edge_faces`` rule: crop IoU of the cut image's box against the same rule's box in the
+    untouched photo, over every face and overshoot (a box wholly outside the cut image counts as IoU 0)."""
+    from musetalk_enhanced.pipeline.faces.cropbox import EDGE_FACES, face_crop_geometry
+
+    rows = []
+    for side in EDGE_SIDES:
+        ious = {rule: [] for rule in EDGE_FACES}
+        fallbacks, missed = 0, 0
+        for _, rgb, full in faces:
+            h, w = rgb.shape[:2]
+            for k in overshoots:
+                got = cut_boxes(detector, rgb, full, edge_cut(np.asarray(full.landmarks), side, k, w, h))
+                if got is None:
+                    missed += 1
+                    continue
+                boxes, fell_back = got
+                fallbacks += fell_back
+                for rule in EDGE_FACES:
+                    ref = face_crop_geometry(full, w, h, 0, 10, rule)[0]
+                    ious[rule].append(0.0 if boxes[rule] is None else box_metrics(boxes[rule], ref)[0])
+        for rule in EDGE_FACES:
+            row = {"side": side, "edge_faces": rule, "faces": len(ious[rule]), "missed": missed}
+            if ious[rule]:
+                row.update(iou_mean=round(float(np.mean(ious[rule])), 4), iou_min=round(float(np.min(ious[rule])), 4))
+            if rule == "original":
+                row["fallbacks"] = fallbacks
+            rows.append(row)
+    return rows
+
+
+def edge_table(quick: bool = False):
+    """The edge measurement: ``(rows, {faces, faces left out at the photo's edge, overshoots})``."""
+    detector = face_detect()
+    faces, at_edge = edge_faces_in(detector, quick)
+    overshoots = EDGE_OVERSHOOT_QUICK if quick else EDGE_OVERSHOOT
+    info = {"faces": len(faces), "faces_at_photo_edge": at_edge, "overshoot_px": list(overshoots),
+            "landmarks": detector.landmark_kind}
+    return edge_measure(detector, faces, overshoots), info
+
+
 def main(argv=None) -> int:
     ap = common.bench_parser(__doc__)
     args = ap.parse_args(argv)
@@ -314,8 +450,13 @@ def main(argv=None) -> int:
         results.append(row)
         print(row, flush=True)
     print(common.markdown_table(results, COLUMNS))
+    edge, edge_info = edge_table(args.quick)
+    print(f"\nfaces at the frame's edge (faces: {edge_info['faces']}, {edge_info['landmarks']}; outermost point "
+          f"{', '.join(map(str, edge_info['overshoot_px']))} px outside):")
+    print(common.markdown_table(edge, EDGE_COLUMNS))
     common.write_json(args.json, common.report("geometry", args, machine, results,
-                                               {"samples": [s[0] for s in smp]}))
+                                               {"samples": [s[0] for s in smp], "edge_faces": edge,
+                                                "edge_faces_setup": edge_info}))
     return 0
 
 
