@@ -19,7 +19,7 @@ from .config import CONFIG, LIVE, STORE, WAKE, WORKERS, ServerConfig
 from .errors import ApiError, avatar_refusal, bad_request, not_found
 from .jobs import FINISHED, JobStore
 from .live import live_route
-from .options import build_request
+from .options import MASK_OPTION, build_request
 from .safety import (AUDIO_EXTS, VIDEO_EXTS, check_host, check_origin, check_upload, confined_path, save_upload,
                      server_token, token_ok, unauthorized, upload_name)
 from .worker import Worker
@@ -73,7 +73,7 @@ def takes_query_token(request: web.Request) -> bool:
     """``?access_token=`` only where a browser cannot send a header: the live WebSocket and a result's <video>."""
     path = request.path
     return request.method == "GET" and ((path.startswith("/v1/avatars/") and path.endswith("/live")) or
-                                        (path.startswith("/v1/jobs/") and path.endswith("/result")))
+                                        (path.startswith("/v1/jobs/") and path.endswith(("/result", "/mask"))))
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------------
@@ -211,7 +211,19 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def job_result(request: web.Request) -> web.StreamResponse:
     job = job_or_404(request)
-    path = request.app[STORE].result_path(job.id)
+    return finished_file(request, job, request.app[STORE].result_path(job.id), "dubbed")
+
+
+async def job_mask(request: web.Request) -> web.StreamResponse:
+    """The grey mp4 of the pixels a dub changed, when it was submitted with ``{"mask": true}``."""
+    job = job_or_404(request)
+    if not (job.options or {}).get(MASK_OPTION):
+        raise ApiError(409, "id", f"job {job.id} was submitted without a mask",
+                       'submit the job again with options {"mask": true}')
+    return finished_file(request, job, request.app[STORE].mask_path(job.id), "mask")
+
+
+def finished_file(request: web.Request, job, path: str, name: str) -> web.StreamResponse:
     if job.state != "done" or not os.path.isfile(path):
         if job.state in FINISHED:
             raise ApiError(409, "id", f"job {job.id} {job.state}: it has no result and never will",
@@ -220,7 +232,7 @@ async def job_result(request: web.Request) -> web.StreamResponse:
                        "poll GET /v1/jobs/{id} until its state is done")
     disposition = "attachment" if request.query.get("download") else "inline"
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Content-Disposition":
-                                           f'{disposition}; filename="dubbed_{job.id[:8]}.mp4"'})
+                                           f'{disposition}; filename="{name}_{job.id[:8]}.mp4"'})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -293,6 +305,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{id}", get_job)
     app.router.add_get("/v1/jobs/{id}/result", job_result)
+    app.router.add_get("/v1/jobs/{id}/mask", job_mask)
     app.router.add_delete("/v1/jobs/{id}", cancel_job)
     app.router.add_get("/v1/avatars", list_avatars)
     app.router.add_get("/v1/avatars/{name}/live", live_avatar)

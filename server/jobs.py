@@ -129,6 +129,10 @@ class JobStore:
     def result_path(self, job_id: str) -> str:
         return self.folder(job_id, "result.mp4")
 
+    def mask_path(self, job_id: str) -> str:
+        """The mask of the changed pixels, for a dub submitted with ``{"mask": true}`` (server/options.py)."""
+        return self.folder(job_id, "result.mask.mp4")
+
     def new_folder(self) -> str:
         job_id = uuid.uuid4().hex
         os.makedirs(self.folder(job_id, "inputs"))

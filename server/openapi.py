@@ -12,8 +12,12 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 def _option_schema(kind: str) -> Dict:
     from ..pipeline.jobs import REQUESTS
     from ..pipeline.jobs.schema import options_schema
+    from .options import MASK_OPTION, MASK_OPTION_SCHEMA
 
-    return options_schema(REQUESTS[kind])
+    schema = options_schema(REQUESTS[kind])
+    if kind == "dub":                      # the server's own option (server/options.py)
+        schema["properties"][MASK_OPTION] = MASK_OPTION_SCHEMA
+    return schema
 
 
 def _errors(*codes: int) -> Dict:
@@ -57,6 +61,9 @@ def _job_routes() -> Dict:
                 **_errors(401, 404)}}},
         "/v1/jobs/{id}/result": {"get": {"summary": "the dubbed mp4 (?download=1: as an attachment); Range supported",
                                          "responses": {"200": {"description": "video/mp4"}, **_errors(401, 404, 409)}}},
+        "/v1/jobs/{id}/mask": {"get": {"summary": "a dub's mask of the changed pixels, a grey mp4 (submitted with "
+                                                  "options {\"mask\": true})",
+                                       "responses": {"200": {"description": "video/mp4"}, **_errors(401, 404, 409)}}},
     }
 
 

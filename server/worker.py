@@ -14,7 +14,7 @@ from typing import Dict, Set
 from .jobs import Job, JobStore
 from ..pipeline.jobs.run import explain
 from .errors import without_paths
-from .options import build_request
+from .options import build_request, mask_path
 
 log = logging.getLogger("musetalk_enhanced.server")
 PROGRESS_EVERY_S = 0.25        # how often a running job's progress is written to the store
@@ -66,8 +66,11 @@ class Worker(threading.Thread):
         state, report, error = "done", None, None
         self.progress = {"stage": None, "done": 0, "total": 0}
         try:
-            report = self.execute(job, os.path.join(work, "result.mp4"))
-            os.replace(os.path.join(work, "result.mp4"), self.store.result_path(job.id))
+            out = os.path.join(work, "result.mp4")
+            report = self.execute(job, out)
+            if os.path.isfile(mask_path(out)):
+                os.replace(mask_path(out), self.store.mask_path(job.id))
+            os.replace(out, self.store.result_path(job.id))
         except JobCancelled:
             state, error = "cancelled", "cancelled while running"
         except Exception as exc:   # any failure is this job's alone: the worker goes on with the next

@@ -263,3 +263,26 @@ def test_a_source_is_never_an_output_and_names_do_not_collide(tmp_path, small_mo
                        monkeypatch, capsys)
     assert "LOUD.mp4: failed: out: LOUD.mp4 is the input of LOUD.mp4" in out, out
     assert (tmp_path / "clip.mp4").read_bytes() == source and (tmp_path / "LOUD.mp4").stat().st_size > 0
+
+
+def test_masks_beside_every_output_and_a_rows_own_mask_out(tmp_path, small_models_dir, monkeypatch, capsys):
+    """``--masks`` writes ``<out>.mask.mp4`` beside each dub (staged and recorded like the output); a CSV row's
+    ``mask_out`` names its own."""
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+
+    face_clip(str(tmp_path / "talk.mp4"), frames=6)
+    voice(str(tmp_path / "talk.wav"), "Hello")
+    rc, out, _ = batch([str(tmp_path), "--masks", "--on-silence", "keep_original"] + FACE_OPTIONS, small_models_dir,
+                       monkeypatch, capsys)
+    assert rc == 0, out
+    mask = tmp_path / "dubbed" / "talk.mask.mp4"
+    assert len(VideoFileFrames(str(mask))) == len(VideoFileFrames(str(tmp_path / "dubbed" / "talk.mp4")))
+    line = records(str(tmp_path / "dubbed" / "batch_results.jsonl"))[-1]
+    assert line["state"] == "done" and line["mask"] == str(mask)
+    assert not [p for p in os.listdir(tmp_path / "dubbed") if "staging" in p]
+    rows = tmp_path / "jobs.csv"
+    rows.write_text("video,audio,out,mask_out\ntalk.mp4,talk.wav,second.mp4,second_matte.mp4\n")
+    rc, out, _ = batch([str(rows), "--out-dir", str(tmp_path / "rows")] + FACE_OPTIONS, small_models_dir,
+                       monkeypatch, capsys)
+    assert rc == 0, out
+    assert (tmp_path / "rows" / "second_matte.mp4").stat().st_size > 0

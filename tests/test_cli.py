@@ -161,3 +161,30 @@ def test_a_bad_command_line_is_one_line_before_any_work(inputs, small_models_dir
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
     assert touched == []
+
+
+def test_mask_out_writes_the_changed_pixels_and_silence_keeps_the_source(inputs, small_models_dir, monkeypatch,
+                                                                        tmp_path):
+    """``--mask-out``: a grey mp4 as long as the output, black on cutaway frames, bright where the mouth changed;
+    ``--on-silence keep_original`` reports kept frames (the voice ends before the clip: follow_video)."""
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+
+    d, video, voice = inputs
+    out, mask, report = (str(tmp_path / n) for n in ("out.mp4", "out.mask.mp4", "report.json"))
+    rc = run_cli(["--video", video, "--audio", voice, "--out", out, "--mask-out", mask, "--blend-mode", "mouth",
+                  "--on-silence", "keep_original", "--length-policy", "follow_video", "--report-json", report],
+                 monkeypatch, small_models_dir)
+    assert rc == 0
+    r = json.load(open(report))
+    grey = VideoFileFrames(mask)
+    assert len(grey) == len(VideoFileFrames(out)) == r["frames"]
+    frames = grey.read(list(range(len(grey)))).astype(int)
+    synced = sorted(set(range(r["frames"])) - set(r["passed_through"]))
+    assert synced and frames[synced].max() > 200                           # the new mouth: mask near 1
+    assert frames[r["passed_through"]].max() <= 20                         # cutaways and kept silence: 0 (+ H.264)
+    assert np.abs(frames[..., 0] - frames[..., 2]).max() <= 8              # grey
+    assert "kept_silent" in r and all(k in r["passed_through"] for k in r["kept_silent"])
+    # the mask is checked like the output: never overwritten, never the output itself
+    assert run_cli(["--video", video, "--audio", voice, "--out", str(tmp_path / "o2.mp4"), "--mask-out", mask],
+                   monkeypatch, small_models_dir) == 2
+    assert not os.path.exists(tmp_path / "o2.mp4")

@@ -340,3 +340,102 @@ def test_original_rule_is_unchanged_away_from_the_edge(astronaut_face):
         assert cropbox.face_crop_geometry(det, img.shape[1], img.shape[0], edge_faces=mode)[0] == box
     with pytest.raises(ValueError, match="edge_faces"):
         cropbox.face_crop_geometry(det, img.shape[1], img.shape[0], edge_faces="crop")
+
+
+# ---- the front ends ----------------------------------------------------------------------------------------------
+def test_nodes_take_the_controls_last_and_give_the_mask_last(clip, faces, voice, small_models_dir, monkeypatch):
+    """New inputs and outputs go last (saved workflows keep loading); the MASK output is 0 on cutaways and above 0
+    on every changed pixel."""
+    from musetalk_enhanced.models import registry
+    from musetalk_enhanced.nodes.face_nodes import MuseTalkFaceDetect
+    from musetalk_enhanced.nodes.lipsync_nodes import MuseTalkBatchedLipSync
+    from musetalk_enhanced.pipeline.backends import musetalk_engine
+    from musetalk_enhanced.pipeline.media.frames import uint8_to_image
+
+    node = MuseTalkBatchedLipSync
+    assert list(node.INPUT_TYPES()["optional"])[-5:] == ["on_silence", "silence_fade", "min_silence", "feather_px",
+                                                         "dilate_px"]
+    assert node.RETURN_TYPES[:5] == ("IMAGE", "MUSETALK_FRAMES", "AUDIO", "FLOAT", "STRING")
+    assert node.RETURN_TYPES[-1] == "MASK" and node.RETURN_NAMES[-1] == "mask"
+    assert list(MuseTalkFaceDetect.INPUT_TYPES()["optional"])[-1] == "edge_faces"
+    registry.set_folder_resolver(None)
+    musetalk_engine.clear_cache()
+    monkeypatch.setenv("MUSETALK_MODELS_DIR", small_models_dir)
+    result = node().lipsync(faces, features_for(voice), batch_size=4, blend_mode="box", images=uint8_to_image(clip),
+                            fps=FPS, backend=BackendSpec(choice=MUSETALK, auto_download=False))["result"]
+    images, mask = image_to_uint8(result[0]), result[-1]
+    assert mask.shape == images.shape[:3] and mask.dtype == torch.float32
+    n = len(clip)
+    for k in range(images.shape[0]):
+        s = k % (2 * n) if k % (2 * n) < n else 2 * n - 1 - k % (2 * n)
+        changed = (images[k] != clip[s]).any(-1)
+        assert (mask[k].numpy()[changed] > 0).all()
+        if faces.frames[s].face is None:
+            assert not mask[k].any()
+    assert mask.max() > 0.99
+
+
+@pytest.fixture(scope="module")
+def presenter(tmp_path_factory, clip, faces, engine, runtime):
+    from musetalk_enhanced.pipeline.avatars import frames_identity, prepare_avatar
+
+    frames = ArrayFrames(clip, FPS)
+    return prepare_avatar("silent_host", frames, faces, runtime, source=frames_identity(frames), settings={},
+                          engine=engine, blend_mode=BlendOptions("mouth", 12, 4),
+                          root=str(tmp_path_factory.mktemp("avatars")))
+
+
+def test_avatar_speech_keeps_silence_offline_and_live_alike(presenter, clip, paused_voice, engine, runtime):
+    """The avatar's speech with keep_original: kept frames bit-identical; live, pushed whole or in 200 ms chunks,
+    gives exactly the offline frames (it waits ``silence_fade + min_silence`` frames of voice for each)."""
+    from musetalk_enhanced.pipeline.avatars.live import LiveSpeech
+    from test_lipsync import small_encoder
+
+    audio, _ = paused_voice
+    options = sil.SilenceOptions("keep_original", 2, 0.3)
+    run = presenter.start(features_for(audio), runtime, engine=engine, batch_size=1, silence=options)
+    sink = ImageSink(run.plan.num_frames, presenter.frames.height, presenter.frames.width)
+    report = run.into(sink)
+    offline = image_to_uint8(sink.close())
+    assert report.kept_silent
+    for k in report.kept_silent:
+        assert np.array_equal(offline[k], clip[run.plan.source[k]])
+    pcm = audio.samples[0]
+    whole = LiveSpeech(presenter, runtime, engine=engine, encoder=small_encoder(), batch_size=1, silence=options)
+    got = whole.push(pcm) + whole.close()
+    assert [k for k, _ in got] == list(range(len(offline)))
+    assert np.array_equal(np.stack([f for _, f in got]), offline)
+    assert whole.kept_silent == report.kept_silent
+    chunked = LiveSpeech(presenter, runtime, engine=engine, encoder=small_encoder(), batch_size=2, silence=options)
+    made = []
+    for i in range(0, len(pcm), 3200):
+        out = chunked.push(pcm[i:i + 3200])
+        for k, _ in out:          # never before the voice that decides its weight
+            assert (k + options.lookahead(FPS)) * RATE / FPS <= i + 3200
+        made += out
+    made += chunked.close()
+    assert [k for k, _ in made] == list(range(len(offline)))
+    for k, frame in made:
+        if k in report.kept_silent:
+            assert np.array_equal(frame, clip[run.plan.source[k]])
+
+
+def test_request_fields_reach_every_front_end():
+    from musetalk_enhanced.pipeline.jobs import DubRequest, PrepareRequest, SpeakRequest
+    from musetalk_enhanced.pipeline.jobs.fields import RequestError, specs
+
+    dub = {s.name for s in specs(DubRequest)}
+    assert {"on_silence", "silence_fade", "min_silence", "blend_mode", "feather_px", "dilate_px", "edge_faces",
+            "mask_out"} <= dub
+    assert {"on_silence", "silence_fade", "min_silence"} <= {s.name for s in specs(SpeakRequest)}
+    assert {"feather_px", "dilate_px", "edge_faces"} <= {s.name for s in specs(PrepareRequest)}
+    base = dict(video="v.mp4", name="host")
+    # edge_faces and a shaped mask's sizes are part of an avatar's preparation; sizes of other modes are not
+    assert PrepareRequest(**base, edge_faces="original").settings() != PrepareRequest(**base).settings()
+    assert PrepareRequest(**base, feather_px=4).settings() == PrepareRequest(**base).settings()
+    assert PrepareRequest(**base, blend_mode="mouth", feather_px=4).settings() != \
+        PrepareRequest(**base, blend_mode="mouth").settings()
+    with pytest.raises(RequestError, match="mask_out"):
+        DubRequest(video="v.mp4", out="o.mp4", mask_out="o.mp4").validate()
+    with pytest.raises(RequestError, match="on_silence"):
+        DubRequest.from_mapping({"video": "v.mp4", "out": "o.mp4", "on_silence": "mute"}).validate()

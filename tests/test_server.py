@@ -64,7 +64,7 @@ def files(media, video="talk.mp4", audio="voice.wav"):
     return {"video": (video, (media / video).read_bytes()), "audio": (audio, (media / audio).read_bytes())}
 
 
-def check_result(url, job, n, tmp_path):
+def check_result(url, job, n, tmp_path, audio=True):
     from musetalk_enhanced.pipeline.media.audio import load_audio_file
     from musetalk_enhanced.pipeline.media.video import VideoFileFrames
 
@@ -73,12 +73,15 @@ def check_result(url, job, n, tmp_path):
     out = tmp_path / f"{job['id']}.mp4"
     out.write_bytes(data)
     assert len(VideoFileFrames(str(out))) == n
-    assert abs(load_audio_file(str(out)).duration - n / 25) < 0.06
+    if audio:
+        assert abs(load_audio_file(str(out)).duration - n / 25) < 0.06
 
 
 # -- jobs end to end -------------------------------------------------------------------------------------------------
 def test_upload_job_runs_to_a_result_with_progress_and_report(server, media, tmp_path):
-    status, body = sk.submit(server.url, {**files(media), "options": json.dumps({**FACE, "batch_size": 4})})
+    status, body = sk.submit(server.url, {**files(media), "options": json.dumps({**FACE, "batch_size": 4,
+                                                                                  "mask": True,
+                                                                                  "blend_mode": "box"})})
     assert status == 202 and body["state"] == "queued"
     job = sk.wait_for(server.url, body["id"])
     assert job["state"] == "done", job
@@ -89,6 +92,8 @@ def test_upload_job_runs_to_a_result_with_progress_and_report(server, media, tmp
         len(job["report"]["passed_through"]) == n and job["report"]["passed_through"]      # the rocket cutaway
     assert job["inputs"] == {"video": "video_talk.mp4", "audio": "audio_voice.wav"}       # no server paths shown
     check_result(server.url, job, n, tmp_path)
+    check_result(server.url, {**job, "result": job["result"].replace("/result", "/mask"), "id": job["id"] + "_mask"},
+                 n, tmp_path, audio=False)                # {"mask": true}: the grey mp4 of the changed pixels
     listed = sk.call("GET", server.url + "/v1/jobs?state=done")[1]["jobs"]
     assert body["id"] in [j["id"] for j in listed]
     # a finished job is deleted with its files by DELETE
@@ -106,6 +111,8 @@ def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
     n = expected_frames(media / "voice.wav")      # loop_range 0-7: the face shot only, no rocket cutaway
     assert job["report"]["synced"] == {"musetalk-v1.5": n} and job["report"]["passed_through"] == [], job["report"]
     check_result(server.url, job, expected_frames(media / "voice.wav"), tmp_path)
+    status, refusal = sk.call("GET", f"{server.url}/v1/jobs/{job['id']}/mask")
+    assert status == 409 and "without a mask" in refusal["error"]["message"]
     avatars = sk.call("GET", server.url + "/v1/avatars")[1]["avatars"]
     assert [(a["name"], a["frames"], a["fps"]) for a in avatars] == [("host", 14, 25.0)]
 
@@ -127,6 +134,12 @@ def test_media_folder_paths_and_avatar_jobs(server, media, tmp_path):
     ({"avatar": "nobody", "audio": "voice.wav"}, "avatar", "nobody"),
     ({"avatar": "host", "video": "talk.mp4", "audio": "voice.wav"}, "avatar", "not both"),
     ({"avatar": "host", "audio": "voice.wav", "options": {"loop": "sideways"}}, "options.loop", "not a choice"),
+    ({"video": "talk.mp4", "options": {"on_silence": "mute"}}, "options.on_silence", "not a choice"),
+    ({"video": "talk.mp4", "options": {"edge_faces": "crop"}}, "options.edge_faces", "not a choice"),
+    ({"video": "talk.mp4", "options": {"feather_px": 500}}, "options.feather_px", "out of range"),
+    ({"video": "talk.mp4", "options": {"mask": "yes"}}, "options.mask", "not true or false"),
+    ({"video": "talk.mp4", "options": {"mask_out": "/tmp/m.mp4"}}, "options.mask_out", "not an option"),
+    ({"avatar": "host", "audio": "voice.wav", "options": {"mask": True}}, "options.mask", "only a dub"),
 ])
 def test_bad_requests_name_the_field_and_the_fix(server, media, payload, field, words):
     link = media / "outside.mp4"
