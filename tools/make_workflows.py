@@ -237,6 +237,17 @@ def _mux(ex, ls, prefix):
     return mx
 
 
+def _core_video_out(ex, title, images, ls, prefix):
+    """Core Create Video (``images``, the lip-sync's audio and fps) -> core Save Video."""
+    ex.column(title)
+    mk = ex.node("CreateVideo")
+    ex.link(*images, mk, "images")
+    ex.link(ls, "audio", mk, "audio")
+    ex.link(ls, "fps", mk, "fps")
+    sv = ex.node("SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"})
+    ex.link(mk, "VIDEO", sv, "video")
+
+
 def _musetalk_loaders(ex, clip, voice=None):
     ex.column("1. Load the video" + (" and the voice" if voice else ""))
     lv = ex.node("MuseTalkLoadVideo", {"video": clip}, video=clip)
@@ -339,13 +350,7 @@ def example_workflows(out_dir):
     fd = _faces(ex, lv)
     sel, wf = _backend_and_voice(ex, ca, "AUDIO", lv, "fps")
     ls = _lipsync(ex, fd, sel, wf, lv)
-    ex.column("5. Make and save the video")
-    mk = ex.node("CreateVideo")
-    ex.link(ls, "images", mk, "images")
-    ex.link(ls, "audio", mk, "audio")
-    ex.link(ls, "fps", mk, "fps")
-    sv = ex.node("SaveVideo", {"filename_prefix": "video/MuseTalk_core", "format": "auto", "codec": "auto"})
-    ex.link(mk, "VIDEO", sv, "video")
+    _core_video_out(ex, "5. Make and save the video", (ls, "images"), ls, "video/MuseTalk_core")
     save(ex, "chain_with_core_video")
 
     # 6. vhs_lipsync: VideoHelperSuite in and out (IMAGE + AUDIO + fps)
@@ -437,13 +442,7 @@ def example_workflows(out_dir):
     ex.link(ls, "mask", mi, "mask")
     pv = ex.node("PreviewImage", title="The mask of the changed pixels")
     ex.link(mi, "IMAGE", pv, "images")
-    ex.column("6. Make and save the video")
-    mk = ex.node("CreateVideo")
-    ex.link(cm, "IMAGE", mk, "images")
-    ex.link(ls, "audio", mk, "audio")
-    ex.link(ls, "fps", mk, "fps")
-    sv = ex.node("SaveVideo", {"filename_prefix": "video/MuseTalk_mouth", "format": "auto", "codec": "auto"})
-    ex.link(mk, "VIDEO", sv, "video")
+    _core_video_out(ex, "6. Make and save the video", (cm, "IMAGE"), ls, "video/MuseTalk_mouth")
     save(ex, "restore_mouth_only")
     return written
 
