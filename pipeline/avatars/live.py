@@ -120,10 +120,15 @@ class LiveSilence:
         """How many frames' weights are decided."""
         return len(self.voiced) if final else max(0, len(self.voiced) - self.options.lookahead(self.fps) + 1)
 
-    def weights(self) -> np.ndarray:
-        voiced = np.asarray(self.voiced, bool)
-        return fade_weights(len(voiced), silent_runs(voiced, self.options.min_frames(self.fps)),
-                            int(self.options.fade_frames))
+    def weights(self, first: int) -> np.ndarray:
+        """The weights of frames ``first`` onwards (index 0 = frame ``first``). They depend on the frames within
+        ``lookahead`` of them only, so the voice before that is not looked at again (a long speech costs the same
+        per push)."""
+        lo = max(0, first - self.options.lookahead(self.fps) - 1)
+        voiced = np.asarray(self.voiced[lo:], bool)
+        weights = fade_weights(len(voiced), silent_runs(voiced, self.options.min_frames(self.fps)),
+                               int(self.options.fade_frames))
+        return weights[first - lo:]
 
 
 class LiveSpeech:
@@ -201,7 +206,7 @@ class LiveSpeech:
         srcs = [self.idle.frame(k) for k in ks]
         uniq = sorted(set(srcs))
         u8 = dict(zip(uniq, frames.read(uniq)))
-        weights = self.silence.weights() if self.silence is not None else None
+        weights = dict(zip(ks, self.silence.weights(ks[0]))) if self.silence is not None else None
         with_face = [(k, s) for k, s in zip(ks, srcs) if faces.frames[s].face is not None]
         if weights is not None:
             self.kept_silent += [k for k, _ in with_face if weights[k] <= 0]
