@@ -394,7 +394,7 @@ def test_node_declaration():
             continue
         for name, (kind, *rest) in group.items():
             assert rest and rest[0].get("tooltip"), name
-    assert set(spec["optional"]) == {"images", "frames"} and spec["optional"]["frames"][0] == "MUSETALK_FRAMES"
+    assert set(spec["optional"]) == {"images", "frames", "edge_faces"} and spec["optional"]["frames"][0] == "MUSETALK_FRAMES"
     assert node.RETURN_TYPES == ("MUSETALK_FACES", "IMAGE", "STRING") and node.CATEGORY == "MuseTalk/faces"
     assert face_nodes.NODE_DISPLAY_NAME_MAPPINGS["MuseTalkFaceDetect"] == "Face Detect with Cutaways"
     from musetalk_enhanced.pipeline.faces.preview import preview_indices

@@ -25,7 +25,8 @@ API_DIR = "api"  # under example_workflows/
 # node with its display name unless the workflow renamed it, and Export (API) writes that title to _meta
 CORE_TITLES = {"LoadVideo": "Load Video", "GetVideoComponents": "Get Video Components", "CreateVideo": "Create Video",
                "SaveVideo": "Save Video", "LoadAudio": "Load Audio", "PreviewImage": "Preview Image",
-               "PreviewAudio": "Preview Audio", "SaveAudio": "Save Audio (FLAC)", "PreviewAny": "Preview Any"}
+               "PreviewAudio": "Preview Audio", "SaveAudio": "Save Audio (FLAC)", "PreviewAny": "Preview Any",
+               "MaskToImage": "Convert Mask to Image"}
 VHS_TITLES = {"VHS_LoadVideo": "Load Video (Upload) 🎥🅥🅗🅢", "VHS_LoadAudioUpload": "Load Audio (Upload)🎥🅥🅗🅢",
               "VHS_VideoInfoLoaded": "Video Info (Loaded) 🎥🅥🅗🅢", "VHS_VideoCombine": "Video Combine 🎥🅥🅗🅢"}
 # the file input of each loader node: what a client sets to the name of an uploaded file
