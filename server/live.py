@@ -1,12 +1,14 @@
 """``WS /v1/avatars/{name}/live``: the client streams its voice, the server streams the avatar's frames.
 
 Protocol (also in ``GET /openapi.json`` and README "Dubbing server"):
-- query ``format=f32`` (float32 little-endian, default) or ``s16`` (int16 little-endian); mono, 16 kHz.
+- query ``format=f32`` (float32 little-endian, default) or ``s16`` (int16 little-endian); mono, 16 kHz; optional
+  ``on_silence=keep_original``, ``silence_fade``, ``min_silence`` (the request fields of the same names).
 - server -> client, first: text ``{"type": "ready", "avatar", "fps", "width", "height"}``.
 - client -> server: binary messages of PCM samples, any length; text ``{"type": "end"}`` when the voice ends.
 - server -> client: one binary message per frame: a 12-byte header (``uint32`` frame index, ``float64`` time in
   seconds, little-endian) then the JPEG; text ``{"type": "dropped", "count"}`` when frames were dropped because the
-  client read too slowly; after ``end``, text ``{"type": "end", "frames", "dropped"}``; on a failure text
+  client read too slowly; after ``end``, text ``{"type": "end", "frames", "dropped", "kept_silent"}`` (frames that
+  kept the avatar's real mouth); on a failure text
   ``{"type": "error", "message", "fix"}`` and the socket closes.
 
 Frames are made by :class:`pipeline.avatars.live.LiveSpeech` in a thread of their own. Voice that arrives while a
@@ -130,7 +132,8 @@ async def send_frames(ws, session: LiveSession) -> None:
             await ws.send_str(json.dumps({"type": "dropped", "count": dropped}))
         if item is None:
             await ws.send_str(json.dumps({"type": "end", "frames": session.made - session.frames.dropped,
-                                          "dropped": session.frames.dropped}))
+                                          "dropped": session.frames.dropped,
+                                          "kept_silent": len(session.speech.kept_silent)}))
             return
         await ws.send_bytes(item)
 

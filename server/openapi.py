@@ -72,11 +72,13 @@ def _other_routes() -> Dict:
         "/v1/avatars": {"get": {"summary": "the prepared avatars", "responses": {"200": {"description": "{avatars}"}}}},
         "/v1/avatars/{name}/live": {"get": {
             "summary": "WebSocket: live speech through an avatar",
-            "description": "Query: format=f32|s16 (16 kHz mono little-endian PCM), batch_size. Server sends text "
+            "description": "Query: format=f32|s16 (16 kHz mono little-endian PCM), batch_size, on_silence, "
+                           "silence_fade, min_silence. Server sends text "
                            "{type: ready, fps, width, height}; client sends binary PCM chunks and text {type: end}; "
                            "server sends one binary message per frame (12-byte header: uint32 frame index, float64 "
                            "seconds, little-endian; then the JPEG), text {type: dropped, count} when a slow client "
-                           "lost frames, text {type: end, frames, dropped} at the end, {type: error, message, fix} "
+                           "lost frames, text {type: end, frames, dropped, kept_silent} at the end, "
+                           "{type: error, message, fix} "
                            "on failure.",
             "responses": {"101": {"description": "switching protocols"}, **_errors(400, 401, 404, 429)}}},
         "/v1/health": {"get": {"summary": "workers and queue", "responses": {"200": {"description": "ok"}}}},

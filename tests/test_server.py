@@ -403,7 +403,7 @@ def test_live_websocket_streams_every_frame_in_order(server, media):
     ready, frames, texts = asyncio.run(live_session(server.url, voice))
     n = int(np.ceil(len(voice) / 16000 * 25 - 1e-6))
     assert ready == {"type": "ready", "avatar": "host", "fps": 25.0, "width": 256, "height": 256}
-    assert texts[-1] == {"type": "end", "frames": n, "dropped": 0}
+    assert texts[-1] == {"type": "end", "frames": n, "dropped": 0, "kept_silent": 0}
     heads = [struct.unpack("<Id", f[:12]) for f in frames]
     assert [h[0] for h in heads] == list(range(n)) and heads[-1][1] == pytest.approx((n - 1) / 25)
     from musetalk_enhanced.pipeline.avatars import Avatar
@@ -425,6 +425,8 @@ def test_live_websocket_streams_every_frame_in_order(server, media):
     assert cutaway and synced and max(cutaway) < 2.5 < min(synced), changed   # JPEG only vs a new mouth
     status, body = sk.call("GET", server.url + "/v1/avatars/nobody/live")
     assert status == 404 and body["error"]["field"] == "name"
+    status, body = sk.call("GET", server.url + "/v1/avatars/host/live?on_silence=mute")
+    assert status == 400 and body["error"]["field"] == "on_silence" and "keep_original" in body["error"]["fix"]
 
 
 def test_live_pcm_split_anywhere_between_messages_is_read_whole():
@@ -444,6 +446,8 @@ def test_a_slow_live_client_loses_old_frames_not_memory():
     from musetalk_enhanced.server import live
 
     class Speech:                                  # makes 40 frames at once
+        kept_silent = []
+
         def push(self, pcm):
             return [(k, np.full((16, 16, 3), k, np.uint8)) for k in range(40)]
 
@@ -477,7 +481,7 @@ def test_a_slow_live_client_loses_old_frames_not_memory():
     assert ws.sent == sorted(ws.sent) and ws.sent[-1] == 39 and len(ws.sent) < 40
     dropped = sum(t["count"] for t in ws.texts if t["type"] == "dropped")
     assert dropped == 40 - len(ws.sent) and ws.texts[-1] == {"type": "end", "frames": len(ws.sent),
-                                                              "dropped": dropped}
+                                                              "dropped": dropped, "kept_silent": 0}
 
 
 # -- the page in a real browser --------------------------------------------------------------------------------------
