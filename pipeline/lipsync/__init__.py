@@ -9,7 +9,7 @@ them; :meth:`LipSyncRun.into` then opens the backend chain (pipeline/backends/se
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ..backends.blending import blend_options
 from ..backends.selection import DEFAULT_BATCH_SIZE, BackendChain, BackendSpec, open_backend
@@ -51,13 +51,14 @@ class LipSyncRun:
         self.weights = silence_weights(self.audio, self.fps, self.plan.num_frames, self.silence)
 
     def into(self, sink, runtime, engine_factory: Optional[Callable[[str], object]] = None,
-             whisper_encoder=None, mask_sink=None) -> LipSyncReport:
+             whisper_encoder=None, mask_sink=None, output_range: Optional[Tuple[int, int]] = None) -> LipSyncReport:
         """Run into ``sink`` (and each frame's mask into ``mask_sink``, when given). ``engine_factory(backend name)
         -> backend`` replaces model loading (tests); ``whisper_encoder`` is used when a fallback needs the features
-        in another layout."""
+        in another layout; ``output_range`` ``(start, stop)``: only those output frames (a shard)."""
         from ..audio_features import features_in_layout
 
-        report = LipSyncReport(requested=self.spec.choice, num_frames=self.plan.num_frames,
+        start, stop = output_range or (0, self.plan.num_frames)
+        report = LipSyncReport(requested=self.spec.choice, num_frames=stop - start,
                                landmarks=str((self.faces.params or {}).get("landmark_kind") or ""))
         report.notes.extend(self.plan.notes)
         if self.weights is not None:
@@ -70,25 +71,32 @@ class LipSyncRun:
                                               whisper_encoder),
             self.batch_size)
         try:
-            if self._has_faces():
+            if self._has_faces(start, stop):
                 runtime.progress("loading models", 0, 1)
                 chain.open()
                 runtime.progress("loading models", 1, 1)
-            else:
+            elif (start, stop) == (0, self.plan.num_frames):
                 report.notes.append("no frame has a face: every frame passes through unchanged")
+            else:
+                report.notes.append(f"frames {start}-{stop - 1}: no face, no model loaded")
         except BaseException:           # a cancel or a model that cannot load: nothing is left in the sink
             sink.abort()
             if mask_sink is not None:
                 mask_sink.abort()
             raise
         report.batch_sizes.append(self.batch_size)
-        run_units(self.frames, self.faces, self.plan.source, chain, sink, runtime, report, self.weights, mask_sink)
+        run_units(self.frames, self.faces, self.plan.source, chain, sink, runtime, report, self.weights, mask_sink,
+                  start, stop)
         report.seconds = time.time() - self.started
         return report
 
-    def _has_faces(self) -> bool:
-        kept = self.weights is not None and bool((self.weights <= 0).all())
-        return not kept and any(self.faces.frames[int(s)].face is not None for s in set(self.plan.source.tolist()))
+    def _has_faces(self, start: int, stop: int) -> bool:
+        """Whether any output frame of ``[start, stop)`` needs a network (a face that is not kept silent)."""
+        for k in range(start, stop):
+            if self.faces.frames[int(self.plan.source[k])].face is not None and \
+                    (self.weights is None or self.weights[k] > 0):
+                return True
+        return False
 
 
 def run_lipsync(frames, faces: FaceSequence, features, spec: BackendSpec, runtime, sink, batch_size: int = DEFAULT_BATCH_SIZE,

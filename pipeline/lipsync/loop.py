@@ -147,20 +147,23 @@ def _masks(unit: _Unit, patches: Dict[int, Patch]) -> List[Optional[Patch]]:
 
 
 def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runtime, report,
-              weights: Optional[np.ndarray] = None, mask_sink=None) -> None:
-    """Every output frame (``source[k]``: the source frame it shows) through the chain into ``sink``; ``weights``:
-    each output frame's silence weight (None: all 1); ``mask_sink``: where the frames' masks go."""
-    total = int(len(source))
+              weights: Optional[np.ndarray] = None, mask_sink=None, start: int = 0,
+              stop: Optional[int] = None) -> None:
+    """The output frames ``[start, stop)`` (``source[k]``: the source frame output frame ``k`` shows; default: all)
+    through the chain into ``sink``; ``weights``: each output frame's silence weight (None: all 1); ``mask_sink``:
+    where the frames' masks go. A range is one shard of a long video (pipeline/jobs/shards.py): its frames are made
+    exactly as in the whole run (audio windows and LatentSync's noise follow the absolute frame number)."""
+    total = int(len(source)) if stop is None else int(stop)
     last_use = np.full(len(frames), -1, np.int64)   # the last output frame showing each source frame
-    last_use[source] = np.arange(total)
+    last_use[source[:total]] = np.arange(total)
     kept = np.zeros(total, bool) if weights is None else np.asarray(weights) <= 0
     units = _Units(chain, faces, source, kept)
     workers = _Workers()
     reader = _UnitReader(frames, source, workers)
     written = None   # the last sink write: at most one unit in flight
     try:
-        runtime.progress("lip-sync", 0, total)     # shown from the start, even when one unit holds every frame
-        k = 0
+        runtime.progress("lip-sync", 0, total - start)     # shown from the start, even when one unit holds all
+        k = int(start)
         while k < total:
             k0, k1, is_face = units.at(k, total)
             unit = reader.get(k0, k1)
@@ -175,7 +178,7 @@ def run_units(frames, faces: FaceSequence, source: np.ndarray, chain, sink, runt
             written = workers.write(_write, sink, batch, mask_sink, _masks(unit, patches))
             chain.forget([s for s in set(unit.srcs) if last_use[s] < k1])
             k = k1
-            runtime.progress("lip-sync", k, total)
+            runtime.progress("lip-sync", k - start, total - start)
         if written is not None:
             written.result()
     except BaseException:

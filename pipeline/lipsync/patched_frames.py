@@ -24,7 +24,9 @@ Box = Tuple[int, int, int, int]
 
 
 class PatchStore:
-    """Rectangles of pixels by output frame index, PNG-encoded (lossless) in one temporary file."""
+    """Rectangles of pixels by output frame index, PNG-encoded (lossless) in one temporary file. :meth:`persist`
+    writes its index beside it (``<file>.json``) and keeps both, so another process can :meth:`open` it (a shard of
+    a long video, pipeline/jobs/shards.py)."""
 
     def __init__(self, directory: Optional[str] = None):
         os.makedirs(directory or tempfile.gettempdir(), exist_ok=True)
@@ -32,6 +34,31 @@ class PatchStore:
         self._file = os.fdopen(fd, "w+b")
         self._index: Dict[int, Tuple[int, int, Box]] = {}
         self._lock = threading.Lock()
+        self.kept = False
+
+    def persist(self) -> str:
+        """Write the index beside the file and keep both after this object is gone; returns the file's path."""
+        import json
+
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        with open(self.path + ".json", "w") as f:
+            json.dump({str(k): [o, n, list(b)] for k, (o, n, b) in self._index.items()}, f)
+        self.kept = True
+        return self.path
+
+    @classmethod
+    def open(cls, path: str) -> "PatchStore":
+        """A store :meth:`persist` wrote (this object owns the files from now on: :meth:`close` removes them)."""
+        import json
+
+        store = cls.__new__(cls)
+        store.path, store._lock, store.kept = path, threading.Lock(), False
+        with open(path + ".json") as f:
+            store._index = {int(k): (o, n, tuple(b)) for k, (o, n, b) in json.load(f).items()}
+        store._file = open(path, "r+b")
+        return store
 
     def __len__(self) -> int:
         return len(self._index)
@@ -67,8 +94,9 @@ class PatchStore:
         try:
             self._file.close()
         finally:
-            if os.path.exists(self.path):
-                os.remove(self.path)
+            for path in (self.path, self.path + ".json"):
+                if not self.kept and os.path.exists(path):
+                    os.remove(path)
 
     def __del__(self):  # the temporary file goes with the last frames object that reads it
         try:
@@ -112,30 +140,52 @@ def changed_box(frame: np.ndarray, source: np.ndarray) -> Optional[Box]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+class JoinedPatches:
+    """Several stores, each holding the output frames ``[start, stop)`` of one shard, read as one."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)          # [(start, stop, PatchStore)]
+
+    def __len__(self) -> int:
+        return sum(len(store) for _, _, store in self.parts)
+
+    def get(self, k: int):
+        for start, stop, store in self.parts:
+            if start <= k < stop:
+                return store.get(k)
+        return None
+
+    def close(self) -> None:
+        for _, _, store in self.parts:
+            store.close()
+
+
 class PatchSink:
     """A lip-sync output sink (like ``ImageSink`` / ``WriterSink``) that keeps only what changed: output frames
-    arrive in order; ``source_index[k]`` names the source frame of output frame ``k``. ``close()`` returns the
-    :class:`PatchedFrames`."""
+    arrive in order from output frame ``start``; ``source_index[k]`` names the source frame of output frame ``k``.
+    ``close()`` returns the :class:`PatchedFrames`."""
 
-    def __init__(self, source: Frames, source_index: np.ndarray, directory: Optional[str] = None):
+    def __init__(self, source: Frames, source_index: np.ndarray, directory: Optional[str] = None, start: int = 0):
         self.source = source
         self.source_index = np.asarray(source_index, np.int64)
         self.store = PatchStore(directory)
+        self.start = int(start)
         self.count = 0
 
     def write(self, native) -> None:
         frames = image_to_uint8(native) if isinstance(native, torch.Tensor) else np.asarray(native, np.uint8)
         n = frames.shape[0]
-        src = self.source.read(self.source_index[self.count:self.count + n])
+        k0 = self.start + self.count
+        src = self.source.read(self.source_index[k0:k0 + n])
         for j in range(n):
             box = changed_box(frames[j], src[j])
             if box is not None:
                 x1, y1, x2, y2 = box
-                self.store.add(self.count + j, box, frames[j, y1:y2, x1:x2])
+                self.store.add(k0 + j, box, frames[j, y1:y2, x1:x2])
         self.count += n
 
     def close(self) -> PatchedFrames:
-        return PatchedFrames(self.source, self.source_index[:self.count], self.store, self.source.fps)
+        return PatchedFrames(self.source, self.source_index[:self.start + self.count], self.store, self.source.fps)
 
     def abort(self) -> None:
         self.store.close()

@@ -30,6 +30,23 @@ class LipSyncReport:
         else:
             self.notes.append(f"{backend}: out of memory; {unit_label} lowered to {size}")
 
+    @classmethod
+    def joined(cls, parts: Sequence["LipSyncReport"]) -> "LipSyncReport":
+        """One report of a run made in shards (pipeline/jobs/shards.py): frames, fallbacks and notes added up."""
+        out = cls(requested=parts[0].requested, landmarks=parts[0].landmarks)
+        for part in parts:
+            out.num_frames += part.num_frames
+            for backend, ks in part.synced.items():
+                out.add(backend, ks)
+            out.passed_through.extend(part.passed_through)
+            out.kept_silent.extend(part.kept_silent)
+            out.fallbacks.extend(f for f in part.fallbacks if f not in out.fallbacks)
+            out.notes.extend(n for n in part.notes if n not in out.notes)
+            out.seconds = max(out.seconds, part.seconds)
+        sizes = [b for part in parts for b in part.batch_sizes]
+        out.batch_sizes = sizes[:1] + ([min(sizes)] if sizes and min(sizes) < sizes[0] else [])
+        return out
+
     @property
     def backends_used(self) -> List[str]:
         return [b for b, ks in self.synced.items() if ks]

@@ -1,0 +1,144 @@
+"""A long video lip-synced in shards: split at its shot cuts, each shard made on its own (in a worker process), the
+shards joined without a lossy step and encoded once with the voice.
+
+Shots are independent for MuseTalk, and a LatentSync chunk never spans a cut (pipeline/backends/latentsync.py), so a
+video cut at its shots can be lip-synced in parallel without changing a frame. Whatever a frame depends on beyond
+its shard is computed once, for the whole video, exactly as in the unsharded run, and handed to every shard: the
+voice's whisper features (their normalisation spans the file), the face analysis (shots, tracks, boxes, reset at
+cuts), the plan (which source frame each output frame shows) and the silence weights. A shard's frames keep their
+absolute numbers (audio windows, LatentSync's per-frame noise). Each shard decodes its frames from its own start:
+no frame goes from one process to another. A shard of cutaways only never loads a model.
+
+At batch size 1 every frame before the final encode is bit-identical to the unsharded run's (tested). At larger
+batch sizes an unsharded run's MuseTalk batch may span a cut, and a batch of another composition can move float
+rounding in the networks.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import runpy
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_MIN_SECONDS = 10.0       # shots shorter than this are merged with the next
+
+
+def shard_ranges(source: np.ndarray, faces, fps: float, min_seconds: float = DEFAULT_MIN_SECONDS
+                 ) -> List[Tuple[int, int]]:
+    """Half-open ``[start, stop)`` ranges of output frames, cut where the shown frame's shot changes; a range
+    shorter than ``min_seconds`` is merged with the next (the last one with the one before)."""
+    shots = [faces.frames[int(s)].shot for s in source]
+    cuts = [0] + [k for k in range(1, len(shots)) if shots[k] != shots[k - 1]] + [len(shots)]
+    shortest = max(1, int(round(min_seconds * fps)))
+    ranges: List[Tuple[int, int]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        if ranges and ranges[-1][1] - ranges[-1][0] < shortest:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < shortest:
+        last = ranges.pop()
+        ranges[-1] = (ranges[-1][0], last[1])
+    return ranges
+
+
+@dataclass
+class Shard:
+    """What one shard needs, sent to its worker (everything computed once for the whole video)."""
+
+    video: str
+    force_rate: float
+    faces: Any                     # FaceSequence
+    features: Any                  # AudioFeatures of the whole voice
+    spec: Any                      # BackendSpec
+    length_policy: str
+    batch_size: int
+    blend: Any                     # BlendOptions
+    silence: Any                   # SilenceOptions
+    start: int
+    stop: int
+    folder: str                    # where its patches are written
+    device: str
+    dtype: str
+
+
+def make_shard(shard: Shard):
+    """Lip-sync the output frames ``[start, stop)`` of the video into a patch store another process can open;
+    returns ``(its path, the shard's report)``."""
+    from ..lipsync import LipSyncRun
+    from ..lipsync.patched_frames import PatchSink
+    from ..media.video import VideoFileFrames
+    from ..runtime import Runtime, pick_device, pick_dtype
+
+    frames = VideoFileFrames(shard.video, force_rate=shard.force_rate, name="video")
+    run = LipSyncRun(frames, shard.faces, shard.features, shard.spec, shard.length_policy, shard.batch_size,
+                     shard.blend, shard.silence)
+    device = pick_device(shard.device)
+    runtime = Runtime(device=device, dtype=pick_dtype(device, shard.dtype), show_progress=False)
+    sink = PatchSink(frames, run.plan.source, shard.folder, start=shard.start)
+    report = run.into(sink, runtime, output_range=(shard.start, shard.stop))
+    path = sink.store.persist()
+    sink.store.close()
+    return path, report
+
+
+def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None) -> List[Tuple[str, Any]]:
+    """Every shard, in ``workers`` worker processes (spawned, each loading its models once), or here when
+    ``workers`` is 1; results in the shards' order."""
+    if workers <= 1:
+        out = []
+        for i, shard in enumerate(shards):
+            out.append(make_shard(shard))
+            if progress:
+                progress("shards", i + 1, len(shards))
+        return out
+    pack = __name__.rsplit(".pipeline.", 1)[0]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=runpy.run_path,
+                             initargs=(boot, {"PACK_NAME": pack, "PACK_DIR": root, "THREADS": threads})) as pool:
+        futures = [pool.submit(make_shard, shard) for shard in shards]
+        out = []
+        for i, future in enumerate(futures):
+            out.append(future.result())
+            if progress:
+                progress("shards", i + 1, len(shards))
+        return out
+
+
+def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard], made):
+    """The whole output: the source frames plus every shard's patches (:class:`~..lipsync.patched_frames
+    .PatchedFrames`, composed when read)."""
+    from ..lipsync.patched_frames import JoinedPatches, PatchedFrames, PatchStore
+
+    parts = JoinedPatches([(s.start, s.stop, PatchStore.open(path)) for s, (path, _) in zip(shards, made)])
+    return PatchedFrames(source_frames, plan_source, parts, source_frames.fps)
+
+
+def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, runtime_dtype: str, min_seconds: float,
+                    workers: int, folder: Optional[str] = None, progress=None):
+    """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards: returns ``(joined frames,
+    joined report, the scratch folder)``; the caller encodes the frames and then removes the folder."""
+    from ..lipsync.report import LipSyncReport
+
+    scratch = tempfile.mkdtemp(prefix="musetalk_shards_", dir=folder)
+    try:
+        shards = [Shard(video, force_rate, run.faces, run.features, run.spec, run.plan.policy, run.batch_size,
+                        run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype)
+                  for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
+        made = run_shards(shards, workers, progress)
+        report = LipSyncReport.joined([r for _, r in made])
+        report.notes.append(f"made in {len(shards)} shards at shot cuts ({workers} worker"
+                            f"{'s' if workers != 1 else ''})")
+        return joined_frames(run.frames, run.plan.source, shards, made), report, scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
