@@ -188,3 +188,25 @@ def test_mask_out_writes_the_changed_pixels_and_silence_keeps_the_source(inputs,
     assert run_cli(["--video", video, "--audio", voice, "--out", str(tmp_path / "o2.mp4"), "--mask-out", mask],
                    monkeypatch, small_models_dir) == 2
     assert not os.path.exists(tmp_path / "o2.mp4")
+
+
+def test_shard_shots_makes_the_same_video_in_shards(inputs, small_models_dir, monkeypatch, tmp_path):
+    """``--shard shots``: the clip's three shots made as shards, joined and encoded once: the frames equal the
+    unsharded output's decode (the same encoder input, so the same file content), the report adds the shards up."""
+    from musetalk_enhanced.pipeline.media.video import VideoFileFrames
+
+    d, video, voice = inputs
+    common = ["--video", video, "--audio", voice, "--batch-size", "1", "--blend-mode", "feather",
+              "--length-policy", "follow_video"]
+    whole, sharded = str(tmp_path / "whole.mp4"), str(tmp_path / "sharded.mp4")
+    assert run_cli(common + ["--out", whole], monkeypatch, small_models_dir) == 0
+    report = str(tmp_path / "r.json")
+    assert run_cli(common + ["--out", sharded, "--shard", "shots", "--shard-seconds", "0.1", "--report-json",
+                             report], monkeypatch, small_models_dir) == 0
+    a, b = VideoFileFrames(whole), VideoFileFrames(sharded)
+    assert len(a) == len(b) == 16
+    assert np.array_equal(a.read(list(range(16))), b.read(list(range(16))))
+    r = json.load(open(report))
+    assert any("made in 3 shards" in n for n in r["notes"]) and r["frames"] == 16
+    assert run_cli(common + ["--out", str(tmp_path / "m.mp4"), "--shard", "shots", "--mask-out",
+                             str(tmp_path / "m.mask.mp4")], monkeypatch, small_models_dir) == 2

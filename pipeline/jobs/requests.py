@@ -24,6 +24,7 @@ from ..faces.options import SPEAKER_POLICIES, FaceOptions, parse_user_box
 from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
 from ..lipsync.silence import FADE_RANGE, MIN_SILENCE_RANGE, ON_SILENCE, SilenceOptions
 from ..media.video import MAX_FORCE_RATE
+from .shards import DEFAULT_MIN_SECONDS, SHARD_CHOICES
 from ..media.writer import CRF_RANGE, DEFAULT_CRF
 from ..runtime import DTYPE_CHOICES
 from .fields import INPUT, MACHINE, OPTION, RequestError, build, checked, names_table, option, specs
@@ -251,6 +252,13 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
     crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
     mask_out: Optional[str] = option(None, "also write the mask of the changed pixels, per frame, as a grey mp4 "
                                            "(never overwritten)", kind=str, role=INPUT)
+    shard: str = option(SHARD_CHOICES[0], "shots: lip-sync a long video in shards cut at its shot cuts, in worker "
+                                          "processes, joined before the one encode (the same frames)",
+                        choices=SHARD_CHOICES)
+    shard_seconds: float = option(DEFAULT_MIN_SECONDS, "shard shots: shots shorter than this many seconds join the "
+                                                       "next shard", range=(0.04, 3600))
+    workers: int = option(1, "shard shots: worker processes (each loads the models once; one per GPU, or per few "
+                             "CPU cores)", range=(1, 64), role=MACHINE)
 
     def check_inputs(self) -> None:
         _required(self.video, "video", "name the video to dub")
@@ -261,6 +269,9 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
             _check_out(self.mask_out, "mask_out")
             if os.path.abspath(self.mask_out) == os.path.abspath(self.out):
                 raise RequestError("mask_out", "is the same file as out", "give the mask its own name")
+            if self.shard != "off":
+                raise RequestError("mask_out", "is not written by a sharded run yet", "leave out --shard, or the "
+                                                                                      "mask")
         self.face_options()
 
 

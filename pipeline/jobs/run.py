@@ -152,12 +152,40 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     out = os.path.abspath(request.out)
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
     masks = mask_writer(request.mask_out, frames.fps, frames.width, frames.height, request.crf)
-    report = encode(lambda sink, mask_sink=None: run_.into(sink, runtime, mask_sink=mask_sink), writer, runtime,
-                    masks)
+    if request.shard == "shots":        # (a mask is refused with shards: DubRequest.check_inputs)
+        report = encode(lambda sink: sharded(request, run_, runtime, sink), writer, runtime)
+    else:
+        report = encode(lambda sink, mask_sink=None: run_.into(sink, runtime, mask_sink=mask_sink), writer, runtime,
+                        masks)
     report.notes.extend(f"warning: {w}" for w in warnings)
     if masks is not None:
         report.notes.append(f"mask of the changed pixels: {os.path.basename(request.mask_out)}")
     return JobResult("dub", out, report)
+
+
+def sharded(request: DubRequest, run_, runtime: Runtime, sink):
+    """The run made in shards at its shot cuts (pipeline/jobs/shards.py), its joined frames into ``sink``."""
+    import shutil
+
+    from .shards import sharded_lipsync
+
+    def progress(_stage: str, done: int, total: int) -> None:
+        runtime.progress("lip-sync", done, total)
+
+    try:
+        frames, report, scratch = sharded_lipsync(run_, request.video, request.force_rate, str(runtime.device),
+                                                  request.dtype, request.shard_seconds, request.workers,
+                                                  progress=progress)
+    except BaseException:
+        sink.abort()
+        raise
+    try:
+        for batch in frames.iter_batches(16):
+            sink.write(batch.rgb)
+        return report
+    finally:
+        frames.patches.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def mask_writer(path: Optional[str], fps: float, width: int, height: int, crf: int):

@@ -26,6 +26,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+SHARD_CHOICES = ("off", "shots")
 DEFAULT_MIN_SECONDS = 10.0       # shots shorter than this are merged with the next
 
 
