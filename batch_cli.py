@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help=f"the results file (default: {RESULTS_FILE} in the out folder)")
     p.add_argument("--dry-run", action="store_true", help="check every row and run nothing")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: never)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the jobs on Ray actors: auto (the cluster this machine "
+                                                    "joined), local (start Ray here) or a cluster address; needs "
+                                                    "the ray extra (bash scripts/setup.sh --ray)")
+    p.add_argument("--actors", type=int, help="with --ray: how many actors (default: one per GPU, or per "
+                                              "--cpus-per-actor CPUs)")
+    p.add_argument("--cpus-per-actor", type=int, default=2, help="with --ray on CPUs: cores per actor (default 2)")
     p.add_argument("--masks", action="store_true", help="also write each dub's mask of the changed pixels as "
                                                         "<out>.mask.mp4 (a grey mp4; a row's mask_out wins)")
     p.add_argument("--max-seconds", type=float, default=MediaLimits.max_seconds,
@@ -89,6 +95,22 @@ def dry_run(jobs, limits: MediaLimits) -> int:
     return 1 if bad else 0
 
 
+def runner(args):
+    """The batch runner: here (pipeline/jobs/batch.py), or on Ray actors (pipeline/jobs/cluster.py)."""
+    if not args.ray:
+        return BatchRun
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise RequestError("ray", "Ray is not installed", "bash scripts/setup.sh --ray, or pip install -r "
+                                                          "requirements-ray.txt") from None
+    from functools import partial
+
+    from .pipeline.jobs.cluster import RayBatchRun
+
+    return partial(RayBatchRun, address=args.ray, actors=args.actors, cpus_per_actor=args.cpus_per_actor)
+
+
 def run_batch(jobs, results: str, args, limits: MediaLimits) -> int:
     """Run with SIGINT/SIGTERM turned into a clean stop (a second Ctrl-C interrupts at once)."""
     stop = threading.Event()
@@ -104,8 +126,8 @@ def run_batch(jobs, results: str, args, limits: MediaLimits) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = BatchRun(jobs, results, overwrite=args.overwrite, stop=stop, show_progress=not args.quiet,
-                           limits=limits).run()
+        summary = runner(args)(jobs, results, overwrite=args.overwrite, stop=stop, show_progress=not args.quiet,
+                               limits=limits).run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

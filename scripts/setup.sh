@@ -6,13 +6,16 @@
 #   bash scripts/setup.sh           set up
 #   bash scripts/setup.sh --demo    set up, then dub the example clip the pack ships (weights download on first use,
 #                                   ~3.9 GB) and print the mp4's path
+#   bash scripts/setup.sh --ray     also install the optional Ray extra (requirements-ray.txt: batch --ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=0
+RAY=0
 for arg in "$@"; do
   case "$arg" in
     --demo) DEMO=1 ;;
-    *) echo "usage: bash scripts/setup.sh [--demo]" >&2; exit 2 ;;
+    --ray) RAY=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--demo] [--ray]" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -22,6 +25,7 @@ VPY=.venv/bin/python
 # torch: ComfyUI provides it in a real install; here we pin the CPU build explicitly (a bare 'torch' pulls CUDA).
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 "$VPY" -m pip install -q -r requirements.txt -r requirements-dev.txt
+[ "$RAY" = 0 ] || "$VPY" -m pip install -q -r requirements-ray.txt
 # MTCNN's pretrained weights ship inside the facenet-pytorch wheel; its own dependencies pin an old torch and need
 # torchvision, so only the files are installed (--no-deps); the pack never imports facenet_pytorch.
 "$VPY" -m pip install -q --no-deps "facenet-pytorch>=2.5"

@@ -72,6 +72,7 @@ class Results:
     def __init__(self, path: str):
         self.path = path
         self.done: Dict[str, Dict] = {}
+        self._lock = threading.Lock()           # a Ray batch appends from one thread per actor
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
@@ -91,12 +92,13 @@ class Results:
 
     def append(self, record: Dict) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if record.get("state") == DONE:
-            self.done[record["output"]] = record
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if record.get("state") == DONE:
+                self.done[record["output"]] = record
 
 
 # ---- running -------------------------------------------------------------------------------------------------------
@@ -189,12 +191,9 @@ class BatchRun:
         staging, mask_staging = _staging(out), _staging(mask) if mask else None
         for path in (staging, mask_staging):
             _remove(path)
-        runtime = make_runtime(request, lambda stage, done, total: self._emit(
-            "progress", i, job, {"stage": stage, "done": done, "total": total}), self.stop.is_set,
-                               show_progress=self.show_progress)
         try:
             staged = request.replace(out=staging, **({"mask_out": mask_staging} if mask else {}))
-            result = run(staged, runtime, log=lambda _text: None)
+            result = self.run_request(i, job, staged)
             record.update(key=job_key(request),       # again: weights downloaded by this job are part of it now
                           report=result.as_dict(out), bytes=os.path.getsize(staging))
             if mask:
@@ -209,6 +208,14 @@ class BatchRun:
                 _remove(path)
         result.output = out
         return result
+
+    def run_request(self, i: int, job: BatchJob, staged: Request) -> JobResult:
+        """Run one job's request (its outputs under their staging names) here, with the models loaded once in this
+        process; a Ray batch runs it on an actor instead (pipeline/jobs/cluster.py)."""
+        runtime = make_runtime(staged, lambda stage, done, total: self._emit(
+            "progress", i, job, {"stage": stage, "done": done, "total": total}), self.stop.is_set,
+                               show_progress=self.show_progress)
+        return run(staged, runtime, log=lambda _text: None)
 
     def _place(self, staging: str, out: str, field: str = "out") -> None:
         if self.overwrite:
