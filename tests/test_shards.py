@@ -84,3 +84,41 @@ def test_sharded_frames_equal_the_unsharded_run(video, faces, voice, models, tmp
     finally:
         frames.patches.close()
     assert os.listdir(scratch) == []
+
+
+def test_an_interrupted_sharded_run_redoes_only_the_unfinished_shards(video, faces, voice, models, tmp_path,
+                                                                      monkeypatch):
+    feats = features_for(voice)
+    scratch = str(tmp_path / ".out.mp4.shards")
+    made = []
+    real = sh.make_shard
+
+    def failing_on_the_last(shard):
+        made.append((shard.start, shard.stop))
+        if shard.start == 15 and len(made) <= 3:
+            raise KeyboardInterrupt("stopped")
+        return real(shard)
+
+    monkeypatch.setattr(sh, "make_shard", failing_on_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch, "run-1")
+    assert made == [(0, 9), (9, 15), (15, 24)]
+    assert sorted(f for f in os.listdir(scratch) if f.endswith(".json")) == \
+        ["shard_00000000_00000009.patches.json", "shard_00000009_00000015.patches.json"]
+    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch,
+                                           "run-1")
+    try:
+        assert made[3:] == [(15, 24)]                                    # only the unfinished shard
+        assert "2 finished by an earlier run, reused" in report.text()
+        assert sorted(report.passed_through) == list(range(9, 15)) and report.num_frames == 24
+        run = whole_run(video, faces, feats)
+        sink = ImageSink(run.plan.num_frames, run.frames.height, run.frames.width)
+        run.into(sink, Runtime("cpu", torch.float32, show_progress=False))
+        assert np.array_equal(frames.read(list(range(24))), image_to_uint8(sink.close()))
+    finally:
+        frames.patches.close()
+    # another identity (other inputs, options or weights) never reuses them
+    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch,
+                                           "run-2")
+    frames.patches.close()
+    assert made[4:] == [(0, 9), (9, 15), (15, 24)] and "reused" not in report.text()

@@ -164,7 +164,8 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
 
 
 def sharded(request: DubRequest, run_, runtime: Runtime, sink):
-    """The run made in shards at its shot cuts (pipeline/jobs/shards.py), its joined frames into ``sink``."""
+    """The run made in shards at its shot cuts (pipeline/jobs/shards.py), its joined frames into ``sink``; the
+    shards are kept beside the output (``.<out>.shards/``) until it is written, so an interrupted run resumes."""
     import shutil
 
     from .shards import sharded_lipsync
@@ -172,11 +173,15 @@ def sharded(request: DubRequest, run_, runtime: Runtime, sink):
     def progress(_stage: str, done: int, total: int) -> None:
         runtime.progress("lip-sync", done, total)
 
+    from .batch import job_key
+
+    out = os.path.abspath(request.out)
+    scratch = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".shards")
     try:
         frames, report, scratch = sharded_lipsync(run_, request.video, request.force_rate, str(runtime.device),
-                                                  request.dtype, request.shard_seconds, request.workers,
-                                                  progress=progress)
-    except BaseException:
+                                                  request.dtype, request.shard_seconds, request.workers, scratch,
+                                                  job_key(request), progress)
+    except BaseException:           # the finished shards stay in the scratch folder: a rerun reuses them
         sink.abort()
         raise
     try:

@@ -12,13 +12,18 @@ no frame goes from one process to another. A shard of cutaways only never loads 
 At batch size 1 every frame before the final encode is bit-identical to the unsharded run's (tested). At larger
 batch sizes an unsharded run's MuseTalk batch may span a cut, and a batch of another composition can move float
 rounding in the networks.
+
+**Resuming**: a shard's patches are kept in the scratch folder under the shard's range, with the run's identity
+(the inputs, options and weights: pipeline/jobs/batch.py ``job_key``) and its report; a run that was interrupted,
+started again with the same identity, makes only the shards that have not finished. The caller removes the
+folder once the video is encoded.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import runpy
-import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +72,22 @@ class Shard:
     folder: str                    # where its patches are written
     device: str
     dtype: str
+    identity: str = ""             # the run's identity: a finished shard of the same identity is reused
+
+    @property
+    def name(self) -> str:
+        return f"shard_{self.start:08d}_{self.stop:08d}.patches"
+
+    def finished(self):
+        """``(path, report)`` of this shard made earlier by a run of the same identity, or None."""
+        from ..lipsync.patched_frames import PatchStore
+        from ..lipsync.report import LipSyncReport
+
+        path = os.path.join(self.folder, self.name)
+        meta = PatchStore.meta(path)
+        if not meta or not self.identity or meta.get("identity") != self.identity or not os.path.isfile(path):
+            return None
+        return path, LipSyncReport(**meta["report"])
 
 
 def make_shard(shard: Shard):
@@ -82,22 +103,30 @@ def make_shard(shard: Shard):
                      shard.blend, shard.silence)
     device = pick_device(shard.device)
     runtime = Runtime(device=device, dtype=pick_dtype(device, shard.dtype), show_progress=False)
-    sink = PatchSink(frames, run.plan.source, shard.folder, start=shard.start)
+    sink = PatchSink(frames, run.plan.source, shard.folder, start=shard.start, name=shard.name)
     report = run.into(sink, runtime, output_range=(shard.start, shard.stop))
-    path = sink.store.persist()
+    path = sink.store.persist({"identity": shard.identity, "report": dataclasses.asdict(report)})
     sink.store.close()
     return path, report
 
 
 def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None) -> List[Tuple[str, Any]]:
-    """Every shard, in ``workers`` worker processes (spawned, each loading its models once), or here when
-    ``workers`` is 1; results in the shards' order."""
-    if workers <= 1:
+    """Every shard not finished before, in ``workers`` worker processes (spawned, each loading its models once), or
+    here when ``workers`` is 1; results in the shards' order."""
+    done = {i: shard.finished() for i, shard in enumerate(shards)}
+    todo = [(i, shard) for i, shard in enumerate(shards) if done[i] is None]
+    made = dict(zip([i for i, _ in todo], _made([s for _, s in todo], workers, progress, len(shards) - len(todo),
+                                                len(shards))))
+    return [done[i] if done[i] is not None else made[i] for i in range(len(shards))]
+
+
+def _made(shards: Sequence[Shard], workers: int, progress, already: int, total: int) -> List[Tuple[str, Any]]:
+    if workers <= 1 or len(shards) <= 1:
         out = []
-        for i, shard in enumerate(shards):
+        for shard in shards:
             out.append(make_shard(shard))
             if progress:
-                progress("shards", i + 1, len(shards))
+                progress("shards", already + len(out), total)
         return out
     pack = __name__.rsplit(".pipeline.", 1)[0]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,10 +137,10 @@ def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None) -> List
                              initargs=(boot, {"PACK_NAME": pack, "PACK_DIR": root, "THREADS": threads})) as pool:
         futures = [pool.submit(make_shard, shard) for shard in shards]
         out = []
-        for i, future in enumerate(futures):
+        for future in futures:
             out.append(future.result())
             if progress:
-                progress("shards", i + 1, len(shards))
+                progress("shards", already + len(out), total)
         return out
 
 
@@ -125,21 +154,21 @@ def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard
 
 
 def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, runtime_dtype: str, min_seconds: float,
-                    workers: int, folder: Optional[str] = None, progress=None):
-    """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards: returns ``(joined frames,
-    joined report, the scratch folder)``; the caller encodes the frames and then removes the folder."""
+                    workers: int, scratch: Optional[str] = None, identity: str = "", progress=None):
+    """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards in the folder ``scratch``
+    (default: a new temporary one; with ``identity``, shards a previous run of the same identity finished there
+    are reused): returns ``(joined frames, joined report, the scratch folder)``; the caller encodes the frames and
+    then removes the folder. A failure leaves the finished shards for the next run."""
     from ..lipsync.report import LipSyncReport
 
-    scratch = tempfile.mkdtemp(prefix="musetalk_shards_", dir=folder)
-    try:
-        shards = [Shard(video, force_rate, run.faces, run.features, run.spec, run.plan.policy, run.batch_size,
-                        run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype)
-                  for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
-        made = run_shards(shards, workers, progress)
-        report = LipSyncReport.joined([r for _, r in made])
-        report.notes.append(f"made in {len(shards)} shards at shot cuts ({workers} worker"
-                            f"{'s' if workers != 1 else ''})")
-        return joined_frames(run.frames, run.plan.source, shards, made), report, scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    scratch = scratch or tempfile.mkdtemp(prefix="musetalk_shards_")
+    os.makedirs(scratch, exist_ok=True)
+    shards = [Shard(video, force_rate, run.faces, run.features, run.spec, run.plan.policy, run.batch_size,
+                    run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype, identity)
+              for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
+    reused = sum(1 for s in shards if s.finished() is not None)
+    made = run_shards(shards, workers, progress)
+    report = LipSyncReport.joined([r for _, r in made])
+    report.notes.append(f"made in {len(shards)} shards at shot cuts ({workers} worker{'s' if workers != 1 else ''})"
+                        + (f"; {reused} finished by an earlier run, reused" if reused else ""))
+    return joined_frames(run.frames, run.plan.source, shards, made), report, scratch

@@ -28,25 +28,43 @@ class PatchStore:
     writes its index beside it (``<file>.json``) and keeps both, so another process can :meth:`open` it (a shard of
     a long video, pipeline/jobs/shards.py)."""
 
-    def __init__(self, directory: Optional[str] = None):
+    def __init__(self, directory: Optional[str] = None, name: Optional[str] = None):
         os.makedirs(directory or tempfile.gettempdir(), exist_ok=True)
-        fd, self.path = tempfile.mkstemp(prefix="musetalk_patches_", suffix=".bin", dir=directory)
-        self._file = os.fdopen(fd, "w+b")
+        if name:                        # a shard's store, found again by its name when a run resumes
+            self.path = os.path.join(directory or tempfile.gettempdir(), name)
+            self._file = open(self.path, "w+b")
+        else:
+            fd, self.path = tempfile.mkstemp(prefix="musetalk_patches_", suffix=".bin", dir=directory)
+            self._file = os.fdopen(fd, "w+b")
         self._index: Dict[int, Tuple[int, int, Box]] = {}
         self._lock = threading.Lock()
         self.kept = False
 
-    def persist(self) -> str:
-        """Write the index beside the file and keep both after this object is gone; returns the file's path."""
+    def persist(self, meta: Optional[dict] = None) -> str:
+        """Write the index (and ``meta``) beside the file, the index last and atomically, and keep both after this
+        object is gone; returns the file's path."""
         import json
 
         with self._lock:
             self._file.flush()
             os.fsync(self._file.fileno())
-        with open(self.path + ".json", "w") as f:
-            json.dump({str(k): [o, n, list(b)] for k, (o, n, b) in self._index.items()}, f)
+        with open(self.path + ".json.tmp", "w") as f:
+            json.dump({"index": {str(k): [o, n, list(b)] for k, (o, n, b) in self._index.items()},
+                       "meta": meta or {}}, f)
+        os.replace(self.path + ".json.tmp", self.path + ".json")
         self.kept = True
         return self.path
+
+    @staticmethod
+    def meta(path: str) -> Optional[dict]:
+        """The ``meta`` a persisted store was written with, or None when there is none (never finished)."""
+        import json
+
+        try:
+            with open(path + ".json") as f:
+                return json.load(f).get("meta")
+        except (OSError, ValueError):
+            return None
 
     @classmethod
     def open(cls, path: str) -> "PatchStore":
@@ -56,7 +74,7 @@ class PatchStore:
         store = cls.__new__(cls)
         store.path, store._lock, store.kept = path, threading.Lock(), False
         with open(path + ".json") as f:
-            store._index = {int(k): (o, n, tuple(b)) for k, (o, n, b) in json.load(f).items()}
+            store._index = {int(k): (o, n, tuple(b)) for k, (o, n, b) in json.load(f)["index"].items()}
         store._file = open(path, "r+b")
         return store
 
@@ -165,10 +183,11 @@ class PatchSink:
     arrive in order from output frame ``start``; ``source_index[k]`` names the source frame of output frame ``k``.
     ``close()`` returns the :class:`PatchedFrames`."""
 
-    def __init__(self, source: Frames, source_index: np.ndarray, directory: Optional[str] = None, start: int = 0):
+    def __init__(self, source: Frames, source_index: np.ndarray, directory: Optional[str] = None, start: int = 0,
+                 name: Optional[str] = None):
         self.source = source
         self.source_index = np.asarray(source_index, np.int64)
-        self.store = PatchStore(directory)
+        self.store = PatchStore(directory, name)
         self.start = int(start)
         self.count = 0
 
