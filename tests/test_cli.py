@@ -208,5 +208,6 @@ def test_shard_shots_makes_the_same_video_in_shards(inputs, small_models_dir, mo
     assert np.array_equal(a.read(list(range(16))), b.read(list(range(16))))
     r = json.load(open(report))
     assert any("made in 3 shards" in n for n in r["notes"]) and r["frames"] == 16
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".shards")]     # the shards go once it is written
     assert run_cli(common + ["--out", str(tmp_path / "m.mp4"), "--shard", "shots", "--mask-out",
                              str(tmp_path / "m.mask.mp4")], monkeypatch, small_models_dir) == 2
