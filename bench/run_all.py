@@ -5,7 +5,7 @@ scale" and every stage, and with ``--update-readme`` the same tables between the
     python bench/run_all.py --quick          # CI-sized smoke run (about a minute on 2 CPU cores)
     python bench/run_all.py                  # full size (random full-size test weights; long on a CPU)
     python bench/run_all.py --only lipsync   # a subset: media, faces, geometry, audio, lipsync, latentsync,
-                                             # latentsync-1.6, long, avatars, batch
+                                             # latentsync-1.6, long, avatars, batch, scale
     python bench/run_all.py --update-readme  # also put the tables between the README's bench markers
     python bench/run_all.py --reuse          # keep the scripts' JSON already in the results folder, run the rest
 
@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPTS = ("media", "faces", "geometry", "audio", "lipsync", "latentsync", "latentsync-1.6", "long", "avatars",
-           "batch")
+           "batch", "scale")
 # benchmark name -> (script, extra arguments); LatentSync 1.6 (512 px) only for its VRAM estimate in full mode: its
 # timings at 512 px take long on a CPU, and quick mode runs the same tiny networks as "latentsync"
 VARIANTS = {"latentsync-1.6": ("latentsync", ["--version", "1.6", "--no-timing"])}
@@ -123,7 +123,8 @@ def _rows(report: dict, benchmark: str):
 
 
 def targets(report: dict) -> list:
-    """``[(target, measured, verdict)]`` for the goals of issue "Speed and scale" that this run measured."""
+    """``[(target, measured, verdict)]`` for the goals of issues "Speed and scale" and "Past one machine" that this run
+    measured."""
     roof = report["roofline"]
     on_gpu = roof["device"].startswith("cuda")
     out = []
@@ -202,6 +203,32 @@ def targets(report: dict) -> list:
                     f"{batch['s_per_job']} vs {cli['s_per_job']} s/job); model loading {load.get('share_pct')} % "
                     f"of a CLI call, all fixed costs {fixed.get('share_pct')} %",
                     "met" if batch["speedup"] >= 1.0 else "not met"))
+    scale = list(_rows(report, "scale"))
+    ray_runs = [r for r in scale if r.get("actors") and r.get("jobs_per_hour") is not None]
+    init = next((r for r in scale if str(r.get("stage", "")).startswith("ray.init")), {})
+    if len(ray_runs) >= 2:
+        one, two = ray_runs[0], ray_runs[1]
+        loads = "; ".join(f"{r['actors']} actor{'s' if r['actors'] > 1 else ''}: start {r.get('actor_start_s')} s + "
+                          f"model load {r.get('model_load_s')} s per actor" for r in (one, two))
+        out.append((f"batch on Ray: 2 actors vs 1 on the same {one['jobs']} jobs (one machine; on N GPUs jobs/hour ~ "
+                    "N x 3600 / s per job, less Ray's start and one model load per actor)",
+                    f"{two['speedup']}x ({two['jobs_per_hour']} vs {one['jobs_per_hour']} jobs/hour); ray.init "
+                    f"{init.get('seconds')} s; {loads}",
+                    "- (2 actors share 2 CPU cores: bounded by the cores)" if not on_gpu else "-"))
+    sharded = [r for r in scale if str(r.get("stage", "")).startswith("long clip sharded,")]
+    bit = next((r for r in scale if str(r.get("stage", "")).startswith("long clip sharded vs unsharded at batch 1")),
+               None)
+    if sharded and bit:
+        full = next((r for r in scale if str(r.get("stage", "")).startswith("full-size networks")), None)
+        diffs = ", ".join(f"{r['stage'].split(', ', 1)[1]} {r['max_abs_diff']}" for r in sharded)
+        out.append(("long clip in shards at its shot cuts: frames equal to the unsharded run at batch 1 (larger "
+                    "batches: the measured difference)",
+                    f"max abs pixel difference {bit['max_abs_diff']} at batch 1; {diffs}"
+                    + (f"; full-size networks at batch {full['batch_size']}: {full['max_abs_diff']}" if full else "")
+                    + f"; speed-up vs unsharded ({sharded[0].get('networks', '')} networks) "
+                    + ", ".join(f"{r['stage'].split(', ', 1)[1].split(' (')[0]} {r['speedup']}x" for r in sharded)
+                    + (f", full-size networks 1 worker {full['speedup']}x" if full else ""),
+                    "met" if bit["max_abs_diff"] == 0 and bit["frames_differing"] == 0 else "not met"))
     whole = next((r for r in _rows(report, "long") if r.get("stage") == "whole run"), None)
     if whole:
         out.append((f"{whole['minutes']:g}-minute {whole['resolution']} clip streamed with peak RSS <= "
