@@ -3,9 +3,9 @@ resumable.
 
 The list of jobs (a CSV, a JSONL, a folder) is read into requests by pipeline/jobs/joblist.py.
 
-* :func:`job_key` — a job's identity: its inputs (size and modification time; an avatar's preparation), its options
-  and the weight files it would read. A finished job is skipped only while all three are the same and its output is
-  the file it recorded, never because "the file exists".
+* a job's identity (pipeline/jobs/identity.py ``job_key``): its inputs (size and modification time; an avatar's
+  preparation), its options and the weight files it would read. A finished job is skipped only while all three are
+  the same and its output is the file it recorded, never because "the file exists".
 * :class:`Results` — the results file (JSONL, one line per job per run: state, report, seconds, error).
 * :class:`BatchRun` — runs the jobs: each writes under a staging name that is renamed into place after its line is
   recorded; a failing job is recorded and the batch goes on; a stop request abandons the current job cleanly (no
@@ -13,7 +13,6 @@ The list of jobs (a CSV, a JSONL, a folder) is read into requests by pipeline/jo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -25,43 +24,13 @@ from ..runtime import Cancelled
 from .fields import RequestError
 from .joblist import BatchJob, check_files
 from .limits import MediaLimits
-from .requests import Request, SpeakRequest
+from .identity import job_key
+from .requests import Request
 from .run import JobResult, explain, make_runtime, run
 
 RESULTS_FILE = "batch_results.jsonl"
 STAGING_SUFFIX = ".batch-staging.mp4"
 DONE, FAILED, SKIPPED, CANCELLED = "done", "failed", "skipped", "cancelled"
-
-
-# ---- identity ------------------------------------------------------------------------------------------------------
-def job_key(request: Request) -> str:
-    """A digest of what the output depends on: the inputs (size and modification time), the options that differ
-    from their defaults (an option added later does not make finished jobs run again), the mask asked for and the
-    weights."""
-    from .fields import specs
-    from ..backends.selection import BackendSpec, MUSETALK, weights_in_use
-
-    inputs: Dict[str, Any] = {}
-    for key in ("video", "audio"):
-        path = getattr(request, key, None)
-        if path:
-            st = os.stat(path)
-            inputs[key] = {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-    if isinstance(request, SpeakRequest):
-        from ..avatars import read_manifest
-        from ..avatars.store import prepare_id
-
-        inputs["avatar"] = prepare_id(read_manifest(request.avatar))
-        weights = weights_in_use(BackendSpec(choice=MUSETALK))
-    else:
-        weights = weights_in_use(request.backend_spec(), request.detector, request.blend_mode)
-    defaults = {f.name: f.default for f in specs(request)}
-    options = {k: v for k, v in request.options().items() if v != defaults[k]}
-    identity = {"kind": request.KIND, "inputs": inputs, "options": options, "weights": weights}
-    if getattr(request, "mask_out", None):
-        identity["mask"] = os.path.basename(request.mask_out)
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 # ---- the results file ----------------------------------------------------------------------------------------------

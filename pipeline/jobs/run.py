@@ -173,7 +173,7 @@ def sharded(request: DubRequest, run_, runtime: Runtime, sink):
     def progress(_stage: str, done: int, total: int) -> None:
         runtime.progress("lip-sync", done, total)
 
-    from .batch import job_key
+    from .identity import job_key
 
     out = os.path.abspath(request.out)
     scratch = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".shards")

@@ -14,7 +14,7 @@ batch sizes an unsharded run's MuseTalk batch may span a cut, and a batch of ano
 rounding in the networks.
 
 **Resuming**: a shard's patches are kept in the scratch folder under the shard's range, with the run's identity
-(the inputs, options and weights: pipeline/jobs/batch.py ``job_key``) and its report; a run that was interrupted,
+(the inputs, options and weights: pipeline/jobs/identity.py ``job_key``) and its report; a run that was interrupted,
 started again with the same identity, makes only the shards that have not finished. The caller removes the
 folder once the video is encoded.
 """
