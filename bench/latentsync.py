@@ -25,7 +25,7 @@ import common  # noqa: E402
 
 
 VRAM_TARGET_MB = {"1.5": 8192, "1.6": 12288}
-WHISPER_TINY_PARAMS = 39_000_000  # whisper-tiny, ~75 MB in fp16 (spec latentsync.md §11 "Static memory")
+WHISPER_TINY_PARAMS = 39_000_000  # whisper-tiny, ~75 MB in fp16
 
 
 def vram_estimate(eng, faces, n, args, torch, np) -> dict:

@@ -4,7 +4,7 @@
     python bench/long.py --quick                 # CI smoke run: 12 s at 360p with the small random configs
     python bench/long.py --minutes 10 --resolution 1080p --face-every 60 --face-frames 8 --json out.json
 
-What runs is what a user's run does when the input is a file (spec musetalk.md §4 for why cutaways matter):
+What runs is what a user's run does when the input is a file (README "What it does" says why cutaways matter):
 ``VideoFileFrames`` (decoded in blocks, never the whole clip) -> ``analyze_faces`` (MTCNN, shot cuts, tracks) ->
 ``compute_audio_features`` (whisper-tiny, 30 s windows) -> ``run_lipsync`` (MuseTalkRunner: VAE encode once per
 source frame, UNet + VAE decode in batches of ``--batch-size``, jaw blending with BiSeNet when its weights exist,

@@ -1,7 +1,7 @@
 """The building blocks of the LatentSync UNet3D (models/latentsync_unet3d.py): per-frame convolutions, spatial
 transformers with audio cross-attention, motion modules (temporal attention with the sinusoidal position table),
-3D resnets, down/up sampling and the block wrappers. State-dict names follow the released checkpoint (spec
-LatentSync motion_module.py); numerics notes are in that module's docstring.
+3D resnets, down/up sampling and the block wrappers. State-dict names follow the released checkpoint
+(LatentSync latentsync/models/motion_module.py); numerics notes are in that module's docstring.
 """
 from __future__ import annotations
 

@@ -337,7 +337,7 @@ def test_live_speech_frames_as_the_voice_arrives(avatar, clip, voice, engine, ru
 
 # ---- the idle loop ---------------------------------------------------------------------------------------------------
 def cycle(first, last, loop):
-    """The loop as the spec writes the original's cycle (musetalk §1.6: frames + frames[::-1], indexed k % len),
+    """The loop as the original writes its cycle (MuseTalk scripts/inference.py: frames + frames[::-1], indexed k % len),
     over frames first..last; forward: the frames alone."""
     frames = list(range(first, last + 1))
     return frames + frames[::-1] if loop == "ping_pong" else frames

@@ -1,4 +1,4 @@
-"""Paste-back (spec musetalk.md §1.9): exact parity with the original's get_image / realtime blending for a given
+"""Paste-back (MuseTalk musetalk/utils/blending.py): exact parity with the original's get_image / realtime blending for a given
 parsing label map (fixtures blend.*), the patch contract, and the weight-free feather mode."""
 import numpy as np
 import pytest

@@ -49,7 +49,7 @@ def test_musetalk_crop_box_matches_original(tag, shift):
 def test_crop_box_rule_details():
     t, _ = _fixture()
     lm = t["bbox.keypoints133"][0, 23:91].astype(np.float64)
-    # spec §1.3 example: (200, 148, 380, 344); y1 moves by 2*shift
+    # a worked example of MuseTalk's get_landmark_and_bbox: (200, 148, 380, 344); y1 moves by 2*shift
     assert cb.musetalk_crop_box(lm, (0, 0, 1, 1)) == (200, 148, 380, 344)
     assert cb.musetalk_crop_box(lm, (0, 0, 1, 1), 7)[1] == 148 + 14
     # int(y29) = 246, max(y) = 344: shift 97 -> yc 343, half 1 -> y1 342

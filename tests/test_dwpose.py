@@ -1,5 +1,5 @@
 """DWPose's pre/post-processing (models/dwpose.py) against the formulas of the original code path (mmpose 1.1.0 as
-MuseTalk calls it, spec musetalk.md §1.3), with small synthetic networks of the released exports' signature:
+MuseTalk calls it, MuseTalk musetalk/utils/preprocessing.py get_landmark_and_bbox), with small synthetic networks of the released exports' signature:
 input float32 [N, 3, 384, 288] -> simcc_x [N, 133, 576], simcc_y [N, 133, 768]."""
 import os
 

@@ -220,7 +220,7 @@ def test_s3fd_matches_face_alignment():
         assert torch.allclose(loc, lr, atol=1e-4)
 
 
-# ---- InsightFace 106 points for LatentSync's alignment (spec latentsync §5.1) -------------------------------------
+# ---- InsightFace 106 points for LatentSync's alignment (LatentSync 1.6 face_detector.py) -------------------------------------
 def synthetic_2d106(path, coords, first_nodes=("Sub_0", "Mul_1")):
     """An ONNX file with 2d106det's signature ([1,3,192,192] -> [1,212]) whose output is ``coords`` (106 (x, y) in
     [-1, 1]) whatever the input; its first nodes carry the given names (insightface's normalisation rule)."""

@@ -47,7 +47,7 @@ def fx():
     vae.load_state_dict(vsd)
     mask = E.load_fixed_mask(128, shared_path("fixtures", "latentsync", "mask.png"))
     windows = t["audio.whisper_feature"][t["audio.chunk_feature_indices"]].reshape(52, 50, 384)
-    order = [ping_pong(k, 16) for k in range(52)]   # the original loop_video order (spec latentsync §4)
+    order = [ping_pong(k, 16) for k in range(52)]   # the original loop_video order (LatentSync LipsyncPipeline.loop_video)
     return dict(t=t, unet=unet, vae=vae, mask=mask, windows=windows, order=order, cfg=cfg)
 
 
@@ -107,7 +107,7 @@ def test_deepcache_parity(fx):
     t = fx["t"]
     tr = {}
     r, out = _run_chunk(fx, 0, deepcache=True, trace=tr)
-    for j in range(3):  # step 0 full UNet, steps 1 and 2 the cached shallow path (spec §10)
+    for j in range(3):  # step 0 full UNet, steps 1 and 2 the cached shallow path (DeepCache)
         torch.testing.assert_close(tr["steps"][j]["unet_out"], t[f"pipe_deepcache.c0.step{j}.unet_out"], **TOL)
     torch.testing.assert_close(tr["latents_final"], t["pipe_deepcache.c0.latents_final"], **TOL)
     got = faces_to_uint8(out).astype(int)

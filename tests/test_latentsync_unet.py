@@ -149,7 +149,7 @@ def test_write_test_weights_layout(tmp_path):
 
 
 def test_frames_of_a_chunk_are_coupled_but_batch_items_are_not():
-    """Cross-frame GroupNorm + temporal attention couple the frames of a chunk (spec §7); batch items are independent
+    """Cross-frame GroupNorm + temporal attention couple the frames of a chunk (LatentSync latentsync/models/unet.py); batch items are independent
     (what CFG relies on)."""
     unet = small_unet(2)
     x = torch.randn(2, 13, 4, 8, 8)

@@ -1,5 +1,6 @@
-"""MuseTalk v1.5 engine core against the original's outputs (fixtures groups test_unet.*, core.*; spec musetalk.md
-§1.4-§1.8, tolerances §6): crop, preprocessing, VAE latents, UNet at t=0, decode and uint8 post-processing."""
+"""MuseTalk v1.5 engine core against the original's outputs (fixtures groups test_unet.*, core.*; MuseTalk
+scripts/inference.py, musetalk/utils/utils.py datagen): crop, preprocessing, VAE latents, UNet at t=0, decode and
+uint8 post-processing."""
 import json
 import os
 

@@ -33,7 +33,7 @@ def _check_against_manifest(model, man):
 
 def test_unet_matches_manifest_on_meta():
     man = _manifest("unet_v15")
-    # the released config is what the manifest was built from (spec §0.1)
+    # the released config is what the manifest was built from (MuseTalk's musetalkV15/musetalk.json)
     assert musetalk_unet.MUSETALK_V15_CONFIG == man["config"]
     model = musetalk_unet.build_unet(device="meta")
     _check_against_manifest(model, man)

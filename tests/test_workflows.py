@@ -2,7 +2,7 @@
 
 The frontend maps ``widgets_values`` to widgets by position and the server rejects unknown nodes, mistyped links,
 out-of-range numbers and unknown combo values, so a node that gains, loses or reorders a widget silently breaks
-saved workflows (spec comfyui.md §3, §7). This validator checks, for every node: its type exists (ours from
+saved workflows (ComfyUI_frontend's workflow schema). This validator checks, for every node: its type exists (ours from
 NODE_CLASS_MAPPINGS; core nodes of ComfyUI v0.3.64 and VideoHelperSuite nodes from the documented tables in
 tools/workflow_builder.py), every link's type against the declared output of its source and the input of its target,
 the widget values against INPUT_TYPES in order (upload-button and seed-control values included), required inputs,
@@ -377,7 +377,7 @@ def test_workflow_is_valid(path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))
 def test_example_template_conventions(path):
-    """Template extras (spec comfyui.md §7): a same-named .jpg thumbnail, a note, the weights listed, our nodes
+    """Template extras (a custom node's example_workflows/): a same-named .jpg thumbnail, a note, the weights listed, our nodes
     tagged with the registry id; the VideoHelperSuite example says it needs that pack."""
     with open(path, encoding="utf-8") as f:
         wf = json.load(f)

@@ -7,7 +7,7 @@
 The model (read by pipeline/faces/cropbox.py) is a linear shape regression: MTCNN's 5 points and its box, expressed in the
 face's eye frame (a similarity transform: eye midpoint at the origin, eyes one unit apart, y down), predict the 68
 iBUG points in that frame; the estimate is carried back into the image by the inverse transform, and the MuseTalk crop
-rule (spec musetalk.md §1.3) is applied to it like to real points. Ridge regression on standardised features.
+rule (MuseTalk get_landmark_and_bbox) is applied to it like to real points. Ridge regression on standardised features.
 
 Training faces: every face of bench/geometry.py's photos (scikit-image's astronaut, insightface's group photo and
 portrait) plus the sample photos that ship in packages on the registries (:data:`SOURCES`): source distributions on

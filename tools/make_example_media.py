@@ -11,7 +11,7 @@ Everything comes from public-domain / CC0 sources, so the files can ship with th
 * speech: synthesised with the espeak-ng command-line tool (its output is not covered by its GPL licence).
 
 The videos are H.264 (crf 28, yuv420p, 25 fps) with a 16 kHz mono AAC voice, the voices 16 kHz mono PCM wav; each file
-stays well under 1 MB (spec comfyui.md §7: keep example media small, users copy them to ``ComfyUI/input/``).
+stays well under 1 MB (example media stay small: users copy them to ``ComfyUI/input/``).
 espeak-ng is needed only to run this tool, never by the pack. Frames are encoded with PyAV (no ffmpeg binary).
 """
 from __future__ import annotations

@@ -61,7 +61,7 @@ def smoke_workflows(out_dir):
     w.save(os.path.join(out_dir, "smoke_core_video_in_out.json"))
 
 
-# ---- example workflows (templates, spec comfyui.md §7) -------------------------------------------------------------
+# ---- example workflows (templates) -------------------------------------------------------------
 PACK_ID = "musetalk-enhanced"  # registry id (pyproject [project] name): lets ComfyUI-Manager install the pack
 CORE_PROPS = {"cnr_id": "comfy-core", "ver": "0.3.64"}
 VHS_PROPS = {"cnr_id": "comfyui-videohelpersuite", "ver": "1.7.9"}

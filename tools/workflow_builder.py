@@ -31,7 +31,7 @@ CORE: Dict[str, Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]]]] = {
     "MaskToImage": ([("mask", "MASK", False)], [("IMAGE", "IMAGE")]),
 }
 
-# Widget/input options of the core nodes above, as /object_info of ComfyUI v0.3.64 reports them (spec comfyui.md §2):
+# Widget/input options of the core nodes above, as /object_info of ComfyUI v0.3.64 reports them:
 # "choices" (combo list), "file" (a combo listing the input folder: any file name is accepted, the file must exist),
 # "default", "min", "max", "optional" (an optional socket).
 CORE_OPTIONS: Dict[str, Dict[str, dict]] = {
@@ -65,7 +65,7 @@ CORE_OUTPUT_NODES = {"SaveVideo", "PreviewImage", "PreviewAudio", "SaveAudio", "
 # nodes that exist only in the frontend (no server class): skipped when a workflow is queued
 VIRTUAL_NODES = {"Note", "MarkdownNote"}
 
-# ComfyUI-VideoHelperSuite (v1.7.9, spec comfyui.md §10), used only by example workflows documented as needing it.
+# ComfyUI-VideoHelperSuite (v1.7.9), used only by example workflows documented as needing it.
 # Its saved workflows keep widgets_values as a dict keyed by widget name. Socket types as its /object_info reports
 # them (its IMAGE/FLOAT sockets also accept LATENT/INT).
 VHS_PACK = "ComfyUI-VideoHelperSuite"
@@ -141,7 +141,7 @@ def _our_spec(cls) -> Tuple[List[Tuple[str, str, bool]], List[Tuple[str, str]], 
 
 def types_connect(out_type: str, in_type: str) -> bool:
     """Whether an output of ``out_type`` may feed an input of ``in_type``: equal, ``*`` on either side, or one of the
-    comma-separated alternatives (the frontend's rule, spec comfyui.md §1)."""
+    comma-separated alternatives (the frontend's rule)."""
     if out_type == in_type or "*" in (out_type, in_type):
         return True
     return bool(set(str(out_type).split(",")) & set(str(in_type).split(",")))
@@ -310,7 +310,7 @@ class Workflow:
     def to_json(self, extra: Optional[dict] = None, models: Optional[list] = None, groups: Optional[list] = None,
                 wf_id: Optional[str] = None) -> dict:
         """The UI-format workflow. ``models`` ([{"name", "url", "directory"}]) becomes the top-level ``models`` list
-        the frontend checks against the model folders when the workflow is opened (spec comfyui.md §7)."""
+        the frontend checks against the model folders when the workflow is opened."""
         for n in self.nodes:
             for o in n["outputs"]:
                 if not o["links"]:

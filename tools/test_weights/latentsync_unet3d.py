@@ -45,7 +45,7 @@ def write_test_weights(models_root: str, seed: int = 0, versions: Iterable[str] 
             fh.write(f"random LatentSync {v} UNet test weights (seed {seed + i}); not a real model\n")
         written.append(dest)
     mask = os.path.join(models_root, "latentsync", "mask.png")
-    if not os.path.exists(mask):  # a stand-in of the released mask's geometry (spec latentsync.md §6)
+    if not os.path.exists(mask):  # a stand-in of the released mask's geometry (LatentSync latentsync/utils/mask.png)
         import cv2
         import numpy as np
 
