@@ -23,15 +23,8 @@ MuseTalk mask line), half-axes ``w/2 - m - 1`` and ``(y2 - centre) - m - 1`` wit
 the Gaussian blur (``k`` from ratio 0.1) the soft edge stays inside the box. It covers mouth, chin and lower cheeks,
 fades out towards the jaw line and the nose, and needs no network.
 
-**Shaped masks** (modes ``box`` and ``mouth``, no weights needed; LatentSync takes them as an option instead of its own
-paste-back mask): ``box`` is the lower half of the crop box (from its centre row, the MuseTalk mask line, down);
-``mouth`` is the lower face drawn from the 68 landmarks: the jaw line from cheek to cheek (points 2..14, 0-based)
-closed under the nose (points 35..31), so it follows the chin and is narrower on the far side of a turned head. With
-only the 5-point estimate (pipeline/faces/cropbox.py ``estimate_68``) the shape is approximate; a face without
-landmarks gets the box. Both are grown by ``dilate_px`` (negative: shrunk) and faded in over ``feather_px``
-(smoothstep), both in pixels of the 256x256 face the network sees (scaled to the face's size in the frame), and
-both fade out at the crop box's edges, where the generated face ends. :func:`shaped_mask` draws them in frame
-coordinates.
+**Shaped masks** (modes ``box`` and ``mouth``, no weights needed): drawn by pipeline/backends/shaped_masks.py in frame
+coordinates and placed here in the expanded square (:func:`shaped_blend_mask`).
 """
 from __future__ import annotations
 
@@ -41,18 +34,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..types import Patch
+from .shaped_masks import DEFAULT_DILATE_PX, DEFAULT_FEATHER_PX, DILATE_RANGE, FEATHER_RANGE, shaped_mask
+from .shaped_masks import int_box as _int_box
 
 PARSE_SIZE = 512
 PARSER_MODES = ("jaw", "raw", "neck")       # need the BiSeNet face parser
 SHAPED_MODES = ("box", "mouth")             # drawn from the crop box and the landmarks (LatentSync takes these too)
 MODES = PARSER_MODES + ("feather",) + SHAPED_MODES
 BLEND_CHOICES = ("auto",) + MODES   # what a user may ask for: auto picks jaw with the face parser, else feather
-DEFAULT_FEATHER_PX = 16             # shaped masks: fade-in width, pixels of the 256x256 face
-DEFAULT_DILATE_PX = 0               # shaped masks: growth (negative: shrink), pixels of the 256x256 face
-FEATHER_RANGE = (0, 128)
-DILATE_RANGE = (-64, 64)
-FACE_PIXELS = 256                   # the face size feather_px and dilate_px are measured in
-MOUTH_OUTLINE = tuple(range(2, 15)) + (35, 34, 33, 32, 31)   # 68-point indices: jaw cheek to cheek, under the nose
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
 OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image
 REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material
@@ -101,13 +90,6 @@ class BlendMask:
 
 
 # ---- geometry ------------------------------------------------------------------------------------------------------
-def _int_box(box: Sequence[float]) -> Tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (int(v) for v in box)
-    if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"empty face box {tuple(box)}")
-    return x1, y1, x2, y2
-
-
 def expanded_crop_box(box: Sequence[float], expand: float = 1.5) -> Tuple[int, int, int, int]:
     """The square around the face box (original ``get_crop_box``): half side ``int(max(w, h)//2 * expand)``."""
     x1, y1, x2, y2 = _int_box(box)
@@ -301,67 +283,6 @@ def feather_mask(box: Sequence[float], blur_ratio: float = FEATHER_BLUR_RATIO, u
                     cv2.LINE_8, shift)
         mask[:top] = 0
     return BlendMask(crop_box, cv2.GaussianBlur(mask, (k, k), 0))
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _signed_distance(region: np.ndarray) -> np.ndarray:
-    """Distance to the region's edge, positive inside (in pixels), from a 0/1 uint8 map."""
-    import cv2
-
-    inside = cv2.distanceTransform(region, cv2.DIST_L2, 5)
-    outside = cv2.distanceTransform(1 - region, cv2.DIST_L2, 5)
-    return np.where(region > 0, inside, -outside)
-
-
-def face_scale(box: Sequence[float]) -> float:
-    """Frame pixels per pixel of the 256x256 face, for a crop box (its mean side over 256)."""
-    x1, y1, x2, y2 = _int_box(box)
-    return ((x2 - x1) + (y2 - y1)) / 2.0 / FACE_PIXELS
-
-
-def mouth_outline(landmarks) -> Optional[np.ndarray]:
-    """The lower-face polygon (float ``[18, 2]``) from 68 points, or from the 5-point estimate; None without
-    landmarks."""
-    if landmarks is None:
-        return None
-    lm = np.asarray(landmarks, np.float64)
-    if lm.shape == (5, 2):
-        from ..faces.cropbox import estimate_68
-
-        lm = estimate_68(lm)
-    if lm.shape != (68, 2):
-        return None
-    return lm[list(MOUTH_OUTLINE)]
-
-
-def shaped_mask(box: Sequence[float], options: BlendOptions, landmarks=None) -> Tuple[Tuple[int, int, int, int],
-                                                                                      np.ndarray]:
-    """The ``box`` / ``mouth`` mask of a face, in frame coordinates over its crop box: ``((x1, y1, x2, y2),
-    uint8 [y2-y1, x2-x1])`` (see the module docstring). The crop box may leave the frame (edge faces)."""
-    import cv2
-
-    x1, y1, x2, y2 = _int_box(box)
-    h, w = y2 - y1, x2 - x1
-    scale = face_scale(box)
-    region = np.zeros((h, w), np.uint8)
-    outline = mouth_outline(landmarks) if options.mode == "mouth" else None
-    if outline is not None:
-        pts = np.round((outline - [x1, y1]) * 16).astype(np.int32)
-        cv2.fillPoly(region, [pts], 1, cv2.LINE_8, 4)
-    else:
-        region[(y1 + y2) // 2 - y1:, :] = 1       # the lower half of the crop box
-    feather = max(1.0, options.feather_px * scale)
-    grown = _signed_distance(region) + options.dilate_px * scale
-    edge = np.ones((h, w), np.uint8)
-    edge[[0, -1], :] = 0
-    edge[:, [0, -1]] = 0
-    inside_box = _signed_distance(edge) + 1.0     # 1 at the crop box's outermost pixels
-    alpha = np.minimum(_smoothstep(grown / feather), _smoothstep(inside_box / feather))
-    return (x1, y1, x2, y2), np.round(alpha * 255).astype(np.uint8)
 
 
 def shaped_blend_mask(box: Sequence[float], options: BlendOptions, landmarks=None, expand: float = 1.5) -> BlendMask:

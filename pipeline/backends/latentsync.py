@@ -66,6 +66,7 @@ class LatentSyncBackend:
         self.aligner = engine.aligner()
         self.affines: Dict[int, torch.Tensor] = {}
         self.aligned = LRU(cache)
+        self.shaped = LRU(cache)            # source frame -> its box / mouth mask (a ping-pong repeats frames)
         self._last = None  # (shot, source index) of the last aligned frame
 
     def unit_at(self, source: np.ndarray, faces: FaceSequence, k: int, stop: int, size: int) -> Unit:
@@ -85,16 +86,21 @@ class LatentSyncBackend:
         for j, s in enumerate(srcs):
             self.engine._check_cancelled()
             restored.append(self.engine.restore(src_u8[s], out[j], self.affines[s], better_paste=self.better_paste,
-                                                shaped=self._shaped(faces.frames[s].face)))
+                                                shaped=self._shaped(s, faces.frames[s].face)))
         return restored
 
-    def _shaped(self, face):
-        """The ``box`` / ``mouth`` mask of a face when one was asked for (pipeline/backends/blending.py)."""
+    def _shaped(self, s: int, face):
+        """The ``box`` / ``mouth`` mask of source frame ``s``'s face when one was asked for
+        (pipeline/backends/shaped_masks.py), drawn once per source frame."""
         if not self.blend.shaped:
             return None
-        from .blending import shaped_mask
+        mask = self.shaped.get(s)
+        if mask is None:
+            from .shaped_masks import shaped_mask
 
-        return shaped_mask(face.crop_box, self.blend, face.detection.landmarks)
+            mask = shaped_mask(face.crop_box, self.blend, face.detection.landmarks)
+            self.shaped.put(s, mask)
+        return mask
 
     def _aligned_face(self, s: int, frame_u8: np.ndarray, faces: FaceSequence) -> np.ndarray:
         import cv2

@@ -273,7 +273,7 @@ def restore_patch(frame: np.ndarray, face_crop: torch.Tensor, affine: torch.Tens
     :func:`resize_face_to_crop`); ``affine`` [2, 3] frame -> crop (as returned by :class:`FaceAligner`).
     ``region``: optional float [h, w] map in aligned-face space (any size, e.g. R x R), 1 where the face was
     regenerated; when given only that region (dilated and feathered) replaces frame pixels.
-    ``shaped``: ``((x1, y1, x2, y2), uint8 alpha)`` in frame coordinates (pipeline/backends/blending.py
+    ``shaped``: ``((x1, y1, x2, y2), uint8 alpha)`` in frame coordinates (pipeline/backends/shaped_masks.py
     ``shaped_mask``): the ``box`` / ``mouth`` mask, used instead of ``region``.
     The patch's ``alpha`` is the final soft mask, rounded up (above 0 wherever a pixel may change).
     Returns None when the face lies completely outside the frame.

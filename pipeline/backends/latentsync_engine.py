@@ -302,7 +302,7 @@ class LatentSyncEngine:
 
         ``better_paste`` (the product default) replaces only the regenerated lower-face region, feathered, and keeps
         the frame's own pixels elsewhere; ``False`` pastes the whole aligned crop like the original (restore_img).
-        ``shaped``: a ``box`` / ``mouth`` mask in frame coordinates (pipeline/backends/blending.py ``shaped_mask``)
+        ``shaped``: a ``box`` / ``mouth`` mask in frame coordinates (pipeline/backends/shaped_masks.py ``shaped_mask``)
         used instead of either."""
         from .latentsync_align import align_geometry, resize_face_to_crop, restore_patch
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..avatars.avatar import DEFAULT_LOOP, WHOLE_CLIP
-from ..backends.blending import (BLEND_CHOICES, DEFAULT_DILATE_PX, DEFAULT_FEATHER_PX, DILATE_RANGE, FEATHER_RANGE,
-                                 BlendOptions)
+from ..backends.blending import BLEND_CHOICES, BlendOptions
+from ..backends.shaped_masks import DEFAULT_DILATE_PX, DEFAULT_FEATHER_PX, DILATE_RANGE, FEATHER_RANGE
 from ..backends.selection import BACKEND_CHOICES, DEFAULT_BATCH_SIZE, BackendSpec
 from ..faces.detectors import BACKENDS as DETECTORS, DEFAULT_BACKEND as DEFAULT_DETECTOR
 from ..faces.cropbox import EDGE_FACES

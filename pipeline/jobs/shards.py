@@ -110,10 +110,11 @@ def make_shard(shard: Shard):
     return path, report
 
 
-def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None) -> List[Tuple[str, Any]]:
-    """Every shard not finished before, in ``workers`` worker processes (spawned, each loading its models once), or
-    here when ``workers`` is 1; results in the shards' order."""
-    done = {i: shard.finished() for i, shard in enumerate(shards)}
+def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None, finished=None) -> List[Tuple[str, Any]]:
+    """Every shard not finished before (``finished``: each shard's :meth:`Shard.finished`, when the caller has
+    looked already), in ``workers`` worker processes (spawned, each loading its models once), or here when
+    ``workers`` is 1; results in the shards' order."""
+    done = dict(enumerate(finished if finished is not None else [shard.finished() for shard in shards]))
     todo = [(i, shard) for i, shard in enumerate(shards) if done[i] is None]
     made = dict(zip([i for i, _ in todo], _made([s for _, s in todo], workers, progress, len(shards) - len(todo),
                                                 len(shards))))
@@ -166,8 +167,9 @@ def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, run
     shards = [Shard(video, force_rate, run.faces, run.features, run.spec, run.plan.policy, run.batch_size,
                     run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype, identity)
               for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
-    reused = sum(1 for s in shards if s.finished() is not None)
-    made = run_shards(shards, workers, progress)
+    finished = [s.finished() for s in shards]
+    reused = sum(1 for f in finished if f is not None)
+    made = run_shards(shards, workers, progress, finished)
     report = LipSyncReport.joined([r for _, r in made])
     report.notes.append(f"made in {len(shards)} shards at shot cuts ({workers} worker{'s' if workers != 1 else ''})"
                         + (f"; {reused} finished by an earlier run, reused" if reused else ""))
