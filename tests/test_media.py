@@ -231,6 +231,28 @@ def test_audio_identity_at_16k_is_bit_exact():
     assert np.array_equal(A.resample(x, 16000, 16000), x)
 
 
+def test_chunked_resampling_equals_one_call(monkeypatch):
+    """Feeding libswresample in chunks (small memory on long audio) gives the samples of one whole-signal call."""
+    import av
+
+    def one_call(x, src, dst):
+        r = av.AudioResampler(format="flt", layout="mono", rate=dst)
+        frame = av.AudioFrame.from_ndarray(x[None].copy(), format="flt", layout="mono")
+        frame.sample_rate, frame.pts = src, 0
+        y = np.concatenate([f.to_ndarray().reshape(-1) for f in list(r.resample(frame)) + list(r.resample(None))])
+        return y[: int(round(x.shape[0] * dst / src))]
+
+    monkeypatch.setattr(A, "RESAMPLE_CHUNK", 4096)
+    rng = np.random.default_rng(3)
+    for src, length in ((44100, 44100 * 2 + 17), (48000, 48000 + 5), (8000, 8000 * 3 + 1)):
+        x = (0.1 * rng.standard_normal((2, length))).astype(np.float32)
+        y = A.resample(x, src, 16000)
+        assert y.shape == (2, int(round(length * 16000 / src))) and y.dtype == np.float32
+        for ch in range(2):
+            ref = one_call(x[ch], src, 16000)
+            assert np.array_equal(y[ch, : ref.shape[0]], ref) and not y[ch, ref.shape[0]:].any()
+
+
 def test_from_comfy_accepts_int_pcm_lazy_mapping_and_shapes():
     from collections.abc import Mapping
 
