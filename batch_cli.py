@@ -99,12 +99,11 @@ def runner(args):
     """The batch runner: here (pipeline/jobs/batch.py), or on Ray actors (pipeline/jobs/cluster.py)."""
     if not args.ray:
         return BatchRun
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise RequestError("ray", "Ray is not installed", "bash scripts/setup.sh --ray, or pip install -r "
-                                                          "requirements-ray.txt") from None
     from functools import partial
+
+    from .pipeline.jobs.requests import require_ray
+
+    require_ray("ray")
 
     from .pipeline.jobs.cluster import RayBatchRun
 

@@ -69,7 +69,7 @@ shots, tracks) and the whisper features are computed once, untimed, and shared b
   counts the frames, keeps a CRC-32 of each and a copy of the synced ones (no encode: the encode is the same for
   both and is not what sharding changes). The model cache is emptied before each timed run, so every run loads
   its models once (per process that has a face shard; a shard of cutaways loads none).
-* ``sharded, 1 worker``: ``sharded_lipsync(..., workers=1)``: the shards one after another in this process, then
+* ``sharded, 1 worker``: ``sharded_lipsync(..., LocalWorkers(1))``: the shards one after another in this process, then
   the joined frames read into the same kind of sink (their reading is the join: source frames decoded again with the
   shards' patches pasted). ``sharded, 2 workers``: the same in 2 spawned worker processes (1 torch thread each,
   each loading the models once). ``seconds`` covers making the shards and the join (``shards_s`` / ``join_s``
@@ -484,7 +484,7 @@ class LongClip:
         folder = tempfile.mkdtemp(prefix=f"shards_b{batch}_w{workers}_", dir=self.workdir)   # new: nothing reused
         t = time.perf_counter()
         frames, report, scratch = sh.sharded_lipsync(run, self.src, 0.0, str(self.device), self.args.dtype,
-                                                     self.shard_seconds, workers, folder)
+                                                     self.shard_seconds, sh.LocalWorkers(workers), folder)
         t_made = time.perf_counter()
         try:
             for b in frames.iter_batches(16):

@@ -70,7 +70,7 @@ def test_sharded_frames_equal_the_unsharded_run(video, faces, voice, models, tmp
     whole = run.into(sink, Runtime("cpu", torch.float32, show_progress=False))
     expected = image_to_uint8(sink.close())
     frames, report, scratch = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1,
-                                                 workers, str(tmp_path))
+                                                 sh.LocalWorkers(workers), str(tmp_path))
     try:
         got = frames.read(list(range(len(frames))))
         assert got.shape == expected.shape and np.array_equal(got, expected)
@@ -101,12 +101,12 @@ def test_an_interrupted_sharded_run_redoes_only_the_unfinished_shards(video, fac
 
     monkeypatch.setattr(sh, "make_shard", failing_on_the_last)
     with pytest.raises(KeyboardInterrupt):
-        sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch, "run-1")
+        sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, None, scratch, "run-1")
     assert made == [(0, 9), (9, 15), (15, 24)]
     assert sorted(f for f in os.listdir(scratch) if f.endswith(".json")) == \
         ["shard_00000000_00000009.patches.json", "shard_00000009_00000015.patches.json"]
-    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch,
-                                           "run-1")
+    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, None,
+                                           scratch, "run-1")
     try:
         assert made[3:] == [(15, 24)]                                    # only the unfinished shard
         assert "2 finished by an earlier run, reused" in report.text()
@@ -118,7 +118,41 @@ def test_an_interrupted_sharded_run_redoes_only_the_unfinished_shards(video, fac
     finally:
         frames.patches.close()
     # another identity (other inputs, options or weights) never reuses them
-    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, 1, scratch,
-                                           "run-2")
+    frames, report, _ = sh.sharded_lipsync(whole_run(video, faces, feats), video, 0.0, "cpu", "fp32", 0.1, None,
+                                           scratch, "run-2")
     frames.patches.close()
     assert made[4:] == [(0, 9), (9, 15), (15, 24)] and "reused" not in report.text()
+
+
+def test_each_local_worker_sees_its_own_gpu():
+    """On a machine with several GPUs each worker process takes one (CUDA_VISIBLE_DEVICES, set by
+    pipeline/jobs/boot.py before torch touches CUDA); a CPU or a GPU named by number is shared."""
+    assert sh.worker_gpus("cuda", 4, visible=["0", "1"]) == ["0", "1", "0", "1"]
+    assert sh.worker_gpus("auto", 2, visible=["2", "5", "7"]) == ["2", "5"]
+    assert sh.worker_gpus("cuda:1", 2, visible=["0", "1"]) == []
+    assert sh.worker_gpus("cpu", 2, visible=["0", "1"]) == []
+    assert sh.worker_gpus("cuda", 2, visible=["0"]) == []
+    import multiprocessing
+    import runpy
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    gpus = context.Queue()
+    for gpu in ("3", "4"):
+        gpus.put(gpu)
+    boot = os.path.join(os.path.dirname(sh.__file__), "boot.py")
+    with ProcessPoolExecutor(2, mp_context=context, initializer=runpy.run_path,
+                             initargs=(boot, {"PACK_NAME": "musetalk_enhanced", "PACK_DIR": os.path.dirname(
+                                 os.path.dirname(os.path.dirname(sh.__file__))), "THREADS": 1,
+                                 "GPU_QUEUE": gpus})) as pool:
+        seen = list(pool.map(_visible_gpu, range(8)))
+    by_worker = dict(seen)
+    assert len(set(seen)) == len(by_worker)                  # one GPU per worker, kept for all its shards
+    assert set(by_worker.values()) <= {"3", "4"} and len(set(by_worker.values())) == len(by_worker)
+
+
+def _visible_gpu(_):
+    import time
+
+    time.sleep(0.05)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")

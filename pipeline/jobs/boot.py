@@ -1,5 +1,6 @@
-"""The first thing a shard's worker process runs (``runpy.run_path`` with ``PACK_NAME``, ``PACK_DIR`` and
-``THREADS`` given): it imports the pack under the name its parent process knows it by (``musetalk_enhanced``, or the
+"""The first thing a shard's worker process runs (``runpy.run_path`` with ``PACK_NAME``, ``PACK_DIR``, ``THREADS``
+and, in local workers, ``GPU_QUEUE`` given): it takes the worker's own GPU from ``GPU_QUEUE`` when there is one
+(``CUDA_VISIBLE_DEVICES``, set before torch first touches CUDA); it imports the pack under the name its parent process knows it by (``musetalk_enhanced``, or the
 folder name ComfyUI gives a custom node), so that the functions the parent sends, pickled by that name, resolve in
 the worker; and it gives torch the worker's share of the cores. Standard library only: nothing of the pack can be
 imported before this has run."""
@@ -20,6 +21,8 @@ def register(name: str, root: str) -> None:
 
 
 if "PACK_NAME" in globals():
+    if globals().get("GPU_QUEUE") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = GPU_QUEUE.get()  # noqa: F821
     register(PACK_NAME, PACK_DIR)  # noqa: F821 (given by runpy.run_path)
     import torch
 

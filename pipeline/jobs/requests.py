@@ -216,6 +216,15 @@ class Request:
         return dataclasses.replace(self, **changes)
 
 
+def require_ray(field: str = "ray") -> None:
+    """Refuse ``field`` when the ray extra is not installed, naming the fix."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise RequestError(field, "Ray is not installed", "bash scripts/setup.sh --ray, or pip install -r "
+                                                          "requirements-ray.txt") from None
+
+
 def _required(value: Optional[str], field: str, fix: str) -> None:
     if not value or not str(value).strip():
         raise RequestError(field, "is required", fix)
@@ -258,7 +267,12 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
     shard_seconds: float = option(DEFAULT_MIN_SECONDS, "shard shots: shots shorter than this many seconds join the "
                                                        "next shard", range=(0.04, 3600))
     workers: int = option(1, "shard shots: worker processes (each loads the models once; one per GPU, or per few "
-                             "CPU cores)", range=(1, 64), role=MACHINE)
+                             "CPU cores), or with shard_ray the Ray actors (default there: one per GPU)",
+                          range=(1, 64), role=MACHINE)
+    shard_ray: Optional[str] = option(None, "shard shots: make the shards on Ray actors instead of local "
+                                            "processes: auto (the cluster this machine joined), local (start Ray "
+                                            "here) or a cluster address; the output's folder must be shared",
+                                      kind=str, role=MACHINE)
 
     def check_inputs(self) -> None:
         _required(self.video, "video", "name the video to dub")
@@ -272,6 +286,10 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
             if self.shard != "off":
                 raise RequestError("mask_out", "is not written by a sharded run yet", "leave out --shard, or the "
                                                                                       "mask")
+        if self.shard_ray:
+            if self.shard == "off":
+                raise RequestError("shard_ray", "is only used by a sharded run", "add --shard shots, or leave it out")
+            require_ray("shard_ray")
         self.face_options()
 
 

@@ -153,7 +153,7 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
     masks = mask_writer(request.mask_out, frames.fps, frames.width, frames.height, request.crf)
     if request.shard == "shots":        # (a mask is refused with shards: DubRequest.check_inputs)
-        report = encode(lambda sink: sharded(request, run_, runtime, sink), writer, runtime)
+        report = encode(lambda sink: sharded(request, run_, runtime, sink, log), writer, runtime)
     else:
         report = encode(lambda sink, mask_sink=None: run_.into(sink, runtime, mask_sink=mask_sink), writer, runtime,
                         masks)
@@ -163,7 +163,7 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
     return JobResult("dub", out, report)
 
 
-def sharded(request: DubRequest, run_, runtime: Runtime, sink):
+def sharded(request: DubRequest, run_, runtime: Runtime, sink, log: Log):
     """The run made in shards at its shot cuts (pipeline/jobs/shards.py), its joined frames into ``sink``; the
     shards are kept beside the output (``.<out>.shards/``) until it is written, so an interrupted run resumes."""
     import shutil
@@ -179,8 +179,8 @@ def sharded(request: DubRequest, run_, runtime: Runtime, sink):
     scratch = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".shards")
     try:
         frames, report, scratch = sharded_lipsync(run_, request.video, request.force_rate, str(runtime.device),
-                                                  request.dtype, request.shard_seconds, request.workers, scratch,
-                                                  job_key(request), progress)
+                                                  request.dtype, request.shard_seconds, shard_maker(request, log),
+                                                  scratch, job_key(request), progress)
     except BaseException:           # the finished shards stay in the scratch folder: a rerun reuses them
         sink.abort()
         raise
@@ -191,6 +191,18 @@ def sharded(request: DubRequest, run_, runtime: Runtime, sink):
     finally:
         frames.patches.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def shard_maker(request: DubRequest, log):
+    """Where the shards are made: on the Ray cluster ``shard_ray`` (``workers`` actors, or one per GPU), else in
+    ``workers`` local processes."""
+    from .shards import LocalWorkers
+
+    if not request.shard_ray:
+        return LocalWorkers(request.workers, request.device)
+    from .ray_actors import RayShards
+
+    return RayShards(request.shard_ray, request.workers if request.workers > 1 else None, log=log)
 
 
 def mask_writer(path: Optional[str], fps: float, width: int, height: int, crf: int):

@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import runpy
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -110,39 +110,78 @@ def make_shard(shard: Shard):
     return path, report
 
 
-def run_shards(shards: Sequence[Shard], workers: int = 1, progress=None, finished=None) -> List[Tuple[str, Any]]:
+class LocalWorkers:
+    """Makes shards here (``workers`` 1) or in ``workers`` spawned worker processes, each loading its models once
+    and taking its share of the cores. On a machine with several GPUs and the device ``auto`` or ``cuda``, each
+    worker sees one GPU of its own (``CUDA_VISIBLE_DEVICES``, round robin over the visible ones)."""
+
+    def __init__(self, workers: int = 1, device: str = "auto"):
+        self.workers, self.device = max(1, int(workers)), device
+
+    def describe(self) -> str:
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+
+    def make(self, shards: Sequence[Shard], made) -> None:
+        """``made(index, (path, report))`` for each shard as it finishes."""
+        if self.workers <= 1 or len(shards) <= 1:
+            for i, shard in enumerate(shards):
+                made(i, make_shard(shard))
+            return
+        context = multiprocessing.get_context("spawn")
+        gpus = worker_gpus(self.device, self.workers)
+        gpu_queue = None
+        if gpus:
+            gpu_queue = context.Queue()
+            for gpu in gpus:
+                gpu_queue.put(gpu)
+        pack = __name__.rsplit(".pipeline.", 1)[0]
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=runpy.run_path,
+                                 initargs=(boot, {"PACK_NAME": pack, "PACK_DIR": root, "THREADS": threads,
+                                                  "GPU_QUEUE": gpu_queue})) as pool:
+            futures = {pool.submit(make_shard, shard): i for i, shard in enumerate(shards)}
+            for future in as_completed(futures):
+                made(futures[future], future.result())
+
+
+def worker_gpus(device: str, workers: int, visible: Optional[Sequence[str]] = None) -> List[str]:
+    """The GPU each local worker sees (one ``CUDA_VISIBLE_DEVICES`` value per worker), or ``[]`` when the workers
+    share the device: a CPU, a device named by number (``cuda:1``), or one GPU. ``visible``: the GPUs this process
+    sees (default: its ``CUDA_VISIBLE_DEVICES``, else every GPU torch counts)."""
+    if device not in ("auto", "cuda"):
+        return []
+    if visible is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = ([g.strip() for g in listed.split(",") if g.strip()] if listed
+                   else [str(i) for i in range(torch.cuda.device_count())])
+    if len(visible) < 2:
+        return []
+    return [visible[i % len(visible)] for i in range(workers)]
+
+
+def run_shards(shards: Sequence[Shard], maker=None, progress=None, finished=None) -> List[Tuple[str, Any]]:
     """Every shard not finished before (``finished``: each shard's :meth:`Shard.finished`, when the caller has
-    looked already), in ``workers`` worker processes (spawned, each loading its models once), or here when
-    ``workers`` is 1; results in the shards' order."""
-    done = dict(enumerate(finished if finished is not None else [shard.finished() for shard in shards]))
-    todo = [(i, shard) for i, shard in enumerate(shards) if done[i] is None]
-    made = dict(zip([i for i, _ in todo], _made([s for _, s in todo], workers, progress, len(shards) - len(todo),
-                                                len(shards))))
-    return [done[i] if done[i] is not None else made[i] for i in range(len(shards))]
+    looked already) made by ``maker`` (:class:`LocalWorkers`, default one here, or
+    pipeline/jobs/ray_actors.py :class:`RayShards`); ``(path, report)`` per shard in the shards' order."""
+    maker = maker or LocalWorkers(1)
+    results = list(finished if finished is not None else [shard.finished() for shard in shards])
+    todo = [i for i, r in enumerate(results) if r is None]
+    count = {"done": len(shards) - len(todo)}
 
+    def made(j: int, result) -> None:
+        results[todo[j]] = result
+        count["done"] += 1
+        if progress:
+            progress("shards", count["done"], len(shards))
 
-def _made(shards: Sequence[Shard], workers: int, progress, already: int, total: int) -> List[Tuple[str, Any]]:
-    if workers <= 1 or len(shards) <= 1:
-        out = []
-        for shard in shards:
-            out.append(make_shard(shard))
-            if progress:
-                progress("shards", already + len(out), total)
-        return out
-    pack = __name__.rsplit(".pipeline.", 1)[0]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=runpy.run_path,
-                             initargs=(boot, {"PACK_NAME": pack, "PACK_DIR": root, "THREADS": threads})) as pool:
-        futures = [pool.submit(make_shard, shard) for shard in shards]
-        out = []
-        for future in futures:
-            out.append(future.result())
-            if progress:
-                progress("shards", already + len(out), total)
-        return out
+    maker.make([shards[i] for i in todo], made)
+    return results
 
 
 def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard], made):
@@ -155,7 +194,7 @@ def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard
 
 
 def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, runtime_dtype: str, min_seconds: float,
-                    workers: int, scratch: Optional[str] = None, identity: str = "", progress=None):
+                    maker=None, scratch: Optional[str] = None, identity: str = "", progress=None):
     """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards in the folder ``scratch``
     (default: a new temporary one; with ``identity``, shards a previous run of the same identity finished there
     are reused): returns ``(joined frames, joined report, the scratch folder)``; the caller encodes the frames and
@@ -169,8 +208,9 @@ def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, run
               for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
     finished = [s.finished() for s in shards]
     reused = sum(1 for f in finished if f is not None)
-    made = run_shards(shards, workers, progress, finished)
+    maker = maker or LocalWorkers(1)
+    made = run_shards(shards, maker, progress, finished)
     report = LipSyncReport.joined([r for _, r in made])
-    report.notes.append(f"made in {len(shards)} shards at shot cuts ({workers} worker{'s' if workers != 1 else ''})"
+    report.notes.append(f"made in {len(shards)} shards at shot cuts ({maker.describe()})"
                         + (f"; {reused} finished by an earlier run, reused" if reused else ""))
     return joined_frames(run.frames, run.plan.source, shards, made), report, scratch
