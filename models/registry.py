@@ -5,14 +5,15 @@ source. Weights live under ``ComfyUI/models/<folder>`` when running inside Comfy
 folder resolver backed by ``folder_paths``), or under ``$MUSETALK_MODELS_DIR/<folder>`` standalone (default
 ``~/.cache/musetalk_enhanced/models``). Missing files are downloaded on first use with huggingface_hub when allowed;
 otherwise one :class:`MissingWeightsError` lists every missing file, its source and its destination
-(ComfyUI folder_paths.py).
+(ComfyUI folder_paths.py). Downloading, and stopping at once when there is no network: models/download.py.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from . import download
 
 ENV_MODELS_DIR = "MUSETALK_MODELS_DIR"
 DEFAULT_MODELS_DIR = os.path.join(os.path.expanduser("~"), ".cache", "musetalk_enhanced", "models")
@@ -167,29 +168,12 @@ def downloads_allowed(auto_download: bool) -> bool:
 
 
 def _download(f: WeightFile, dest_dir: str) -> str:
-    if not f.repo_id:
-        if f.url:
-            import urllib.request
-
-            dest = os.path.join(dest_dir, f.relpath)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            tmp = dest + ".part"
-            with urllib.request.urlopen(f.url, timeout=60) as r, open(tmp, "wb") as out:
-                shutil.copyfileobj(r, out)
-            os.replace(tmp, dest)
-            return dest
-        raise FileNotFoundError(f"no download source for {f.key}")
-    from huggingface_hub import hf_hub_download
-
-    repo_file = f.repo_file or f.relpath
-    got = hf_hub_download(repo_id=f.repo_id, filename=repo_file)
     dest = os.path.join(dest_dir, f.relpath)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if os.path.abspath(got) != os.path.abspath(dest):
-        tmp = dest + ".part"
-        shutil.copyfile(got, tmp)
-        os.replace(tmp, dest)
-    return dest
+    if f.repo_id:
+        return download.fetch_from_hub(f.repo_id, f.repo_file or f.relpath, dest)
+    if f.url:
+        return download.fetch(f.url, dest)
+    raise FileNotFoundError(f"no download source for {f.key}")
 
 
 def ensure(keys: Iterable[str], auto_download: bool = True, log: Callable[[str], None] = print) -> Dict[str, str]:
@@ -213,12 +197,24 @@ def ensure(keys: Iterable[str], auto_download: bool = True, log: Callable[[str],
     still: List[WeightFile] = []
     errors: List[str] = []
     for f in missing:
+        offline = download.offline_reason()
+        if offline:                        # no network: nothing more is tried, one message lists every file
+            still.append(f)
+            continue
         try:
             log(f"[MuseTalk] downloading {f.source} -> {folder_dirs(f.folder)[0]}/{f.relpath}")
             found[f.key] = _download(f, folder_dirs(f.folder)[0])
-        except Exception as exc:  # offline, 404, disk full...
+        except Exception as exc:  # noqa: BLE001 - offline, 404, disk full...
             still.append(f)
-            errors.append(f"{f.key}: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, download.NoNetwork):
+                errors.append(f"{f.key}: {type(exc).__name__}: {_first_line(exc)}")
     if still:
-        raise MissingWeightsError(still, dirs, "download failed (" + "; ".join(errors)[:500] + ")")
+        offline = download.offline_reason()
+        reasons = ([f"no network, nothing was downloaded: {offline}"] if offline else []) + errors
+        raise MissingWeightsError(still, dirs, "; ".join(reasons)[:800] or "download failed")
     return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
