@@ -6,7 +6,7 @@ builds a typed request (pipeline/jobs) and runs it.
     python <pack> avatar prepare|speak|list|remove ...                        avatars            (avatar_cli.py)
     python <pack> serve [--port 8288]                                         the dubbing server (server/serve.py)
 """
-import importlib.util
+import importlib
 import os
 import sys
 
@@ -28,16 +28,14 @@ def main(argv=None) -> int:
 
 
 def _import_pack():
-    """``python <pack folder>``: import the folder as the package ``musetalk_enhanced`` (relative imports inside),
-    never shadowing other modules with the pack's own folders (nodes, models...)."""
+    """``python <pack folder>``: import the folder as the package ``musetalk_enhanced`` (bootstrap.py), never
+    shadowing other modules with the pack's own folders (nodes, models...)."""
+    import runpy
+
     root = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0]) == root:
         sys.path.pop(0)
-    spec = importlib.util.spec_from_file_location("musetalk_enhanced", os.path.join(root, "__init__.py"),
-                                                  submodule_search_locations=[root])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["musetalk_enhanced"] = pack
-    spec.loader.exec_module(pack)
+    runpy.run_path(os.path.join(root, "bootstrap.py"))["import_pack"]()
     return importlib.import_module("musetalk_enhanced.__main__")
 
 

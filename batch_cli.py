@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: never)")
     p.add_argument("--ray", metavar="ADDRESS", help="run the jobs on Ray actors: auto (the cluster this machine "
                                                     "joined), local (start Ray here) or a cluster address; needs "
-                                                    "the ray extra (bash scripts/setup.sh --ray)")
+                                                    "the ray extra (pip install -r requirements-ray.txt)")
     p.add_argument("--actors", type=int, help="with --ray: how many actors (default: one per GPU, or per "
                                               "--cpus-per-actor CPUs)")
     p.add_argument("--cpus-per-actor", type=int, default=2, help="with --ray on CPUs: cores per actor (default 2)")

@@ -16,7 +16,7 @@ from .pipeline.jobs import DubRequest, make_runtime, run
 from .pipeline.jobs.flags import add_command_flags, add_request_flags, given, run_command, use_models_dir
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example_workflows")
-DEMO_VIDEO = "musetalk_example_face.mp4"    # shipped in example_workflows/ (tools/make_example_media.py)
+DEMO_VIDEO = "musetalk_example_face.mp4"    # shipped in example_workflows/ (scripts/make_example_media.py)
 DEMO_VOICE = "musetalk_example_voice.wav"
 
 

@@ -10,7 +10,6 @@ goes). Idempotent (present files are skipped) and safe offline (a failed downloa
 Set MUSETALK_SKIP_DOWNLOAD=1 to make the Manager-run install a no-op.
 """
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -18,12 +17,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_pack():
-    spec = importlib.util.spec_from_file_location("musetalk_enhanced", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["musetalk_enhanced"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The pack as the package ``musetalk_enhanced`` (bootstrap.py, the one import helper)."""
+    import runpy
+
+    return runpy.run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]()
 
 
 def _comfy_models_dir():

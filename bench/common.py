@@ -1,8 +1,8 @@
 """Shared helpers of the benchmark scripts (bench/media.py, bench/lipsync.py).
 
 * :func:`import_pack` imports the pack as the package ``musetalk_enhanced`` (relative imports inside), the way
-  tests/conftest.py and ComfyUI do. Importing this module puts ``tools/`` on ``sys.path`` (``make_test_weights`` and
-  the random test-weight writers: ``from test_weights import s3fd as tw_s3fd``).
+  tests/conftest.py and ComfyUI do (bootstrap.py). Importing this module puts ``tests/`` on ``sys.path``
+  (``make_test_weights`` and the random test-weight writers: ``from test_weights import s3fd as tw_s3fd``).
 * :func:`bench_parser` gives every script the same options: ``--quick`` (a smoke run of seconds, for CI),
   ``--json PATH``, ``--device``, ``--dtype``, ``--threads``.
 * :func:`pick_device_dtype` (CPU here, CUDA when present), :func:`sync` and :func:`timed` (optional warm-up call,
@@ -32,13 +32,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "musetalk_enhanced"
 MB = 1024.0 * 1024.0
-TOOLS = os.path.join(ROOT, "tools")
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
+TESTS = os.path.join(ROOT, "tests")
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
 
 
 # ---- the pack ------------------------------------------------------------------------------------------------------
-from pack import import_pack  # noqa: E402,F401  (tools/pack.py, shared with tests and tools)
+import_pack = __import__("runpy").run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]  # the one helper
 
 
 def import_tests_helper(name: str):

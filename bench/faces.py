@@ -14,7 +14,7 @@ s3fd+fan68 at 360p only (``--resolutions`` given explicitly overrides this).
 
 Weights: MTCNN uses its real weights (the facenet-pytorch wheel, the model folder, or a download). When the S3FD /
 FAN weights are not installed, random weights with the released layout are written to a temporary folder
-(``write_test_weights`` of tools/test_weights): the networks cost the same, but random S3FD weights yield thousands of
+(``write_test_weights`` of tests/test_weights): the networks cost the same, but random S3FD weights yield thousands of
 boxes, so the benchmark then keeps the best box of each frame (one face per frame, as in a talking-head video) before
 FAN runs; rows record ``"weights": "random"``.
 

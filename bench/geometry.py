@@ -298,7 +298,7 @@ def sources():
 
 
 def five_point_note() -> str:
-    """The 5-point model's own held-out score (its fit includes these photos; tools/fit_five_point.py)."""
+    """The 5-point model's own held-out score (its fit includes these photos; scripts/fit_five_point.py)."""
     import json
 
     from musetalk_enhanced.pipeline.faces.cropbox import FIVE_POINT_MODEL

@@ -17,7 +17,7 @@
 #
 # Every step has a time limit (and the whole run GPU_CHECK_BUDGET_S, default 480 s); a step that fails or runs out of
 # time stops the run with "GPU CHECK FAILED" and a non-zero exit. Test weights are written when missing
-# (tools/make_test_weights.py into $MUSETALK_MODELS_DIR, default <pack>/test_weights; ~2 GB, idempotent).
+# (tests/make_test_weights.py into $MUSETALK_MODELS_DIR, default <pack>/test_weights; ~2 GB, idempotent).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -49,10 +49,8 @@ pack_carry() {   # here, with network: the wheels for Python 3.12 on x86-64, and
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$CARRY" $pins
   "$PY" - "$CARRY/mtcnn" <<'EOF'
-import os, shutil, sys
-sys.path.insert(0, "tools")
-from pack import import_pack
-import_pack()
+import os, runpy, shutil, sys
+runpy.run_path("bootstrap.py")["import_pack"]()
 from musetalk_enhanced.pipeline.faces.detectors import mtcnn_weight_paths
 for name, path in mtcnn_weight_paths(auto_download=True).items():
     shutil.copy(path, os.path.join(sys.argv[1], f"{name}.pt"))
@@ -93,8 +91,7 @@ export MUSETALK_MODELS_DIR=${MUSETALK_MODELS_DIR:-$ROOT/test_weights}
 if [ -d "$CARRY/mtcnn" ]; then mkdir -p "$MUSETALK_MODELS_DIR/musetalk/mtcnn"; cp -n "$CARRY"/mtcnn/*.pt "$MUSETALK_MODELS_DIR/musetalk/mtcnn/"; fi
 STEP="check the Python packages and MTCNN weights"
 "$PY" - <<'EOF' || fail "missing packages or weights (above). Here, with network: bash bench/gpu_check.sh --pack-carry; then carry .gpu_carry"
-import importlib, sys
-sys.path.insert(0, "tools")
+import importlib, runpy, sys
 missing = []
 for name in ("torch", "numpy", "cv2", "av", "PIL", "safetensors", "diffusers", "transformers", "skimage"):
     try:
@@ -102,8 +99,7 @@ for name in ("torch", "numpy", "cv2", "av", "PIL", "safetensors", "diffusers", "
     except Exception as exc:  # noqa: BLE001
         missing.append(f"{name} ({type(exc).__name__}: {exc})")
 if not missing:
-    from pack import import_pack
-    import_pack()
+    runpy.run_path("bootstrap.py")["import_pack"]()
     from musetalk_enhanced.pipeline.faces.detectors import detector_requirements
     if detector_requirements("mtcnn"):
         missing.append("MTCNN weights (facenet-pytorch, or musetalk/mtcnn/{pnet,rnet,onet}.pt in the model folder)")
@@ -127,7 +123,7 @@ sys.exit(0 if cuda or '$MODE' == 'dry' else 3)
 " || fail "no CUDA device visible to torch; on a CPU use --dry-run"
 
 # ---- 2. full-size random weights (idempotent) ------------------------------------------------------------------------
-step "test weights" 150 "$PY" tools/make_test_weights.py --out "$MUSETALK_MODELS_DIR" \
+step "test weights" 150 "$PY" tests/make_test_weights.py --out "$MUSETALK_MODELS_DIR" \
   --only musetalk_unet,vae,whisper,bisenet
 
 # ---- 3. avatar speaking frames/s at batch 8/16/32, live first frame ---------------------------------------------------

@@ -7,7 +7,7 @@ MuseTalk's way of doing the same per-frame work.
     python bench/lipsync.py --no-compare --no-e2e --stages unet,vae_decode
 
 Weights. Full mode runs the full-size MuseTalk v1.5 UNet (850 M parameters) and sd-vae-ft-mse with *random* values in
-the released file layouts (tools/make_test_weights.py's writers; the speed of a network does not depend on its
+the released file layouts (tests/make_test_weights.py's writers; the speed of a network does not depend on its
 values). They are written once to ``--weights-dir`` (default ``<pack>/test_weights``, git-ignored; the UNet file is
 ~1.7 GB and takes about a minute) together with whisper-tiny (audio stage) and BiSeNet (``jaw`` blending), and loaded
 through the registry exactly as a run would (``MUSETALK_MODELS_DIR``). MTCNN uses its real weights (the
@@ -193,7 +193,7 @@ def speech_audio(seconds: float, workdir: str):
 def ensure_test_weights(weights_dir: str, with_parser: bool = True) -> dict:
     """Write the random full-size weights that are missing (UNet, VAE, whisper-tiny, BiSeNet) and point the registry
     at ``weights_dir``. Returns ``{module: seconds}`` for what was written."""
-    import make_test_weights as mtw  # tools/ is on sys.path (common)
+    import make_test_weights as mtw  # tests/ is on sys.path (common)
     from musetalk_enhanced.models import registry
 
     wanted = ["musetalk_unet", "vae", "whisper"] + (["bisenet"] if with_parser else [])

@@ -339,7 +339,10 @@ class MTCNN:
             win = np.stack([2.0 * xi / sx, 2.0 * yi / sy, (2.0 * xi + 12) / sx, (2.0 * yi + 12) / sy], axis=1)
             sc = prob[bi, yi, xi]
             keep = nms(win, sc, cfg.nms_pnet_scale, groups=bi)
-            boxes_l.append(win[keep]); scores_l.append(sc[keep]); offs_l.append(reg[keep]); img_l.append(bi[keep])
+            boxes_l.append(win[keep])
+            scores_l.append(sc[keep])
+            offs_l.append(reg[keep])
+            img_l.append(bi[keep])
         if not boxes_l:
             return None
         boxes, scores = np.concatenate(boxes_l), np.concatenate(scores_l)

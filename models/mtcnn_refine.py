@@ -4,7 +4,7 @@ The cascade (models/mtcnn.py) reads the 5 points from ONE 48x48 window, the squa
 offsets. Those points carry a few % of the inter-ocular distance of noise and a small left/right bias, which is
 harmless for detection but is the largest error of the 5-point crop estimate (pipeline/faces/cropbox.py): measured
 on real photos against dlib's 68 points, the estimate's crop IoU rises by about 0.01 (and the worst face's by 0.1)
-when the points are averaged over the windows below (tools/fit_five_point.py).
+when the points are averaged over the windows below (scripts/fit_five_point.py).
 
 Windows: the square around the final box, the same shifted by 6 % of its side left, right, up and down, and scaled
 to 90 % and 110 %: 7 windows, each also read mirrored (the 48x48 crop flipped left-right, its points flipped back and

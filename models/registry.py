@@ -154,7 +154,7 @@ def find(key: str) -> Optional[str]:
 
 
 def is_test_weights(path: str) -> bool:
-    """True when ``path`` lies in a folder written by the random test-weight tool (tools/make_test_weights.py)."""
+    """True when ``path`` lies in a folder written by the random test-weight tool (tests/make_test_weights.py)."""
     d = os.path.dirname(os.path.abspath(path))
     for _ in range(3):
         if os.path.isfile(os.path.join(d, TEST_WEIGHTS_MARKER)):

@@ -2,13 +2,12 @@
 timing: ``batch_driver.py JOB STAGE SIGNAL -- <batch arguments>`` signals when job number JOB (from 0) first reports
 progress of STAGE (e.g. ``lip-sync``). Used by tests/test_batch.py to kill a batch mid-job."""
 import os
+import runpy
 import signal
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from pack import import_pack  # noqa: E402
-
-import_pack()
+runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bootstrap.py"))[
+    "import_pack"]()
 from musetalk_enhanced.__main__ import main  # noqa: E402
 from musetalk_enhanced.pipeline.jobs import batch  # noqa: E402
 

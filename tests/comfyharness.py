@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, SHARED
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_example_media as media  # noqa: E402  (template titles = example workflow file names)
 
 TOOLS = os.path.join(SHARED, "tools")
@@ -77,7 +77,7 @@ def test_weights():
     (the LatentSync example then shows its fallback)."""
     models = os.environ.get("MUSETALK_TEST_WEIGHTS_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "musetalk_enhanced", "test_weights")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_test_weights.py"), "--out", models,
+    subprocess.run([sys.executable, os.path.join(ROOT, "tests", "make_test_weights.py"), "--out", models,
                     "--only", "musetalk_unet,vae,whisper,bisenet,mtcnn"], check=True, capture_output=True,
                    timeout=1800)
     return models

@@ -1,8 +1,9 @@
 """Test setup: import the pack as a package (the way ComfyUI does, relative imports inside) under the name
-``musetalk_enhanced``, put ``tools/`` on ``sys.path`` (the random test-weight writers: ``from test_weights import
-vae as tw_vae``; ``make_test_weights``), and expose paths to ../shared fixtures (tests using them skip when it is
-absent)."""
+``musetalk_enhanced`` (bootstrap.py), put ``scripts/`` and ``clients/`` on ``sys.path`` (the workflow builder, the
+API client; the random test-weight writers ``test_weights`` and ``make_test_weights`` sit here beside the tests), and
+expose paths to ../shared fixtures (tests using them skip when it is absent)."""
 import os
+import runpy
 import sys
 
 import pytest
@@ -14,10 +15,10 @@ PACK = "musetalk_enhanced"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at test time
 
 
-if os.path.join(ROOT, "tools") not in sys.path:
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-from pack import import_pack  # noqa: E402  (tools/pack.py: the pack as ComfyUI imports it)
-
+for folder in ("scripts", "clients"):
+    if os.path.join(ROOT, folder) not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, folder))
+import_pack = runpy.run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]   # the pack as ComfyUI imports it
 import_pack()
 
 

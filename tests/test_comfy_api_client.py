@@ -1,4 +1,4 @@
-"""tools/comfy_api_client.py: a workflow run through ComfyUI's own HTTP API (upload, /prompt, the /ws progress
+"""clients/comfy_api_client.py: a workflow run through ComfyUI's own HTTP API (upload, /prompt, the /ws progress
 messages, /history, /view) and the API-format exports in example_workflows/api/.
 
 Most tests talk to a tiny fake ComfyUI on 127.0.0.1 (http.server plus a handwritten websocket endpoint that plays a
@@ -27,8 +27,7 @@ import comfy_api_client as cc
 import comfyharness as ch
 import mediakit as mk
 import workflow_api
-from conftest import ROOT
-from pack import import_pack
+from conftest import ROOT, import_pack
 
 API_DIR = os.path.join(ROOT, "example_workflows", "api")
 BASIC = os.path.join(API_DIR, "musetalk_basic.json")
@@ -440,7 +439,7 @@ def wrap_object_info(do_get, info):
 
 
 def test_regenerating_keeps_the_ui_files_and_the_exports(tmp_path):
-    """tools/make_workflows.py writes the same bytes again: the UI files as before, the API files as shipped."""
+    """scripts/make_workflows.py writes the same bytes again: the UI files as before, the API files as shipped."""
     out = tmp_path / "example_workflows"
     shutil.copytree(os.path.join(ROOT, "example_workflows"), out, ignore=shutil.ignore_patterns("api"))
     written = workflow_api.write_api_exports(str(out), import_pack())
@@ -597,7 +596,7 @@ def test_real_comfyui_runs_the_basic_example_from_the_command_line(real_comfy, t
     url, _ = real_comfy
     video, audio = small_clip(tmp_path, frames=20)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "comfy_api_client.py"), "--server", url,
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "clients", "comfy_api_client.py"), "--server", url,
                            "--workflow", BASIC, "--video", video, "--audio", audio, "--out-dir",
                            str(tmp_path / "out"), "--set", "MuseTalkLoadVideo.frame_load_cap=12",
                            "--set", "MuseTalkBatchedLipSync.length_policy=follow_video", "--timeout", "2400"],

@@ -90,7 +90,7 @@ def test_face_crop_geometry_68_is_the_original_plus_margin():
 
 def _detector_box(lm):
     """An MTCNN-like box for 68 points, placed as MTCNN places it on real photos (mean over the faces of
-    tools/fit_five_point.py): cheek to cheek, its top a third of the brow-to-chin height above the brows, its bottom
+    scripts/fit_five_point.py): cheek to cheek, its top a third of the brow-to-chin height above the brows, its bottom
     just above the chin."""
     x1, x2 = lm[:, 0].min(), lm[:, 0].max()
     top, chin = lm[17:27, 1].min(), lm[:, 1].max()
@@ -154,7 +154,7 @@ def test_five_point_model_file():
     n = len(cb.FIVE_POINT_FEATURES)
     assert model["feature_mean"].shape == (n,) and model["basis"].shape == (n, 136)
     assert model["shape_mean"].shape == (68, 2)
-    held_out = doc["crop_iou_held_out"]     # each person left out of the fit (tools/fit_five_point.py)
+    held_out = doc["crop_iou_held_out"]     # each person left out of the fit (scripts/fit_five_point.py)
     assert doc["fitted_on"]["people"] >= 40 and 0.90 <= held_out["mean_over_people"] <= 1.0, held_out
     assert held_out["mean_over_faces"] >= 0.88, held_out
     # the mean shape is a face in the eye frame: eyes around (+-0.5, 0), the chin below the mouth

@@ -189,7 +189,7 @@ def test_missing_weights_error_lists_every_file(tmp_path, monkeypatch):
 
 
 def test_make_test_weights_tool_discovers_and_is_idempotent(tmp_path, capsys):
-    import make_test_weights as tool  # tools/ is on sys.path (conftest)
+    import make_test_weights as tool  # beside the tests
     names = [n for n, _ in tool.discover()]
     for n in ("musetalk_unet", "vae", "bisenet"):
         assert n in names

@@ -4,7 +4,7 @@ The frontend maps ``widgets_values`` to widgets by position and the server rejec
 out-of-range numbers and unknown combo values, so a node that gains, loses or reorders a widget silently breaks
 saved workflows (ComfyUI_frontend's workflow schema). This validator checks, for every node: its type exists (ours from
 NODE_CLASS_MAPPINGS; core nodes of ComfyUI v0.3.64 and VideoHelperSuite nodes from the documented tables in
-tools/workflow_builder.py), every link's type against the declared output of its source and the input of its target,
+scripts/workflow_builder.py), every link's type against the declared output of its source and the input of its target,
 the widget values against INPUT_TYPES in order (upload-button and seed-control values included), required inputs,
 the media files a workflow names (next to it), its ``.jpg`` thumbnail and its ``models`` entries.
 
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import workflow_builder as wb  # noqa: E402
 
 from musetalk_enhanced import NODE_CLASS_MAPPINGS  # noqa: E402
@@ -137,7 +137,7 @@ def check_value(where, name, kind, opts, value, wf_dir, media, problems):
 
 def map_list_widgets(ntype, spec, values, where, problems):
     """Assign a list ``widgets_values`` to the widgets in the order the frontend builds them (seed controls right
-    after their seed, upload buttons and audio players after every input: tools/workflow_builder.py
+    after their seed, upload buttons and audio players after every input: scripts/workflow_builder.py
     frontend_widget_slots); returns {name: value}."""
     slots = wb.frontend_widget_slots([x[:3] for x in spec.inputs], {x[0]: x[3] for x in spec.inputs})
     trailing = FRONTEND_TRAILING.get(ntype, 0)
@@ -372,7 +372,7 @@ def test_example_set_is_complete():
 @pytest.mark.parametrize("path", EXAMPLES + SMOKE, ids=lambda p: os.path.relpath(p, ROOT))
 def test_workflow_is_valid(path):
     problems = validate(path)
-    assert not problems, "\n".join(problems) + "\n(after changing a node's inputs, run tools/make_workflows.py)"
+    assert not problems, "\n".join(problems) + "\n(after changing a node's inputs, run scripts/make_workflows.py)"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))

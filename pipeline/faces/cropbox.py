@@ -19,7 +19,7 @@ points onto an average face's (:data:`_FIT5`: eye midpoint at the origin, eyes o
 linear shape regression (``five_point_face.json``) predicts the 68 iBUG points from the nose, the mouth corners and
 the detector box's centre and size (the box tells where the chin and the cheeks are better than 5 points do); the
 prediction is carried back into the image and the very same rule is applied to it (:func:`estimate_68`,
-:func:`crop_box_from_5`). The regression was fitted by ``tools/fit_five_point.py`` on dlib's 68 points of 41 people's
+:func:`crop_box_from_5`). The regression was fitted by ``scripts/fit_five_point.py`` on dlib's 68 points of 41 people's
 real photos, mirrored, rotated and scaled; its crop IoU against the rule on the real points is 0.909 per person held
 out (leave one person out; 0.897 over all 674 faces), against 0.97 for real landmarks, which is why any 68-point model is
 preferred (README "Face geometry"). Pitch, yaw, jaw opening and face width are only what the 5 points and the box
@@ -52,7 +52,7 @@ COORD_PLACEHOLDER = (0.0, 0.0, 0.0, 0.0)   # the original's "no face" coordinate
 IntBox = Tuple[int, int, int, int]
 EDGE_FACES = ("pad", "original")          # faces at the frame's edge: see the module docstring
 
-# -- the 5-point estimate (see module docstring; refit with tools/fit_five_point.py) -------------------------------
+# -- the 5-point estimate (see module docstring; refit with scripts/fit_five_point.py) -------------------------------
 # the eye frame: MTCNN's points (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner)
 # of an average face; a similarity transform fitted onto these carries a detected face into the frame
 _FIT5 = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.652], [-0.457, 1.067], [0.457, 1.067]], np.float64)

@@ -221,8 +221,8 @@ def require_ray(field: str = "ray") -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise RequestError(field, "Ray is not installed", "bash scripts/setup.sh --ray, or pip install -r "
-                                                          "requirements-ray.txt") from None
+        raise RequestError(field, "Ray is not installed", "pip install -r requirements-ray.txt with this Python "
+                                                          "(in a clone: bash scripts/setup.sh --ray)") from None
 
 
 def _required(value: Optional[str], field: str, fix: str) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a workflow on a running ComfyUI through ComfyUI's own HTTP API. Python standard library only.
 
-    python tools/comfy_api_client.py --server http://127.0.0.1:8188 \\
+    python clients/comfy_api_client.py --server http://127.0.0.1:8188 \\
         --workflow example_workflows/api/musetalk_basic.json --video clip.mp4 --audio voice.wav --out-dir out/
 
 The steps, each a function you can import (docs/comfyui_api.md shows them in Python):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Make the small input media and the thumbnails of ``example_workflows/``.
 
-    python tools/make_example_media.py [--out example_workflows] [--only media|thumbnails]
+    python scripts/make_example_media.py [--out example_workflows] [--only media|thumbnails]
 
 Everything comes from public-domain / CC0 sources, so the files can ship with the pack:
 
@@ -34,7 +34,7 @@ FPS = 25
 VOICE_RATE = 16000
 CRF = 28
 
-# file names used by the example workflows (tools/make_workflows.py imports these)
+# file names used by the example workflows (scripts/make_workflows.py imports these)
 FACE_CLIP = "musetalk_example_face.mp4"           # one speaker, 4 s, 384x384
 CUTAWAY_CLIP = "musetalk_example_cutaways.mp4"    # edited clip: face shots + B-roll cutaways, 6 s, 384x384
 TWO_FACES_CLIP = "musetalk_example_two_faces.mp4"  # two faces side by side, 4 s, 384x288

@@ -16,7 +16,7 @@ from . import random_state_dict
 
 
 def test_weight_files(models_root: str) -> List[str]:
-    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
+    """The files :func:`write_test_weights` writes (tests/make_test_weights.py skips the model when all exist)."""
     folder = os.path.join(models_root, "musetalk")
     return [os.path.join(folder, WEIGHTS_RELPATH), os.path.join(folder, CONFIG_RELPATH)]
 

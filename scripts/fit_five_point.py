@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fit the 5-point estimate's face model (pipeline/five_point_face.json) to real 68-point landmarks.
 
-    python tools/fit_five_point.py            # fit, print the held-out crop IoU, write the model file
-    python tools/fit_five_point.py --check    # fit and report only (nothing written)
+    python scripts/fit_five_point.py            # fit, print the held-out crop IoU, write the model file
+    python scripts/fit_five_point.py --check    # fit and report only (nothing written)
 
 The model (read by pipeline/faces/cropbox.py) is a linear shape regression: MTCNN's 5 points and its box, expressed in the
 face's eye frame (a similarity transform: eye midpoint at the origin, eyes one unit apart, y down), predict the 68
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     from musetalk_enhanced.pipeline.faces import cropbox
 
     doc = {"version": 1, "what": "linear shape regression: 5 points + box in the eye frame -> 68 iBUG points "
-                                 "(tools/fit_five_point.py)",
+                                 "(scripts/fit_five_point.py)",
            "features": list(cropbox.FIVE_POINT_FEATURES), "ridge": RIDGE,
            "fitted_on": {"faces": len(faces), "people": len(people),
                          "photos": "bench/geometry.py photos + the sample photos of "

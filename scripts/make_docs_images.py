@@ -12,7 +12,7 @@
   landmarks out of the frame; the crop is padded with border pixels). Prints each box's IoU against the same face's
   box on the uncut photo.
 
-Run: .venv/bin/python tools/make_docs_images.py
+Run: .venv/bin/python scripts/make_docs_images.py
 """
 import os
 import sys

@@ -1,7 +1,7 @@
 """Build ComfyUI UI-format workflow JSON (as the frontend saves it) from a compact description.
 
 Widget order for our nodes comes from their INPUT_TYPES (the same order ComfyUI uses to map ``widgets_values``);
-core nodes are described in ``CORE`` below (ComfyUI v0.3.64). Used by ``tools/make_workflows.py`` and the tests.
+core nodes are described in ``CORE`` below (ComfyUI v0.3.64). Used by ``scripts/make_workflows.py`` and the tests.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from . import random_state_dict
 
 
 def test_weight_files(models_root: str) -> List[str]:
-    """The files :func:`write_test_weights` writes (tools/make_test_weights.py skips the model when all exist)."""
+    """The files :func:`write_test_weights` writes (tests/make_test_weights.py skips the model when all exist)."""
     return [os.path.join(models_root, "musetalk", UNET_RELPATH), os.path.join(models_root, "musetalk", CONFIG_RELPATH)]
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Write random full-size "test weights" in the released file layouts, for every model the pack knows.
 
-    python tools/make_test_weights.py --out DIR [--only musetalk,whisper] [--seed 0] [--force] [--list]
+    python tests/make_test_weights.py --out DIR [--only musetalk,whisper] [--seed 0] [--force] [--list]
 
-Every ``tools/test_weights/<name>.py`` (named like the ``models/<name>.py`` it writes for) that defines
+Every ``tests/test_weights/<name>.py`` (named like the ``models/<name>.py`` it writes for) that defines
 ``write_test_weights(models_root, seed=0) -> list[str]`` is called (found by scanning the folder, so new models need
 no change here). ``--only`` keeps the modules whose name contains one of the given words. The files carry random
 values (the MuseTalk UNet, VAE, BiSeNet and LatentSync folders get a ``RANDOM_TEST_WEIGHTS.txt`` marker): they let the
@@ -27,11 +27,11 @@ import tempfile
 import time
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))  # on sys.path: the script's folder, or put there by the caller
-WRITERS = "test_weights"  # the package tools/test_weights (importing it imports the pack as musetalk_enhanced)
+WRITERS = "test_weights"  # the package tests/test_weights (importing it imports the pack as musetalk_enhanced)
 
 
 def discover(only=None):
-    """``[(module name, write_test_weights)]`` for every tools/test_weights/*.py defining it, sorted by name."""
+    """``[(module name, write_test_weights)]`` for every tests/test_weights/*.py defining it, sorted by name."""
     importlib.import_module(WRITERS)
     found = []
     for fn in sorted(os.listdir(os.path.join(TOOLS, WRITERS))):
@@ -104,7 +104,7 @@ def main(argv=None):
     writers = discover(only)
     if args.list or not args.out:
         for name, _ in writers:
-            print(f"tools/{WRITERS}/{name}.py")
+            print(f"tests/{WRITERS}/{name}.py")
         if not args.out and not args.list:
             ap.error("--out is required")
         return 0
@@ -117,7 +117,7 @@ def main(argv=None):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     for name, writer in writers:
         t0 = time.time()
-        print(f"tools/{WRITERS}/{name}.py ...", flush=True)
+        print(f"tests/{WRITERS}/{name}.py ...", flush=True)
         written, skipped = write_one(name, writer, args.out, args.seed, args.force)
         for p in written:
             print(f"  wrote {p} ({os.path.getsize(p) / 1e6:.1f} MB)")

@@ -2,14 +2,14 @@
 
 Each ``<name>.py`` here (named like ``models/<name>.py``) defines ``write_test_weights(models_root, seed=0, ...)``,
 which writes that model's files under ``<models_root>/<folder>/<relpath>`` and returns their paths, and optionally
-``test_weight_files(models_root)``, the files it will write (tools/make_test_weights.py finds the writers by scanning
+``test_weight_files(models_root)``, the files it will write (tests/make_test_weights.py finds the writers by scanning
 this folder and skips a model whose files all exist). The values are random: they let the whole pipeline run end to
 end without downloads, and produce noise. The MuseTalk UNet, VAE, BiSeNet and LatentSync UNet writers leave a
 ``RANDOM_TEST_WEIGHTS.txt`` marker (``models.registry.TEST_WEIGHTS_MARKER``) next to their files, so the pack can warn
 when it loads them.
 
-Put ``tools/`` on ``sys.path`` and ``import test_weights``: importing it imports the pack as the package
-``musetalk_enhanced`` (the way ComfyUI and tests/conftest.py do) unless that is done already. :func:`random_state_dict`
+Put ``tests/`` on ``sys.path`` and ``import test_weights``: importing it imports the pack as the package
+``musetalk_enhanced`` (bootstrap.py, the way ComfyUI and tests/conftest.py do) unless that is done already. :func:`random_state_dict`
 is the initialisation the writers share.
 """
 from __future__ import annotations
@@ -22,12 +22,10 @@ import torch
 
 
 
-TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-from pack import import_pack  # noqa: E402  (tools/pack.py)
+import runpy  # noqa: E402
 
-import_pack()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+runpy.run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]()
 
 
 def random_state_dict(template: Mapping[str, torch.Tensor], seed: int = 0,

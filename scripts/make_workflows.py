@@ -1,27 +1,17 @@
 """Regenerate the workflow JSONs (smoke workflows under tests/workflows/; example workflows under
-example_workflows/, and their API-format exports under example_workflows/api/, tools/workflow_api.py). Run from the
-repo root: ``.venv/bin/python tools/make_workflows.py``.
+example_workflows/, and their API-format exports under example_workflows/api/, scripts/workflow_api.py). Run from the
+repo root: ``.venv/bin/python scripts/make_workflows.py``.
 
-Widget values are laid out from the nodes' INPUT_TYPES (ours) and tools/workflow_builder.py's tables (core nodes,
+Widget values are laid out from the nodes' INPUT_TYPES (ours) and scripts/workflow_builder.py's tables (core nodes,
 VideoHelperSuite), so regenerating after a node gains an input keeps every workflow loadable. The example media and
-thumbnails come from tools/make_example_media.py."""
-import importlib.util
+thumbnails come from scripts/make_example_media.py."""
 import os
+import runpy
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-
-def load_pack():
-    if "musetalk_enhanced" in sys.modules:
-        return sys.modules["musetalk_enhanced"]
-    spec = importlib.util.spec_from_file_location("musetalk_enhanced", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["musetalk_enhanced"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+load_pack = runpy.run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]      # the one import helper
 
 
 def smoke_workflows(out_dir):
