@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import comfy
+from ..pipeline.backends.selection import MUSETALK, layout_of
 from ..pipeline.whisper_encoder import LAYOUTS
 from ..pipeline.jobs.requests import DubRequest
 from .common import AUDIO_FEATURES_TYPE, BACKEND_TYPE, widget
@@ -12,22 +13,15 @@ LAYOUT_CHOICES = (FOLLOW_BACKEND,) + LAYOUTS
 
 
 def backend_audio_layout(backend) -> str:
-    """The audio layout a ``MUSETALK_BACKEND`` needs: its ``audio_layout`` attribute (or mapping entry); otherwise
-    ``latentsync`` when its name/kind mentions LatentSync; ``musetalk`` when nothing is connected."""
+    """The audio layout the connected Backend Selector's choice reads (``BackendSpec.audio_layout``: its first
+    backend's own declaration, pipeline/backends/selection.py ``layout_of``); MuseTalk's when none is connected."""
     if backend is None:
-        return "musetalk"
+        return layout_of(MUSETALK)
     layout = getattr(backend, "audio_layout", None)
-    if layout is None and isinstance(backend, dict):
-        layout = backend.get("audio_layout")
-    if isinstance(layout, str) and layout in LAYOUT_CHOICES[1:]:
-        return layout
-    for attr in ("name", "kind", "backend", "model"):
-        value = getattr(backend, attr, None)
-        if value is None and isinstance(backend, dict):
-            value = backend.get(attr)
-        if isinstance(value, str) and "latentsync" in value.lower():
-            return "latentsync"
-    return "musetalk"
+    if layout not in LAYOUTS:
+        raise ValueError(f"backend: expected the Backend Selector's output, got {type(backend).__name__}; connect "
+                         "a Backend Selector (MuseTalk) node, or pick the layout instead of 'follow backend'.")
+    return layout
 
 
 class MuseTalkWhisperFeatures:

@@ -449,9 +449,18 @@ def test_node_declares_and_delegates(tmp_path, monkeypatch):
     assert MuseTalkWhisperFeatures.RETURN_TYPES == ("MUSETALK_AUDIO_FEATURES", "INT")
     assert MuseTalkWhisperFeatures.CATEGORY == "MuseTalk/audio" and MuseTalkWhisperFeatures.DESCRIPTION
 
+    from musetalk_enhanced.pipeline.backends.selection import BackendSpec, backend_class, layout_of
+
     assert backend_audio_layout(None) == "musetalk"
-    assert backend_audio_layout(type("B", (), {"audio_layout": "latentsync"})()) == "latentsync"
-    assert backend_audio_layout({"name": "LatentSync 1.6"}) == "latentsync"
+    assert backend_audio_layout(BackendSpec(choice="latentsync-1.6")) == "latentsync"
+    assert backend_audio_layout(BackendSpec(choice="musetalk-v1.5")) == "musetalk"
+    with pytest.raises(ValueError, match="Backend Selector"):
+        backend_audio_layout({"name": "LatentSync 1.6"})          # no guessing from names
+    # one answer: each backend's own class declares it, and the selection reads nothing else
+    for name in ("musetalk-v1.5", "latentsync-1.5", "latentsync-1.6"):
+        assert layout_of(name) == backend_class(name).audio_layout
+    with pytest.raises(Exception, match="unknown backend"):
+        layout_of("wav2lip")
 
     monkeypatch.setattr(registry, "_resolver", None)
     monkeypatch.setenv(registry.ENV_MODELS_DIR, str(tmp_path))
@@ -465,8 +474,10 @@ def test_node_declares_and_delegates(tmp_path, monkeypatch):
     assert isinstance(feats, AF.AudioFeatures) and feats.layout == "musetalk"
     assert count == feats.num_frames == 29 and feats.fps == 29.97
     assert feats.windows([0, 28]).shape == (2, 50, 64)
+    from musetalk_enhanced.pipeline.backends.selection import BackendSpec
+
     feats, count = node.encode(audio, 25.0, "follow backend", True, False,
-                               backend={"audio_layout": "latentsync"})
+                               backend=BackendSpec(choice="latentsync-1.6"))
     assert feats.layout == "latentsync" and count == 27 and feats.compat is True
 
 

@@ -65,12 +65,23 @@ class BackendSpec:
 
     @property
     def audio_layout(self) -> str:
+        """The whisper feature layout the first backend of the chain reads (the features node's "follow backend")."""
         return layout_of(self.primary())
 
 
+def backend_class(name: str):
+    """The class that runs the backend ``name``: what it declares (``audio_layout``, its work unit) is read there."""
+    if name == MUSETALK:
+        return musetalk.MuseTalkBackend
+    if name in latentsync.VERSIONS:
+        return latentsync.LatentSyncBackend
+    raise LipSyncError(f"{name}: unknown backend; use one of {', '.join(BACKEND_CHOICES[1:])}.")
+
+
 def layout_of(backend: str) -> str:
-    """The whisper feature layout a backend reads."""
-    return latentsync.AUDIO_LAYOUT if backend in latentsync.VERSIONS else musetalk.AUDIO_LAYOUT
+    """The whisper feature layout the backend ``backend`` reads: its own declaration (``audio_layout``); the one
+    answer for the features node, the pre-flight check, the selection and the fallback."""
+    return backend_class(backend).audio_layout
 
 
 def open_backend(name: str, spec: BackendSpec, runtime: Runtime, blend_mode) -> Backend:
@@ -116,7 +127,8 @@ def weights_in_use(spec: BackendSpec, detector: str = "mtcnn", blend_mode: str =
     from ..whisper_encoder import whisper_weight_keys
 
     keys = [k for alternatives in musetalk.required_weights(blend_mode) for k in alternatives]
-    keys += whisper_weight_keys(musetalk.AUDIO_LAYOUT) + whisper_weight_keys(latentsync.AUDIO_LAYOUT)
+    for layout in dict.fromkeys(layout_of(name) for name in BACKEND_CHOICES[1:]):
+        keys += whisper_weight_keys(layout)
     keys += list(mtcnn.REGISTRY_KEYS.values()) if detector == "mtcnn" else ["s3fd", "fan68"]
     keys += [k for name, _ in spec.chain() if name in latentsync.VERSIONS
              for alternatives in latentsync.required_weights(name) for k in alternatives]
@@ -196,7 +208,7 @@ class BackendChain:
         failed = self.backend.name
         self.failures += 1
         if self._musetalk is None:
-            self._musetalk = (self.factory(MUSETALK), self.open_features(musetalk.AUDIO_LAYOUT))
+            self._musetalk = (self.factory(MUSETALK), self.open_features(layout_of(MUSETALK)))
         mt, feats = self._musetalk
         self.report.fallbacks.append(f"frames {ks[0]}-{ks[-1]}: {failed} failed ({why}) -> {MUSETALK}")
         self.runtime.log(f"{failed} failed on frames {ks[0]}-{ks[-1]} ({why}); using {MUSETALK} for them")
