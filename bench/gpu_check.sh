@@ -29,7 +29,7 @@ case "${1:-}" in
   *) echo "usage: bash bench/gpu_check.sh [--dry-run | --pack-carry]" >&2; exit 2 ;;
 esac
 CARRY=.gpu_carry
-CARRY_PACKAGES="av diffusers importlib_metadata"   # what the GPU image lacks (.library/device/KINDS.md), as here
+CARRY_PACKAGES="av diffusers importlib_metadata"   # what the GPU image lacks, as here
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

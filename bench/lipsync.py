@@ -49,9 +49,10 @@ on the same clip (``--compare-frames`` face frames, no cutaway: the original can
 networks (same module objects), the same crop boxes and the same audio windows; face detection and whisper are
 excluded from both sides. The original's steps are reproduced by :func:`original_offline` as follows:
 
-1. frames (``scripts/inference.py``): the original has ffmpeg write every frame as ``%08d.png`` and reads them all back
-   with ``cv2.imread`` into a list held in RAM. Here: PyAV decodes (the same libavcodec ffmpeg uses), ``cv2.imwrite``
-   writes each frame as PNG into a temporary folder, ``cv2.imread`` reads them all back (BGR) into a list.
+1. frames (MuseTalk ``scripts/inference.py``): the original has ffmpeg write every frame as ``%08d.png`` and reads them
+   all back with ``cv2.imread`` into a list held in RAM. Here: PyAV decodes (the same libavcodec ffmpeg uses),
+   ``cv2.imwrite`` writes each frame as PNG into a temporary folder, ``cv2.imread`` reads them all back (BGR) into a
+   list.
 2. latents (``VAE.get_latents_for_unet``): per frame, one at a time: ``frame[y1:y2, x1:x2]`` resized to 256x256 with
    LANCZOS4, BGR->RGB, ``/255`` in float64, transposed to a float32 tensor, lower half zeroed for the masked copy,
    ``(x - 0.5) / 0.5``; then two VAE encodes of batch 1 (masked, then reference), each
@@ -60,17 +61,17 @@ excluded from both sides. The original's steps are reproduced by :func:`original
    script): positional encoding of the stacked ``[8, 50, 384]`` windows, UNet at t = 0, ``vae.decode(pred / 0.18215)``,
    ``(x/2 + 0.5).clamp(0, 1)``, to a NumPy ``[8, 256, 256, 3]`` array, ``*255``, round, uint8, RGB->BGR; all generated
    faces are kept in a list.
-4. paste (``musetalk/utils/blending.py`` ``get_image``): per frame: a deep copy of the source frame, ``cv2.resize`` of
-   the face to the box (INTER_LINEAR), then ``get_image`` in jaw mode — the whole frame converted to a PIL RGB image,
-   the expanded square cut out, BiSeNet (batch 1, 512x512) parsed, jaw mask rules
+4. paste (MuseTalk ``musetalk/utils/blending.py`` ``get_image``): per frame: a deep copy of the source frame,
+   ``cv2.resize`` of the face to the box (INTER_LINEAR), then ``get_image`` in jaw mode — the whole frame converted to
+   a PIL RGB image, the expanded square cut out, BiSeNet (batch 1, 512x512) parsed, jaw mask rules
    (``pipeline.backends.blending.parsing_mask``, bit-exact with the original's), BICUBIC resize back, box and lower-half
    cuts, Gaussian blur (ratio 0.05), face pasted into the square, the square alpha-pasted onto the frame, the frame
    converted back to a BGR array — and ``cv2.imwrite`` of a PNG per frame.
-5. output (``scripts/inference.py``): ``ffmpeg -f image2 -i %08d.png -vcodec libx264 -crf 18`` then a second ffmpeg pass
-   that muxes the audio and re-encodes the video at libx264's defaults (crf 23) with AAC. Here: the PNGs are read back
-   with ``cv2.imread`` and encoded by PyAV's libx264 at crf 18 (``VideoWriter``, preset medium, as ffmpeg's default),
-   then that file is decoded and re-encoded at crf 23 with the AAC audio. (ffmpeg's CLI is not used: the pack must not
-   need it; both sides use the same libx264 through PyAV.)
+5. output (MuseTalk ``scripts/inference.py``): ``ffmpeg -f image2 -i %08d.png -vcodec libx264 -crf 18`` then a second
+   ffmpeg pass that muxes the audio and re-encodes the video at libx264's defaults (crf 23) with AAC. Here: the PNGs are
+   read back with ``cv2.imread`` and encoded by PyAV's libx264 at crf 18 (``VideoWriter``, preset medium, as ffmpeg's
+   default), then that file is decoded and re-encoded at crf 23 with the AAC audio. (ffmpeg's CLI is not used: the pack
+   must not need it; both sides use the same libx264 through PyAV.)
 
 Ours: ``run_lipsync`` reading the mp4 through ``VideoFileFrames``, ``MuseTalkRunner`` (VAE encodes batched over
 ``--batch-size`` source frames, UNet + decode batched, the blend mask per source frame, only the changed patch
@@ -605,9 +606,9 @@ def _orig_get_image_jaw(image_bgr, face_bgr, box, parser, upper_boundary_ratio=0
 
 
 def original_networks(models: Models, dtype):
-    """The UNet and VAE as the original runs them: ``dtype`` (its offline default is fp32: scripts/inference.py
-    ``--use_float16``), default NCHW memory format. Copies when ours run in another dtype or layout (made once, before
-    any timing, so neither side's time or peak memory includes the copy)."""
+    """The UNet and VAE as the original runs them: ``dtype`` (its offline default is fp32: MuseTalk
+    ``scripts/inference.py`` ``--use_float16``), default NCHW memory format. Copies when ours run in another dtype or
+    layout (made once, before any timing, so neither side's time or peak memory includes the copy)."""
     import torch
 
     unet, vae = models.engine.unet, models.engine.vae

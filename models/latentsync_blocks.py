@@ -95,7 +95,8 @@ class FeedForward(nn.Module):
 
 
 class ResnetBlock3D(nn.Module):
-    """GroupNorm (cross-frame, 5-D) -> SiLU -> conv -> + time -> GroupNorm -> SiLU -> conv -> + shortcut (resnet.py)."""
+    """GroupNorm (cross-frame, 5-D) -> SiLU -> conv -> + time -> GroupNorm -> SiLU -> conv -> + shortcut
+    (LatentSync resnet.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float,
                  output_scale_factor: float = 1.0):
@@ -191,7 +192,7 @@ def sinusoid_table(dim: int, max_len: int = 24) -> torch.Tensor:
 
 class TemporalAttention(Attention):
     """Self-attention over the frames at each spatial position; the position table is added to the (already
-    layer-normalised) tokens here, so the residual stays free of it (motion_module.py)."""
+    layer-normalised) tokens here, so the residual stays free of it (LatentSync motion_module.py)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, max_len: int):
         super().__init__(dim, heads, dim_head)
@@ -245,7 +246,7 @@ class TemporalTransformer3DModel(nn.Module):
 
 
 class VanillaTemporalModule(nn.Module):
-    """Motion module (AnimateDiff "Vanilla"): no timestep and no audio inside (motion_module.py)."""
+    """Motion module (AnimateDiff "Vanilla"): no timestep and no audio inside (LatentSync motion_module.py)."""
 
     def __init__(self, channels: int, num_attention_heads: int = 8, num_transformer_block: int = 1,
                  attention_block_types: Sequence[str] = ("Temporal_Self", "Temporal_Self"),

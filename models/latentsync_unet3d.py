@@ -32,7 +32,7 @@ from torch import nn
 from .latentsync_blocks import Attention, FrameConv2d, UNetMidBlock3DCrossAttn, _Block
 from .registry import WeightFile, register
 
-# ---- configuration (configs/unet/stage2.yaml == stage2_512.yaml, `model:` section) ---------------------
+# ---- configuration (LatentSync configs/unet/stage2.yaml == stage2_512.yaml, `model:` section) ----------
 UNET_CONFIG: Dict = {
     "act_fn": "silu",
     "add_audio_layer": True,

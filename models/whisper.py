@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_strict, read_state_dict
 
-# openai/whisper-tiny as transformers describes it (fixtures/musetalk/manifest_whisper_tiny.json "config").
+# openai/whisper-tiny as transformers describes it (its config.json on the Hugging Face hub).
 WHISPER_TINY_CONFIG: Dict = {
     "activation_dropout": 0.0, "activation_function": "gelu", "attention_dropout": 0.0, "bos_token_id": 50257,
     "d_model": 384, "decoder_attention_heads": 6, "decoder_ffn_dim": 1536, "decoder_layerdrop": 0.0,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit the 5-point estimate's face model (pipeline/five_point_face.json) to real 68-point landmarks.
+"""Fit the 5-point estimate's face model (pipeline/faces/five_point_face.json) to real 68-point landmarks.
 
     python scripts/fit_five_point.py            # fit, print the held-out crop IoU, write the model file
     python scripts/fit_five_point.py --check    # fit and report only (nothing written)

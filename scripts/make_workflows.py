@@ -98,7 +98,7 @@ GROUP_TITLE_H = 50        # room for a group's title above its first node
 GAP = 40                  # between nodes, between columns
 MEDIA = os.path.join(ROOT, "example_workflows")
 # Heights the frontend (1.27.10) gives these nodes at NODE_WIDTH once their previews have loaded, without the media
-# preview itself (measured with ../shared/tools/comfy_frontend.sh; tests/test_comfy_frontend.py fails when a node
+# preview itself (measured in the real page, tests/comfyharness.py; tests/test_comfy_frontend.py fails when a node
 # outgrows its saved size). A video preview adds width * height / width of the clip.
 PAGE_HEIGHTS = {"MuseTalkLoadVideo": 274, "MuseTalkLoadAudio": 220, "LoadVideo": 74, "LoadAudio": 136,
                 "VHS_LoadVideo": 304, "VHS_LoadAudioUpload": 204, "VHS_VideoCombine": 334}

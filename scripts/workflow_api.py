@@ -94,7 +94,7 @@ def save_api(prompt: dict, path: str) -> None:
 
 def write_api_exports(example_dir: str, pack) -> List[str]:
     """``example_dir/api/<slug>.json`` for every example workflow (make_example_media.TEMPLATES), plus the index
-    ``api/README.md`` naming each file's loader and output nodes. -> the paths written."""
+    ``README.md`` there naming each file's loader and output nodes. -> the paths written."""
     import make_example_media as media
 
     out_dir = os.path.join(example_dir, API_DIR)

@@ -1,6 +1,6 @@
-"""The shared harness that runs the REAL ComfyUI (../shared/tools/comfy_real.sh, comfy_frontend.sh; see
-COMFY_REAL.md), as the tests use it: where it is, whether this machine has it, the shortened example runs and the
-random test weights. Tests using it skip cleanly on a user's clone (no ../shared, no ComfyUI checkout)."""
+"""The shared harness that runs the REAL ComfyUI (../shared/tools/comfy_real.sh, ../shared/tools/comfy_frontend.sh; see
+../shared/tools/COMFY_REAL.md), as the tests use it: where it is, whether this machine has it, the shortened example
+runs and the random test weights. Tests using it skip cleanly on a user's clone (no ../shared, no ComfyUI checkout)."""
 import os
 import shutil
 import subprocess
@@ -84,7 +84,7 @@ def test_weights():
 
 
 def run(script, args, tmp_path, timeout=3600, **env_vars):
-    """Run comfy_real.sh / comfy_frontend.sh on this pack; -> (exit status, output, run dir)."""
+    """Run ``script`` (REAL_SH or FRONTEND_SH, in ../shared/tools/) on this pack; -> (exit status, output, run dir)."""
     run_dir = str(tmp_path / "run")
     env = dict(os.environ, COMFY_REAL_RUN_DIR=run_dir, COMFY_SHIMS=shims_overlay(str(tmp_path / "shims")),
                COMFY_REAL_PIP=os.environ.get("COMFY_REAL_PIP", "1"), COMFY_FRONTEND_INSTALL="0",

@@ -127,7 +127,7 @@ def doc_part(pattern: str, what: str) -> str:
 
 
 def label_paths(label: str):
-    """The files and folders a box's label names (``x.py``, ``x/``): what the box covers."""
+    """The files and folders a box's label names (``<file>.py``, ``<folder>/``): what the box covers."""
     words = re.split(r"<br/>|[\s,()]+", label)
     return tuple(w for w in words if w.endswith((".py", "/")))
 

@@ -21,7 +21,7 @@ from musetalk_enhanced.pipeline.runtime import Cancelled, Runtime
 from test_weights import whisper as tw_whisper
 
 torch.set_num_threads(2)
-WHISPER_ATOL = 1e-5  # fixtures/musetalk/README.md "Suggested tolerances"
+WHISPER_ATOL = 1e-5  # ../shared/fixtures/musetalk/README.md "Suggested tolerances"
 # float32 exp/sin/log and the FFT differ by an ulp or so between CPU vector units (AVX2 vs AVX-512 kernels): the
 # fixtures are bit-exact on the machine that made them (verify_report_pinned_env.json), within these elsewhere.
 PE_ATOL = 1e-3       # the 5000-row table: float32 rounding of angles up to 5000 rad is ~5e-4

@@ -3,8 +3,8 @@ messages, /history, /view) and the API-format exports in example_workflows/api/.
 
 Most tests talk to a tiny fake ComfyUI on 127.0.0.1 (http.server plus a handwritten websocket endpoint that plays a
 scripted run); every wait is bounded. The last tests start the REAL ComfyUI server headless with this pack, when a
-checkout from comfy_real_setup.sh is on the machine (skipped otherwise, as tests/test_comfy_real.py is); the long
-one, a whole example with full-size random weights, needs MUSETALK_TEST_REAL_WORKFLOWS=1."""
+checkout from ../shared/tools/comfy_real_setup.sh is on the machine (skipped otherwise, as tests/test_comfy_real.py
+is); the long one, a whole example with full-size random weights, needs MUSETALK_TEST_REAL_WORKFLOWS=1."""
 import base64
 import email.parser
 import email.policy

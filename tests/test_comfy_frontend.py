@@ -5,7 +5,8 @@ value, no two nodes overlapping once the page has sized them (video previews inc
 On top of the harness's checks: every node's ``widgets_values`` as the page serializes it after the load equals
 the saved one (the file holds exactly what the frontend produces), and no node grows past its saved size.
 
-Skipped without a ComfyUI checkout from comfy_real_setup.sh with the frontend mode (playwright + Debian's chromium).
+Skipped without a ComfyUI checkout from ../shared/tools/comfy_real_setup.sh with the frontend mode (playwright +
+Debian's chromium).
 The VideoHelperSuite example is checked when MUSETALK_TEST_VHS_DIR names a checkout of that pack. Running every
 example to the end with full-size random weights takes minutes each on a CPU: MUSETALK_TEST_REAL_WORKFLOWS=1."""
 import glob

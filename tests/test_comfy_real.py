@@ -1,5 +1,5 @@
 """Run workflows inside the REAL ComfyUI server (../shared/tools/comfy_real.sh) when a ComfyUI checkout built by
-comfy_real_setup.sh is on this machine; skipped otherwise (a user's clone has neither)."""
+../shared/tools/comfy_real_setup.sh is on this machine; skipped otherwise (a user's clone has neither)."""
 import glob
 import os
 

@@ -43,7 +43,7 @@ SHAPED_MODES = ("box", "mouth")             # drawn from the crop box and the la
 MODES = PARSER_MODES + ("feather",) + SHAPED_MODES
 BLEND_CHOICES = ("auto",) + MODES   # what a user may ask for: auto picks jaw with the face parser, else feather
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP, NECK = 1, 10, 11, 12, 13, 14
-OFFLINE_BLUR_RATIO = 0.05     # scripts/inference.py get_image
+OFFLINE_BLUR_RATIO = 0.05     # MuseTalk musetalk/utils/blending.py get_image (what scripts/inference.py pastes with)
 REALTIME_BLUR_RATIO = 0.1     # realtime get_image_prepare_material
 FEATHER_BLUR_RATIO = 0.1
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ...models import latentsync_unet3d as unet_mod
 from ..runtime import Runtime
 
-# configs/scheduler_config.json of bytedance/LatentSync (DDIMScheduler)
+# LatentSync configs/scheduler_config.json (DDIMScheduler)
 SCHEDULER_CONFIG: Dict = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

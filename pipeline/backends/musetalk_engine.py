@@ -9,7 +9,7 @@ ComfyUI-free and numerically faithful to the original inference path (TMElyralab
   ``[masked, reference]`` is ``[n, 8, 32, 32]`` (channels 0-3 masked, 4-7 reference). By default the posterior is
   *sampled* like the original (``mean + std * eps``); ``eps``/``generator`` make that reproducible (the original
   draws eps on the global RNG per frame, masked then reference: a generator seeded like the global RNG reproduces
-  it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, training_utils.py).
+  it exactly), and ``posterior="mode"`` uses the deterministic mean (what MuseTalk's training used, train.py).
   These latents depend only on the source frame: the orchestrator computes them once per source frame and caches
   them (on the CPU, 32 KiB each).
 * :meth:`MuseTalkEngine.generate` — positional encoding on the ``[b, 50, 384]`` audio windows, one UNet pass
@@ -48,7 +48,7 @@ def crop_face(frame: np.ndarray, box: Sequence[float], size: int = FACE_SIZE) ->
     ``box`` is ``(x1, y1, x2, y2)`` in pixels (the MuseTalk crop box with extra_margin already applied). A box that
     leaves the frame (``edge_faces=pad``, pipeline/faces/cropbox.py) is cut from the frame padded with its border
     pixels, so the crop keeps the box's shape. Raises ValueError for an empty crop instead of the original's silent
-    skip (scripts/inference.py).
+    skip (MuseTalk scripts/inference.py).
     """
     import cv2
 
@@ -190,7 +190,7 @@ class MuseTalkEngine:
         z = self.scaling * z
         return z.reshape(n, 8, LATENT_SIZE, LATENT_SIZE).float().cpu()
 
-    # -- generate: per batch of output frames (scripts/inference.py loop) ---------------------------------------
+    # -- generate: per batch of output frames (MuseTalk scripts/inference.py loop) ------------------------------
     @torch.inference_mode()
     def audio_tokens(self, audio_windows: ArrayLike) -> torch.Tensor:
         """``pe(windows)``: ``[b, 50, 384]`` + the sinusoid table, in float32, cast to the compute dtype."""

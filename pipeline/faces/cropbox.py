@@ -227,7 +227,7 @@ def face_crop_geometry(detection, width: int, height: int, bbox_shift: int = 0, 
     else:
         box = _int_box_from_detector(detection.box, edge_faces)
         align = None
-    if getattr(detection, "align", None) is not None:  # LatentSync 1.6's own points (InsightFace 106, face_detector.py)
+    if getattr(detection, "align", None) is not None:  # LatentSync face_detector.py: 1.6's own points (InsightFace 106)
         align = np.asarray(detection.align, np.float32)
     x1, y1, x2, y2 = apply_extra_margin(box, extra_margin, height, edge_faces)
     if edge_faces != "pad":
