@@ -110,6 +110,25 @@ def test_lipsync_quick(tmp_path):
     assert "speed ratio" in stdout
 
 
+def test_networks_side_by_side_quick(small_models_dir, tmp_path):
+    """bench/networks.py with both sides on this interpreter's diffusers: the original's steps (MuseTalk's VAE and
+    UNet calls) compute what our engine computes, so the check rows agree and every stage is timed."""
+    out = tmp_path / "networks.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "networks.py"), "--quick", "--models",
+                           small_models_dir, "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["stage"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["versions"]["ours"]["diffusers"] == rows["versions"]["original"]["diffusers"]
+    assert rows["check unet"]["max_abs_diff"] == 0.0 and rows["check unet"]["shape"] == [1, 4, 32, 32]
+    assert rows["check encode"]["max_abs_diff"] < 1e-5 and rows["check encode"]["shape"] == [1, 8, 32, 32]
+    assert rows["check decode"]["max_abs_diff"] <= 1.0 and rows["check decode"]["shape"] == [1, 256, 256, 3]
+    for stage in ("encode", "unet", "decode", "per output frame"):
+        assert positive(rows[stage]["ours_median_s"]) and positive(rows[stage]["original_median_s"])
+        assert math.isclose(rows[stage]["ours_over_original"],
+                            rows[stage]["ours_median_s"] / rows[stage]["original_median_s"])
+
+
 @pytest.mark.parametrize("script", ["media.py", "lipsync.py", "long.py", "batch.py"])
 def test_help_documents_quick_and_json(script):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], cwd=ROOT,
