@@ -253,7 +253,8 @@ def compare(args) -> list:
     sides = [Side("ours", sys.executable, args), Side("original", args.original_python, args)]
     rows, scratch = [], tempfile.mkdtemp(prefix="networks_check_")
     try:
-        for stage in STAGES:                                   # warm-up and the outputs' check
+        stages = [s for s in STAGES if s in args.stages.split(",")]
+        for stage in stages:                                   # warm-up and the outputs' check
             files = []
             for side in sides:
                 path = os.path.join(scratch, f"{side.name}_{stage}.npy")
@@ -262,12 +263,12 @@ def compare(args) -> list:
             a, b = (np.load(f) for f in files)
             rows.append({"stage": f"check {stage}", "shape": list(a.shape),
                          "max_abs_diff": float(np.abs(a.astype(np.float64) - b).max())})
-        seconds = {(s.name, stage): [] for s in sides for stage in STAGES}
+        seconds = {(s.name, stage): [] for s in sides for stage in stages}
         for r in range(args.rounds):
-            for stage in STAGES:
+            for stage in stages:
                 for side in (sides if r % 2 == 0 else sides[::-1]):
                     seconds[(side.name, stage)].append(side.ask(stage=stage)["seconds"] / args.frames)
-        for stage in STAGES:
+        for stage in stages:
             ours, orig = seconds[("ours", stage)], seconds[("original", stage)]
             rows.append({"stage": stage, "ours_min_s": min(ours), "ours_median_s": statistics.median(ours),
                          "original_min_s": min(orig), "original_median_s": statistics.median(orig),
@@ -298,6 +299,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--frames", type=int, default=8, help="output frames per call (the original's batch)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--stages", default=",".join(STAGES), help="which stages (default: all)")
     ap.add_argument("--profile", choices=STAGES, help="also print the top ops of each side for this stage")
     ap.add_argument("--quick", action="store_true", help="1 frame, 1 round (a smoke run; without --original-python "
                                                          "both sides run this interpreter's diffusers)")

@@ -151,7 +151,7 @@ class MuseTalkEngine:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._t0 = torch.tensor([0], dtype=torch.long, device=self.device)
-        self.cpu_encode_images = 2  # images per VAE encode call on the CPU (see encode_reference)
+        self.cpu_encode_images = 1  # images per VAE encode call on the CPU (see encode_reference)
 
     # -- encode: once per source frame (get_latents_for_unet) ----------------------------------------------------------
     @torch.inference_mode()
