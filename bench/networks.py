@@ -58,17 +58,12 @@ def inputs(frames: int):
 
 
 def positional_encoding(windows):
-    """MuseTalk ``musetalk/models/unet.py`` ``PositionalEncoding`` (d_model 384, max_len 5000), added to the windows."""
-    import math
+    """MuseTalk ``musetalk/models/unet.py`` ``PositionalEncoding`` added to the windows: the pack's table
+    (models/positional_encoding.py, standard library and torch only, so it loads in the original's venv too)."""
+    import runpy
 
-    import torch
-
-    position = torch.arange(0, 5000, dtype=torch.float).unsqueeze(1)
-    div = torch.exp(torch.arange(0, WIDTH, 2).float() * (-math.log(10000.0) / WIDTH))
-    pe = torch.zeros(5000, WIDTH)
-    pe[:, 0::2] = torch.sin(position * div)
-    pe[:, 1::2] = torch.cos(position * div)
-    return windows + pe[None, : windows.shape[1]]
+    table = runpy.run_path(os.path.join(ROOT, "models", "positional_encoding.py"))["sinusoid_table"](WIDTH, 5000)
+    return windows + table[:, : windows.shape[1]]
 
 
 # ---- the two sides --------------------------------------------------------------------------------------------------
