@@ -76,6 +76,21 @@ def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+FRAME_OPS_CHOICES = ("auto", "cv2", "torch")
+COMPILE_CHOICES = ("off", "compile", "cuda_graphs")
+
+
+def pick_frame_ops(device: torch.device, name: str = "auto") -> str:
+    """Where MuseTalk crops faces and pastes them back: ``cv2`` (OpenCV and Pillow on the CPU, frame by frame, the
+    original's own calls) or ``torch`` (the same arithmetic as batched torch ops on the compute device,
+    pipeline/backends/frame_ops.py; equal pixel for pixel). ``auto``: torch on CUDA, cv2 elsewhere."""
+    if name not in FRAME_OPS_CHOICES:
+        raise ValueError(f"frame_ops: unknown value {name!r}; use one of {', '.join(FRAME_OPS_CHOICES)}")
+    if name != "auto":
+        return name
+    return "torch" if torch.device(device).type == "cuda" else "cv2"
+
+
 def is_oom(exc: BaseException) -> bool:
     """True for an accelerator out-of-memory error (any backend)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -97,12 +112,18 @@ def own_weights(module: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class Runtime:
-    """Standalone runtime: tqdm-style progress on stderr, no cancellation source, torch's own device handling."""
+    """Standalone runtime: tqdm-style progress on stderr, no cancellation source, torch's own device handling.
+
+    ``frame_ops``: where MuseTalk crops and pastes faces (:func:`pick_frame_ops`). ``compile``: the fixed-shape
+    speed-ups of the MuseTalk networks (pipeline/backends/musetalk_engine.py ``CompiledNetworks``): ``off``,
+    ``compile`` (``torch.compile`` at one batch shape) or ``cuda_graphs`` (the same, replayed as CUDA graphs)."""
 
     device: torch.device = field(default_factory=pick_device)
     dtype: Optional[torch.dtype] = None
     show_progress: bool = True
     cancel_flag: Callable[[], bool] = lambda: False
+    frame_ops: str = "auto"
+    compile: str = "off"
     _bars: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -110,6 +131,14 @@ class Runtime:
             self.device = pick_device(self.device)
         if self.dtype is None:
             self.dtype = pick_dtype(self.device)
+        pick_frame_ops(self.device, self.frame_ops)                  # a bad choice fails here, not mid-run
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile: unknown value {self.compile!r}; use one of {', '.join(COMPILE_CHOICES)}")
+
+    @property
+    def device_frames(self) -> bool:
+        """True when MuseTalk's crop and paste-back run as torch ops on the device (``frame_ops``)."""
+        return pick_frame_ops(self.device, self.frame_ops) == "torch"
 
     # progress / cancellation -------------------------------------------------------------------------------------
     def progress(self, stage: str, done: int, total: int) -> None:

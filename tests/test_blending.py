@@ -137,3 +137,26 @@ def test_face_parser_with_network(tmp_path, monkeypatch):
     via_net = B.prepare_blend_mask(frame, box, "jaw", parser=parser)
     via_labels = B.prepare_blend_mask(frame, box, "jaw", labels=labels[1])
     assert np.array_equal(via_net.mask, via_labels.mask)
+
+
+def test_blend_masks_of_a_unit_in_one_parser_batch(tmp_path, monkeypatch):
+    """prepare_blend_masks labels all the unit's squares in one BiSeNet call and makes the same masks as one call
+    per frame."""
+    from musetalk_enhanced.pipeline.runtime import Runtime
+
+    monkeypatch.setattr(registry, "_resolver", lambda folder: [str(tmp_path / folder)])
+    tw_bisenet.write_test_weights(str(tmp_path))
+    parser = B.load_face_parser(Runtime(device="cpu", show_progress=False), auto_download=False)
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (200, 240, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [(80, 50, 160, 150), (20, 10, 130, 120), (150, 90, 240, 200)]
+    calls = []
+    real = parser.labels
+    monkeypatch.setattr(parser, "labels", lambda images: calls.append(len(images)) or real(images))
+    together = B.prepare_blend_masks(frames, boxes, "jaw", parser)
+    assert calls == [3]
+    for f, b, m in zip(frames, boxes, together):
+        single = B.prepare_blend_mask(f, b, "jaw", parser=parser)
+        assert m.crop_box == single.crop_box and np.array_equal(m.mask, single.mask)
+    shaped = B.prepare_blend_masks(frames, boxes, B.BlendOptions("box", 8, 0), parser)
+    assert calls == [3, 1, 1, 1] and all(m.mask.any() for m in shaped)

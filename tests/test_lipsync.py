@@ -154,6 +154,35 @@ def test_cutaways_bit_identical_faces_change_only_in_region(clip, faces, feats, 
     assert sorted(report.synced[MUSETALK] + report.passed_through) == list(range(expect_n))
 
 
+@pytest.mark.parametrize("blend", ["feather", "mouth"])
+def test_frame_ops_torch_makes_the_same_frames(clip, faces, feats, engine, runtime, blend, monkeypatch):
+    """frame_ops=torch (crop, resize and paste as torch ops, pipeline/backends/frame_ops.py) on the CPU: the same
+    output frames and masks as the OpenCV/Pillow path, cutaways untouched."""
+    from dataclasses import replace
+
+    from musetalk_enhanced.pipeline.lipsync.sinks import MaskImageSink
+
+    outs = {}
+    for ops in ("cv2", "torch"):
+        monkeypatch.setattr(engine, "runtime", replace(runtime, frame_ops=ops))
+        made = []
+
+        def make(backend, ops=ops):
+            made.append(MuseTalkBackend(engine, blend))
+            return made[-1]
+
+        frames = ArrayFrames(clip, FPS)
+        sink, masks = ImageSink(28, frames.height, frames.width), MaskImageSink(28, frames.height, frames.width)
+        report, _ = run_lipsync(frames, faces, feats, BackendSpec(), runtime, sink, batch_size=4,
+                                length_policy="follow_video", engine_factory=make, blend_mode=blend, mask_sink=masks)
+        assert made[0]._on_device() == (ops == "torch")
+        outs[ops] = (sink.close().numpy(), masks.close().numpy(), report.passed_through)
+    assert np.array_equal(outs["torch"][0], outs["cv2"][0])
+    assert np.array_equal(outs["torch"][1], outs["cv2"][1])
+    assert outs["torch"][2] == outs["cv2"][2] == list(range(10, 15)) + list(range(23, 28))
+    assert (outs["torch"][0] != uint8_to_image(clip).numpy()).any()
+
+
 def test_follow_audio_ping_pongs_and_uses_absolute_audio_time(clip, faces, voice, engine, runtime):
     long_audio = Audio(np.concatenate([voice.samples] * 2, axis=1), voice.sample_rate)  # longer than the video
     assert long_audio.duration * FPS > 2 * 28 - 8  # the loop comes back over most frames

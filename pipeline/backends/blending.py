@@ -328,6 +328,19 @@ def prepare_blend_mask(frame: np.ndarray, box: Sequence[float], mode: str = "jaw
                              upper_boundary_ratio, expand)
 
 
+def prepare_blend_masks(frames: Sequence[np.ndarray], boxes: Sequence[Sequence[float]], mode="jaw",
+                        parser: Optional[FaceParser] = None, landmarks: Optional[Sequence] = None) -> List[BlendMask]:
+    """:func:`prepare_blend_mask` for several frames and their boxes: the face parser labels all their expanded
+    squares in one batch (the parser modes); ``landmarks``: one entry per frame (or None)."""
+    landmarks = list(landmarks) if landmarks is not None else [None] * len(boxes)
+    name = mode.mode if isinstance(mode, BlendOptions) else mode
+    if name not in PARSER_MODES or parser is None or not len(boxes):
+        return [prepare_blend_mask(f, b, mode, parser, landmarks=lm) for f, b, lm in zip(frames, boxes, landmarks)]
+    labels = parser.labels([_cut(f, expanded_crop_box(b)) for f, b in zip(frames, boxes)])
+    return [prepare_blend_mask(f, b, name, labels=lab, left_cheek_width=parser.left, right_cheek_width=parser.right)
+            for f, b, lab in zip(frames, boxes, labels)]
+
+
 # ---- compositing --------------------------------------------------------------------------------------------------
 def blend_face(frame: np.ndarray, face: np.ndarray, box: Sequence[float], blend_mask: BlendMask) -> Patch:
     """Composite ``face`` (the generated 256x256 face, or already resized to the box) onto ``frame`` through

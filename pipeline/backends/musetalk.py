@@ -36,6 +36,7 @@ class MuseTalkBackend:
         self.parser = parser
         self.latents: Dict[int, torch.Tensor] = {}      # source frame -> [8, 32, 32] (computed once)
         self.masks = LRU(mask_cache)                     # source frame -> BlendMask
+        self._frames_up = None                           # frame_ops=torch: the staging of frames to the device
 
     def unit_at(self, source: np.ndarray, faces: FaceSequence, k: int, stop: int, size: int) -> Unit:
         return k, min(stop, k + size), True
@@ -46,30 +47,74 @@ class MuseTalkBackend:
 
     def patches(self, ks: Sequence[int], srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence,
                 windows: torch.Tensor) -> List[Optional[Patch]]:
-        from .blending import blend_face, prepare_blend_mask
-        from .musetalk_engine import crop_faces, postprocess_decoded
-
+        """One UNet step and a VAE decode for the batch, then each face pasted into its frame: with OpenCV and
+        Pillow on the CPU, or (``runtime.frame_ops`` = torch) with the same arithmetic on the device
+        (:mod:`.frame_ops`), the unit's source frames sent there once."""
+        on_device = self._on_device()
+        frames = self._uploader().upload(src_u8, srcs) if on_device else None
         need = sorted({s for s in srcs if s not in self.latents})
         if need:
-            crops = crop_faces(np.stack([src_u8[s] for s in need]), [faces.frames[s].face.crop_box for s in need])
+            boxes = [faces.frames[s].face.crop_box for s in need]
+            if on_device:
+                from . import frame_ops
+
+                crops = frame_ops.crop_faces([frames[s] for s in need], boxes)
+            else:
+                from .musetalk_engine import crop_faces
+
+                crops = crop_faces(np.stack([src_u8[s] for s in need]), boxes)
             for s, latent in zip(need, self.engine.encode_reference(crops)):
                 self.latents[s] = latent
             self._cancel_point()
         predicted = self.engine.denoise(torch.stack([self.latents[s] for s in srcs]), windows)
         self._cancel_point()
-        generated = postprocess_decoded(self.engine.decode(predicted))
+        decoded = self.engine.decode(predicted)
+        masks = self._blend_masks(srcs, src_u8, faces)
+        if on_device:
+            from . import frame_ops
+
+            generated = frame_ops.postprocess_decoded(decoded)
+            out = []
+            for face, s in zip(generated, srcs):
+                self._cancel_point()
+                mask = masks[s]
+                out.append(frame_ops.blend_face(frames[s], face, faces.frames[s].face.crop_box, mask.crop_box,
+                                                torch.from_numpy(mask.mask).to(face.device)))
+            return out
+        from .blending import blend_face
+        from .musetalk_engine import postprocess_decoded
+
         out = []
-        for face, s in zip(generated, srcs):
-            self._cancel_point()            # between the frames of the paste-back (masks, blending)
-            box = faces.frames[s].face.crop_box
-            mask = self.masks.get(s)
-            if mask is None:
-                mask = prepare_blend_mask(src_u8[s], box, self.blend, self.parser,
-                                          landmarks=faces.frames[s].face.detection.landmarks)
-                self.masks.put(s, mask)
-            out.append(blend_face(src_u8[s], face, box, mask))
+        for face, s in zip(postprocess_decoded(decoded), srcs):
+            self._cancel_point()            # between the frames of the paste-back
+            out.append(blend_face(src_u8[s], face, faces.frames[s].face.crop_box, masks[s]))
         return out
 
+    def _blend_masks(self, srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence) -> Dict:
+        """The blend mask of each source frame: cached, the missing ones made together (one face-parser batch)."""
+        from .blending import prepare_blend_masks
+
+        have = {s: self.masks.get(s) for s in dict.fromkeys(srcs)}
+        need = [s for s, m in have.items() if m is None]
+        if need:
+            made = prepare_blend_masks([src_u8[s] for s in need], [faces.frames[s].face.crop_box for s in need],
+                                       self.blend, self.parser,
+                                       [faces.frames[s].face.detection.landmarks for s in need])
+            for s, mask in zip(need, made):
+                self.masks.put(s, mask)
+                have[s] = mask
+        return have
+
+    def _on_device(self) -> bool:
+        runtime = getattr(self.engine, "runtime", None)
+        return bool(runtime is not None and getattr(runtime, "device_frames", False))
+
+    def _uploader(self):
+        if self._frames_up is None:
+            from .frame_ops import DeviceFrames
+
+            self._frames_up = DeviceFrames(self.engine.device)
+        return self._frames_up
 
     def _cancel_point(self) -> None:
         """Between network calls and frames: a cancel stops the run here, not only between batches."""

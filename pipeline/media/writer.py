@@ -3,13 +3,20 @@
 :class:`VideoWriter` encodes H.264 (yuv420p, crf) + AAC into an mp4 as frames arrive; the file appears under its final
 name only when complete (a cancelled run leaves nothing behind) and never replaces an existing file.
 :func:`write_video` encodes a whole :class:`~.frames.Frames` sequence; :func:`unique_output_path` picks a new name.
+
+Encoder (``encoder=``, :data:`ENCODERS`): ``libx264`` (the default) is the software encoder; ``nvenc`` uses the
+NVIDIA hardware encoder ``h264_nvenc`` (crf becomes its constant-quality ``cq``) when it really opens on this
+machine; ``auto`` tries it only when CUDA is available. Whenever h264_nvenc does not open the writer falls back to
+libx264, and :attr:`VideoWriter.encoder` / :attr:`VideoWriter.encoder_note` record what was used and why
+(:func:`pick_encoder`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -48,6 +55,64 @@ def unique_output_path(directory: str, prefix: str, ext: str = ".mp4") -> str:
 AUDIO_FIT = ("pad_or_trim_audio", "hold_last_frame", "keep_both")
 DEFAULT_CRF = 19                 # H.264 quality: visually transparent for faces, ~1/3 the size of crf 14
 CRF_RANGE = (0, 51)              # libx264: 0 = lossless
+ENCODERS = ("libx264", "nvenc", "auto")   # software; NVIDIA h264_nvenc if it opens; nvenc only where CUDA is available
+DEFAULT_ENCODER = "libx264"
+NVENC_OPTIONS = {"rc": "vbr", "preset": "p4"}   # h264_nvenc: constant quality (cq = crf) in variable-bitrate mode
+
+
+def _rate(fps) -> Fraction:
+    return Fraction(float(fps)).limit_denominator(1001 * 1000)
+
+
+@functools.lru_cache(maxsize=None)
+def _nvenc_error(width: int, height: int, rate: Fraction) -> str:
+    """Open a throwaway h264_nvenc encoder of this size and rate: "" when it opens, else why not (cached per process:
+    a missing GPU/driver does not appear later, and each try loads the CUDA driver)."""
+    import av
+    import av.logging
+
+    if "h264_nvenc" not in av.codecs_available:
+        return "this FFmpeg build has no h264_nvenc"
+    level = av.logging.get_level()   # PyAV keeps FFmpeg's log off by default; its message says why, so catch it here
+    logs = []
+    try:
+        av.logging.set_level(av.logging.ERROR)
+        with av.logging.Capture() as logs:
+            ctx = av.CodecContext.create("h264_nvenc", "w")
+            ctx.width, ctx.height = _even(width), _even(height)
+            ctx.pix_fmt = "yuv420p"
+            ctx.time_base = 1 / rate
+            ctx.framerate = rate
+            ctx.options = dict(NVENC_OPTIONS, cq=str(DEFAULT_CRF))
+            ctx.open()
+        return ""
+    except Exception as e:  # no GPU, no driver (libcuda), unsupported size or preset, sessions exhausted, ...
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        said = "; ".join(m.strip() for _, _, m in logs if m.strip())
+        return " ".join(f"{why}: {said}".split()) if said else " ".join(why.split())
+    finally:
+        av.logging.set_level(level)
+
+
+def pick_encoder(choice: str, width: int, height: int, fps, crf: int = DEFAULT_CRF) -> Tuple[str, str]:
+    """``(ffmpeg codec used, note)`` for an ``encoder`` choice (one of :data:`ENCODERS`): the codec is ``"libx264"``
+    or ``"h264_nvenc"``; the note is one line saying why the choice was not met (``""`` when it was). crf 0 asks for
+    a lossless file, which only libx264 makes here (NVENC reads cq 0 as "pick a quality")."""
+    if choice not in ENCODERS:
+        raise VideoError(f"encoder: unknown value {choice!r}; use one of {', '.join(ENCODERS)}.")
+    if choice == "libx264":
+        return "libx264", ""
+    if int(crf) == 0:
+        return "libx264", f"encoder {choice}: crf 0 (lossless) is made by libx264; used libx264."
+    if choice == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "libx264", "encoder auto: CUDA is not available, used libx264."
+    err = _nvenc_error(int(width), int(height), _rate(fps))
+    if err:
+        return "libx264", f"encoder {choice}: h264_nvenc did not open ({err}); fell back to libx264."
+    return "h264_nvenc", ""
 
 
 class VideoWriter:
@@ -61,7 +126,7 @@ class VideoWriter:
 
     def __init__(self, path: str, fps: float, width: int, height: int, audio: Optional[Audio] = None,
                  crf: int = DEFAULT_CRF, preset: str = "medium", audio_fit: str = "pad_or_trim_audio",
-                 audio_bitrate: int = 192000, pix_fmt: str = "yuv420p"):
+                 audio_bitrate: int = 192000, pix_fmt: str = "yuv420p", encoder: str = DEFAULT_ENCODER):
         import av
 
         if not fps or fps <= 0:
@@ -72,6 +137,7 @@ class VideoWriter:
             raise VideoError(f"crf: must be within 0..51 (got {crf}); lower is better quality, 17-23 is typical.")
         if os.path.exists(path) and os.path.getsize(path) > 0:
             raise VideoError(f"output: {path} already exists; refusing to overwrite it. Choose another name.")
+        self.encoder, self.encoder_note = pick_encoder(encoder, width, height, fps, crf)
         self.path = path
         self.tmp = os.path.join(os.path.dirname(path) or ".", "." + os.path.basename(path) + ".partial.mp4")
         self.fps = float(fps)
@@ -80,11 +146,14 @@ class VideoWriter:
         self.frames_written = 0
         self._closed = False
         self._container = av.open(self.tmp, "w", format="mp4")
-        rate = Fraction(self.fps).limit_denominator(1001 * 1000)
-        self._v = self._container.add_stream("libx264", rate=rate)
+        rate = _rate(self.fps)
+        self._v = self._container.add_stream(self.encoder, rate=rate)
         self._v.width, self._v.height = _even(self.width), _even(self.height)
         self._v.pix_fmt = pix_fmt
-        self._v.options = {"crf": str(int(crf)), "preset": preset}
+        if self.encoder == "h264_nvenc":   # crf -> constant quality; the libx264 preset names do not apply
+            self._v.options = dict(NVENC_OPTIONS, cq=str(int(crf)))
+        else:
+            self._v.options = {"crf": str(int(crf)), "preset": preset}
         self._a = None
         self._audio = None
         self._audio_pos = 0
@@ -219,9 +288,11 @@ class VideoWriter:
 
 
 def write_video(path: str, frames: Frames, audio: Optional[Audio] = None, crf: int = DEFAULT_CRF,
-                audio_fit: str = "pad_or_trim_audio", batch: int = 16, progress=None) -> str:
+                audio_fit: str = "pad_or_trim_audio", batch: int = 16, progress=None,
+                encoder: str = DEFAULT_ENCODER) -> str:
     """Encode a whole :class:`Frames` sequence (streaming) with optional audio; returns the path."""
-    with VideoWriter(path, frames.fps, frames.width, frames.height, audio, crf=crf, audio_fit=audio_fit) as w:
+    with VideoWriter(path, frames.fps, frames.width, frames.height, audio, crf=crf, audio_fit=audio_fit,
+                     encoder=encoder) as w:
         total = len(frames)
         for b in frames.iter_batches(batch):
             w.write(b.rgb)
