@@ -133,7 +133,8 @@ def install_model_folders() -> None:
 class ComfyRuntime(Runtime):
     """Runtime that reports to ComfyUI's progress bar, honours Cancel and uses its device/memory management."""
 
-    def __init__(self, node_id: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None):
+    def __init__(self, node_id: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
+                 **settings):
         mm = _try_import("comfy.model_management")
         self._mm = mm
         if device and device != "auto":
@@ -142,7 +143,7 @@ class ComfyRuntime(Runtime):
             dev = mm.get_torch_device()
         else:
             dev = pick_device("auto")
-        super().__init__(device=dev, dtype=pick_dtype(dev, dtype or "auto"), show_progress=False)
+        super().__init__(device=dev, dtype=pick_dtype(dev, dtype or "auto"), show_progress=False, **settings)
         self.node_id = node_id
         self._pbars = {}
         self._patchers = {}
@@ -191,13 +192,15 @@ class ComfyRuntime(Runtime):
         else:
             super().empty_cache()
 
-def make_runtime(node_id: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None) -> Runtime:
-    """The runtime for a node execution: ComfyUI's when running in the server, standalone otherwise."""
+def make_runtime(node_id: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
+                 **settings) -> Runtime:
+    """The runtime for a node execution: ComfyUI's when running in the server, standalone otherwise; ``settings``:
+    the Runtime's ``frame_ops`` and ``compile``."""
     install_model_folders()
     if _try_import("comfy.model_management") is not None:
-        return ComfyRuntime(node_id, device, dtype)
+        return ComfyRuntime(node_id, device, dtype, **settings)
     dev = pick_device(device or "auto")
-    return Runtime(device=dev, dtype=pick_dtype(dev, dtype or "auto"), show_progress=True)
+    return Runtime(device=dev, dtype=pick_dtype(dev, dtype or "auto"), show_progress=True, **settings)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,16 @@ class MuseTalkUNetSelector:
                                     "LatentSync: reuse deep UNet features on 2 of every 3 steps (about 2x faster, "
                                     "slightly softer)."),
             },
+            "optional": {
+                "frame_ops": widget(GeneratorSettings, "frame_ops",
+                                    "MuseTalk's face crop and paste-back: cv2 = OpenCV and Pillow on the CPU; torch = "
+                                    "the same arithmetic on the GPU (equal pixel for pixel, frames stay on the "
+                                    "device); auto = torch on CUDA."),
+                "compile": widget(GeneratorSettings, "compile",
+                                  "MuseTalk networks: compile = torch.compile at one batch shape (the first batch "
+                                  "takes minutes); cuda_graphs = the same replayed as CUDA graphs. off = as the "
+                                  "original."),
+            },
         }
 
     RETURN_TYPES = (BACKEND_TYPE,)
@@ -58,11 +68,12 @@ class MuseTalkUNetSelector:
                    "Nothing loads here: the lip-sync node loads the models once and reports which backend ran.")
 
     def select(self, backend=None, dtype=None, device=None, auto_download=None, deterministic_latents=None,
-               seed=None, latentsync_steps=None, latentsync_guidance=None, deepcache=None):
+               seed=None, latentsync_steps=None, latentsync_guidance=None, deepcache=None, frame_ops=None,
+               compile=None):
         settings = settings_from_widgets(GeneratorSettings, dict(
             backend=backend, dtype=dtype, device=device, auto_download=auto_download,
             deterministic_latents=deterministic_latents, seed=seed, latentsync_steps=latentsync_steps,
-            latentsync_guidance=latentsync_guidance, deepcache=deepcache))
+            latentsync_guidance=latentsync_guidance, deepcache=deepcache, frame_ops=frame_ops, compile=compile))
         return (settings.backend_spec(),)
 
 
@@ -142,7 +153,8 @@ class MuseTalkBatchedLipSync:
         seq = frames_from_inputs(images, frames, fps, node="Batched Lip-Sync")
         run = LipSyncRun(seq, faces, audio_features, backend, settings.length_policy, settings.batch_size,
                          settings.blend_options(), settings.silence_options())
-        runtime = comfy.make_runtime(unique_id, run.spec.device, run.spec.dtype)
+        runtime = comfy.make_runtime(unique_id, run.spec.device, run.spec.dtype, frame_ops=run.spec.frame_ops,
+                                     compile=run.spec.compile)
         sink, to_image = output_sink(seq, run.plan)
         mask_sink = MaskImageSink(run.plan.num_frames, seq.height, seq.width,
                                   first_only=_image_bytes(seq, run.plan.num_frames) > OUTPUT_IMAGE_LIMIT_BYTES)

@@ -224,6 +224,9 @@ class MuseTalkMuxVideo:
                 "images": ("IMAGE", {"tooltip": "Frames to encode (IMAGE batch)."}),
                 "frames": (FRAMES_TYPE, {"tooltip": "Frames to encode, streamed (used instead of images)."}),
                 "audio": ("AUDIO", {"tooltip": "Sound track to mux in (any rate, channels, int PCM or lazy)."}),
+                "encoder": widget(DubRequest, "encoder", "libx264 (software); nvenc = NVIDIA's hardware encoder, "
+                                                         "crf becomes its constant quality, libx264 when it does not "
+                                                         "open; auto = nvenc when CUDA is there."),
             },
         }
 
@@ -238,9 +241,9 @@ class MuseTalkMuxVideo:
                    "folder, frame by frame (bounded memory). Never overwrites an existing file.")
 
     def mux(self, fps=0.0, filename_prefix="MuseTalk/lipsync", crf=DubRequest.crf, audio_fit="pad_or_trim_audio", images=None,
-            frames=None, audio=None):
+            frames=None, audio=None, encoder=DubRequest.encoder):
         from ..pipeline.media.audio import from_comfy
-        from ..pipeline.media.writer import unique_output_path, write_video
+        from ..pipeline.media.writer import pick_encoder, unique_output_path, write_video
 
         seq = frames_from_inputs(images, frames, fps, node="Mux Video")
         a = None
@@ -253,9 +256,12 @@ class MuseTalkMuxVideo:
         if ".." in prefix.replace("\\", "/").split("/"):
             raise ValueError("filename_prefix: must stay inside the output folder (no '..').")
         runtime = comfy.make_runtime()
+        note = pick_encoder(encoder, seq.width, seq.height, seq.fps, crf)[1]
+        if note:
+            log_warning(note)
         path = unique_output_path(comfy.output_dir(), prefix, ".mp4")
         try:
-            write_video(path, seq, a, crf=crf, audio_fit=audio_fit, progress=runtime.progress)
+            write_video(path, seq, a, crf=crf, audio_fit=audio_fit, progress=runtime.progress, encoder=encoder)
         except BaseException:
             if os.path.exists(path) and os.path.getsize(path) == 0:
                 os.remove(path)

@@ -122,8 +122,8 @@ class Runtime:
     dtype: Optional[torch.dtype] = None
     show_progress: bool = True
     cancel_flag: Callable[[], bool] = lambda: False
-    frame_ops: str = "auto"
-    compile: str = "off"
+    frame_ops: str = FRAME_OPS_CHOICES[0]
+    compile: str = COMPILE_CHOICES[0]
     _bars: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):

@@ -171,6 +171,7 @@ SAME = [  # (server/JSON options, command-line flags)
      ["--debounce-frames", "1", "--bridge-gap", "0", "--shot-threshold", "0", "--force-rate", "25"]),
     ({"dtype": "fp32", "deepcache": True, "compat_int_fps": True, "seed": 7},
      ["--dtype", "fp32", "--deepcache", "--compat-int-fps", "--seed", "7"]),
+    ({"encoder": "nvenc", "crf": 21}, ["--encoder", "nvenc", "--crf", "21"]),
 ]
 
 
@@ -270,3 +271,27 @@ def test_legal_but_extreme_values_are_warned_about():
     cutaways = FaceSequence(frames=[FrameFaces(0, 0, None)], fps=25.0, width=200, height=200)
     assert extreme_value_warnings(DubRequest(bbox_shift=100), cutaways) == []
     assert len(extreme_value_warnings(DubRequest(extra_margin=40), faces)) == 1
+
+
+def test_machine_settings_reach_the_runtime_and_a_server_job_cannot_set_them(tmp_path):
+    """frame_ops and compile are the machine's: the command line sets them on the runtime (and on the backend spec a
+    node or a shard worker makes its runtime from); a server job naming them is refused."""
+    from musetalk_enhanced.pipeline.jobs import DubRequest, RequestError
+    from musetalk_enhanced.pipeline.jobs.run import make_runtime
+    from musetalk_enhanced.server.errors import ApiError
+    from musetalk_enhanced.server.options import build_request
+
+    video, out = str(tmp_path / "v.mp4"), str(tmp_path / "o.mp4")
+    r = DubRequest(video=video, out=out, device="cpu", frame_ops="torch", compile="compile").validate()
+    runtime = make_runtime(r, show_progress=False)
+    assert (runtime.frame_ops, runtime.compile, runtime.device_frames) == ("torch", "compile", True)
+    assert (r.backend_spec().frame_ops, r.backend_spec().compile) == ("torch", "compile")
+    plain = make_runtime(DubRequest(video=video, out=out, device="cpu").validate(), show_progress=False)
+    assert (plain.frame_ops, plain.compile, plain.device_frames) == ("auto", "off", False)   # auto: cv2 on a CPU
+    for name, value in (("frame_ops", "torch"), ("compile", "compile")):
+        with pytest.raises(ApiError) as e:
+            build_request("dub", {name: value}, {"video": video}, out)
+        assert e.value.status == 400 and name in e.value.field
+    with pytest.raises(RequestError) as e:
+        DubRequest(video=video, out=out, frame_ops="gpu").validate()
+    assert e.value.field == "frame_ops" and "torch" in str(e.value)

@@ -126,15 +126,57 @@ def _local_positional_encoding():
     return PositionalEncoding(d_model=AUDIO_WIDTH, max_len=5000)
 
 
+# ---- fixed-shape speed-ups (runtime.compile) ---------------------------------------------------------------------
+class FixedShapeCall:
+    """One network call run by ``torch.compile`` at one batch shape (``runtime.compile``: ``compile``, or
+    ``cuda_graphs`` = mode ``reduce-overhead``, which replays CUDA graphs on a GPU). A smaller batch (a run's last
+    one, or one halved after running out of memory) is padded with copies of its last item and the outputs cut
+    back, so the graph compiled at the first batch serves the whole run; a larger batch compiles once more and
+    becomes the shape. Each item's outputs depend on that item alone (convolutions, group norm and attention are
+    per item), equal to the uncompiled call within float tolerance (tests/test_speedups.py). When compiling
+    fails (no C++ compiler, an unsupported GPU) the call runs uncompiled from then on and says so once."""
+
+    def __init__(self, fn, mode: str, log):
+        self.eager, self.log = fn, log
+        self.fn = torch.compile(fn, mode="reduce-overhead" if mode == "cuda_graphs" else None, dynamic=False)
+        self.batch = 0
+        self.failed = False
+
+    def __call__(self, *tensors: torch.Tensor):
+        if self.failed:
+            return self.eager(*tensors)
+        n = tensors[0].shape[0]
+        self.batch = max(self.batch, n)
+        # padded, and always inference tensors (the engine runs under inference_mode): a tensor made outside it
+        # would fail the graph's guards and compile it again
+        padded = [torch.cat([t, t[-1:].expand(self.batch - n, *t.shape[1:])]) if n < self.batch else
+                  t if t.is_inference() else t.clone() for t in tensors]
+        try:
+            out = self.fn(*padded)
+        except Exception as exc:  # noqa: BLE001 - an accelerator's out-of-memory goes on to the batch halving
+            from ..runtime import is_oom
+            from .base import short_error
+
+            if is_oom(exc):
+                raise
+            self.failed = True
+            self.log(f"[MuseTalk] compile failed ({short_error(exc)}); the networks run uncompiled")
+            return self.eager(*tensors)
+        cut = lambda t: t[:n].clone()   # noqa: E731 - CUDA graph outputs are overwritten by the next replay
+        return tuple(cut(t) for t in out) if isinstance(out, tuple) else cut(out)
+
+
 # ---- the engine ---------------------------------------------------------------------------------------------------
 class MuseTalkEngine:
     """The MuseTalk v1.5 generator: UNet + VAE + positional encoding on one device/dtype.
 
     ``posterior`` is the default VAE latent: ``"sample"`` (mean + std * eps, like the original) or ``"mode"`` (mean).
+    ``channels_last``: the memory format of the networks (default: on CUDA and in half precision, see the module's
+    docstring). ``runtime.compile`` compiles the three network calls (:class:`FixedShapeCall`).
     """
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, pe: Optional[torch.nn.Module] = None,
-                 runtime: Optional[Runtime] = None, posterior: str = "sample"):
+                 runtime: Optional[Runtime] = None, posterior: str = "sample", channels_last: Optional[bool] = None):
         if posterior not in ("sample", "mode"):
             raise ValueError(f"posterior must be 'sample' or 'mode', got {posterior!r}")
         self.runtime = runtime or Runtime()
@@ -146,12 +188,35 @@ class MuseTalkEngine:
             self.vae = self.runtime.prepare_model(vae.eval(), self.dtype)
         self.pe = (pe if pe is not None else _local_positional_encoding()).to(self.device)  # kept in float32
         self.scaling = float(getattr(getattr(vae, "config", None), "scaling_factor", None) or SCALING_FACTOR)
-        self.channels_last = self.device.type == "cuda" or self.dtype in (torch.bfloat16, torch.float16)
+        self.channels_last = self.device.type == "cuda" or self.dtype in (torch.bfloat16, torch.float16) \
+            if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         self._t0 = torch.tensor([0], dtype=torch.long, device=self.device)
         self.cpu_encode_images = 1  # images per VAE encode call on the CPU (see encode_reference)
+        self._compiled: Dict[Tuple[str, str], FixedShapeCall] = {}   # (network call, compile mode) -> its graph
+
+    # -- the three network calls, compiled when runtime.compile asks ------------------------------------------------
+    def _call(self, name: str):
+        mode = getattr(self.runtime, "compile", "off")
+        eager = {"encode": self._encode_eager, "unet": self._unet_eager, "decode": self._decode_eager}[name]
+        if mode == "off":
+            return eager
+        key = (name, mode)
+        if key not in self._compiled:
+            self._compiled[key] = FixedShapeCall(eager, mode, self.runtime.log)
+        return self._compiled[key]
+
+    def _encode_eager(self, x: torch.Tensor):
+        dist = self.vae.encode(x).latent_dist
+        return dist.mean, dist.std
+
+    def _unet_eager(self, lat: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(lat, self._t0, encoder_hidden_states=cond).sample
+
+    def _decode_eager(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
 
     # -- encode: once per source frame (get_latents_for_unet) ----------------------------------------------------------
     @torch.inference_mode()
@@ -175,9 +240,10 @@ class MuseTalkEngine:
         # On the CPU big VAE batches only add memory traffic (one image per call is as fast and needs a tenth of the
         # memory); on an accelerator the whole batch goes in one call.
         step = x.shape[0] if self.device.type != "cpu" else self.cpu_encode_images
-        parts = [self.vae.encode(x[i:i + step]).latent_dist for i in range(0, x.shape[0], step)]
-        mean = torch.cat([p.mean for p in parts]) if len(parts) > 1 else parts[0].mean
-        std = torch.cat([p.std for p in parts]) if len(parts) > 1 else parts[0].std
+        encode = self._call("encode")
+        parts = [encode(x[i:i + step]) for i in range(0, x.shape[0], step)]
+        mean = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        std = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         z = mean
         if mode == "sample":
             shape = (n, 2, 4, LATENT_SIZE, LATENT_SIZE)
@@ -210,7 +276,7 @@ class MuseTalkEngine:
             raise ValueError(f"{lat.shape[0]} latents but {cond.shape[0]} audio windows")
         if self.channels_last:
             lat = lat.contiguous(memory_format=torch.channels_last)
-        return self.unet(lat, self._t0, encoder_hidden_states=cond).sample
+        return self._call("unet")(lat, cond)
 
     @torch.inference_mode()
     def decode(self, pred: torch.Tensor) -> torch.Tensor:
@@ -218,7 +284,7 @@ class MuseTalkEngine:
         z = (1.0 / self.scaling) * pred.to(self.device, self.dtype)
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        return self.vae.decode(z).sample
+        return self._call("decode")(z)
 
     @torch.inference_mode()
     def generate(self, latents: ArrayLike, audio_windows: ArrayLike) -> np.ndarray:

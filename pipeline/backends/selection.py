@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..runtime import Runtime, is_oom
+from ..runtime import COMPILE_CHOICES, FRAME_OPS_CHOICES, Runtime, is_oom
 from ..types import LipSyncError
 from . import latentsync, musetalk
 from .base import Backend, is_interrupt, short_error
@@ -44,6 +44,8 @@ class BackendSpec:
     latentsync_guidance: float = DEFAULT_GUIDANCE
     deepcache: bool = False
     better_paste: bool = True          # LatentSync: paste only the regenerated lower face (AlignRestore.restore_img)
+    frame_ops: str = FRAME_OPS_CHOICES[0]   # the runtime's (pipeline/runtime.py): where MuseTalk crops and pastes
+    compile: str = COMPILE_CHOICES[0]       # the runtime's: fixed-shape speed-ups of the MuseTalk networks
 
     def __post_init__(self):
         if self.choice not in BACKEND_CHOICES:

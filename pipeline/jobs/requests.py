@@ -25,8 +25,8 @@ from ..lipsync.plan import LENGTH_POLICIES, LOOP_CHOICES
 from ..lipsync.silence import FADE_RANGE, MIN_SILENCE_RANGE, ON_SILENCE, SilenceOptions
 from ..media.video import MAX_FORCE_RATE
 from .shards import DEFAULT_MIN_SECONDS, SHARD_CHOICES
-from ..media.writer import CRF_RANGE, DEFAULT_CRF
-from ..runtime import DTYPE_CHOICES
+from ..media.writer import CRF_RANGE, DEFAULT_CRF, DEFAULT_ENCODER, ENCODERS
+from ..runtime import COMPILE_CHOICES, DTYPE_CHOICES, FRAME_OPS_CHOICES
 from .fields import INPUT, MACHINE, OPTION, RequestError, build, checked, names_table, option, specs
 
 BATCH_SIZE_RANGE = (1, 256)          # frames per model call (out of memory halves it at run time)
@@ -43,6 +43,13 @@ class MachineSettings:
                         choices=DTYPE_CHOICES)
     auto_download: bool = option(True, "download missing weights on first use (off: a missing file is an error that "
                                        "lists where to put it)", role=MACHINE, inverted_names=("no_download",))
+    frame_ops: str = option(FRAME_OPS_CHOICES[0], "MuseTalk's face crop and paste-back: cv2 (OpenCV and Pillow on "
+                                                  "the CPU), torch (the same arithmetic on the compute device, equal "
+                                                  "pixel for pixel), auto = torch on CUDA", choices=FRAME_OPS_CHOICES,
+                            role=MACHINE)
+    compile: str = option(COMPILE_CHOICES[0], "MuseTalk networks: compile = torch.compile at one batch shape "
+                                              "(minutes at the first batch), cuda_graphs = the same replayed as CUDA "
+                                              "graphs", choices=COMPILE_CHOICES, role=MACHINE)
 
 
 @dataclass
@@ -130,7 +137,8 @@ class GeneratorSettings(MachineSettings):
                            auto_download=bool(self.auto_download),
                            posterior="sample" if self.sample_latents else "mode", seed=int(self.seed),
                            latentsync_steps=int(self.latentsync_steps),
-                           latentsync_guidance=float(self.latentsync_guidance), deepcache=bool(self.deepcache))
+                           latentsync_guidance=float(self.latentsync_guidance), deepcache=bool(self.deepcache),
+                           frame_ops=self.frame_ops, compile=self.compile)
 
 
 @dataclass
@@ -259,6 +267,9 @@ class DubRequest(FaceSettings, LipSyncSettings, GeneratorSettings, Request):
                                range=(0, MAX_FORCE_RATE))
     compat_int_fps: bool = option(False, "reproduce the original's int(fps) audio timing (drifts at 29.97 fps)")
     crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
+    encoder: str = option(DEFAULT_ENCODER, "H.264 encoder: libx264; nvenc = NVIDIA's hardware encoder (crf becomes "
+                                           "its cq) where it opens, else libx264; auto = nvenc when CUDA is there",
+                          choices=ENCODERS)
     mask_out: Optional[str] = option(None, "also write the mask of the changed pixels, per frame, as a grey mp4 "
                                            "(never overwritten)", kind=str, role=INPUT)
     shard: str = option(SHARD_CHOICES[0], "shots: lip-sync a long video in shards cut at its shot cuts, in worker "
@@ -304,6 +315,9 @@ class SpeakRequest(SilenceSettings, MachineSettings, Request):
     batch_size: int = option(DEFAULT_BATCH_SIZE, "frames per model call (out of memory halves it)",
                              range=BATCH_SIZE_RANGE)
     crf: int = option(DEFAULT_CRF, "H.264 quality of the output (lower = better, bigger)", range=CRF_RANGE)
+    encoder: str = option(DEFAULT_ENCODER, "H.264 encoder: libx264; nvenc = NVIDIA's hardware encoder (crf becomes "
+                                           "its cq) where it opens, else libx264; auto = nvenc when CUDA is there",
+                          choices=ENCODERS)
     loop: Optional[str] = option(None, "idle loop: ping_pong (forward then back) or forward (start over); default: "
                                        "the avatar's", kind=str, choices=LOOP_CHOICES)
     loop_range: Optional[str] = option(None, "the source frames the idle loop uses, A-B inclusive from 0, or all; "

@@ -67,7 +67,7 @@ def make_runtime(request: Request, progress: Optional[Progress] = None, cancel: 
                 progress(stage, done, total)
 
     return JobRuntime(device=device, dtype=pick_dtype(device, request.dtype), show_progress=show_progress,
-                      cancel_flag=cancel or (lambda: False))
+                      cancel_flag=cancel or (lambda: False), frame_ops=request.frame_ops, compile=request.compile)
 
 
 def run(request: Request, runtime: Optional[Runtime] = None, progress: Optional[Progress] = None,
@@ -150,7 +150,8 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
                       batch_size=request.batch_size, blend_mode=request.blend_options(),
                       silence=request.silence_options())
     out = os.path.abspath(request.out)
-    writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf)
+    writer = VideoWriter(out, frames.fps, frames.width, frames.height, run_.audio, crf=request.crf,
+                         encoder=request.encoder)
     masks = mask_writer(request.mask_out, frames.fps, frames.width, frames.height, request.crf)
     if request.shard == "shots":        # (a mask is refused with shards: DubRequest.check_inputs)
         report = encode(lambda sink: sharded(request, run_, runtime, sink, log), writer, runtime)
@@ -158,6 +159,7 @@ def dub(request: DubRequest, runtime: Runtime, log: Log) -> JobResult:
         report = encode(lambda sink, mask_sink=None: run_.into(sink, runtime, mask_sink=mask_sink), writer, runtime,
                         masks)
     report.notes.extend(f"warning: {w}" for w in warnings)
+    report.notes.extend(encoder_notes(writer))
     if masks is not None:
         report.notes.append(f"mask of the changed pixels: {os.path.basename(request.mask_out)}")
     return JobResult("dub", out, report)
@@ -180,7 +182,8 @@ def sharded(request: DubRequest, run_, runtime: Runtime, sink, log: Log):
     try:
         frames, report, scratch = sharded_lipsync(run_, request.video, request.force_rate, str(runtime.device),
                                                   request.dtype, request.shard_seconds, shard_maker(request, log),
-                                                  scratch, job_key(request), progress)
+                                                  scratch, job_key(request), progress, runtime.frame_ops,
+                                                  runtime.compile)
     except BaseException:           # the finished shards stay in the scratch folder: a rerun reuses them
         sink.abort()
         raise
@@ -203,6 +206,15 @@ def shard_maker(request: DubRequest, log):
     from .ray_actors import RayShards
 
     return RayShards(request.shard_ray, request.workers if request.workers > 1 else None, log=log)
+
+
+def encoder_notes(writer) -> list:
+    """What the report says of the encoder: nothing for libx264 as asked; the hardware encoder when it ran; why
+    nvenc was not used when it was asked for."""
+    notes = [writer.encoder_note] if writer.encoder_note else []
+    if writer.encoder != "libx264":
+        notes.append(f"encoded with {writer.encoder}")
+    return notes
 
 
 def mask_writer(path: Optional[str], fps: float, width: int, height: int, crf: int):
@@ -263,8 +275,11 @@ def speak(request: SpeakRequest, runtime: Runtime, log: Log) -> JobResult:
     run_ = avatar.start(features, runtime, batch_size=request.batch_size, auto_download=request.auto_download,
                         loop=request.loop, loop_range=request.loop_range, silence=request.silence_options())
     out = os.path.abspath(request.out)
-    writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf)
-    return JobResult("avatar", out, encode(run_.into, writer, runtime))
+    writer = VideoWriter(out, avatar.fps, avatar.frames.width, avatar.frames.height, run_.audio, crf=request.crf,
+                         encoder=request.encoder)
+    report = encode(run_.into, writer, runtime)
+    report.notes.extend(encoder_notes(writer))
+    return JobResult("avatar", out, report)
 
 
 def encode(into: Callable, writer, runtime: Runtime, mask_writer=None):

@@ -73,6 +73,8 @@ class Shard:
     device: str
     dtype: str
     identity: str = ""             # the run's identity: a finished shard of the same identity is reused
+    frame_ops: str = "auto"        # the runtime's frame_ops and compile (pipeline/runtime.py)
+    compile: str = "off"
 
     @property
     def name(self) -> str:
@@ -102,7 +104,8 @@ def make_shard(shard: Shard):
     run = LipSyncRun(frames, shard.faces, shard.features, shard.spec, shard.length_policy, shard.batch_size,
                      shard.blend, shard.silence)
     device = pick_device(shard.device)
-    runtime = Runtime(device=device, dtype=pick_dtype(device, shard.dtype), show_progress=False)
+    runtime = Runtime(device=device, dtype=pick_dtype(device, shard.dtype), show_progress=False,
+                      frame_ops=shard.frame_ops, compile=shard.compile)
     sink = PatchSink(frames, run.plan.source, shard.folder, start=shard.start, name=shard.name)
     report = run.into(sink, runtime, output_range=(shard.start, shard.stop))
     path = sink.store.persist({"identity": shard.identity, "report": dataclasses.asdict(report)})
@@ -194,17 +197,20 @@ def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard
 
 
 def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, runtime_dtype: str, min_seconds: float,
-                    maker=None, scratch: Optional[str] = None, identity: str = "", progress=None):
+                    maker=None, scratch: Optional[str] = None, identity: str = "", progress=None,
+                    frame_ops: str = "auto", compile: str = "off"):
     """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards in the folder ``scratch``
     (default: a new temporary one; with ``identity``, shards a previous run of the same identity finished there
     are reused): returns ``(joined frames, joined report, the scratch folder)``; the caller encodes the frames and
-    then removes the folder. A failure leaves the finished shards for the next run."""
+    then removes the folder. A failure leaves the finished shards for the next run. ``frame_ops`` and ``compile``:
+    the workers' runtime settings (pipeline/runtime.py)."""
     from ..lipsync.report import LipSyncReport
 
     scratch = scratch or tempfile.mkdtemp(prefix="musetalk_shards_")
     os.makedirs(scratch, exist_ok=True)
     shards = [Shard(video, force_rate, run.faces, run.features, run.spec, run.plan.policy, run.batch_size,
-                    run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype, identity)
+                    run.blend, run.silence, a, b, scratch, runtime_device, runtime_dtype, identity, frame_ops,
+                    compile)
               for a, b in shard_ranges(run.plan.source, run.faces, run.fps, min_seconds)]
     finished = [s.finished() for s in shards]
     reused = sum(1 for f in finished if f is not None)
