@@ -285,3 +285,26 @@ def test_batch_quick(tmp_path):
     start = rows["start-up and exit of a CLI call (measured)"]
     assert positive(start["seconds"]) and positive(start["import_s"]) and 0 < start["share_pct"] < 100
     assert "jobs/hour" in stdout
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """bench/gpu_check.sh --dry-run: every step of the GPU check on the CPU with small networks, within its budget;
+    at most 8 result files; the summary has a line for each figure, the device frame ops equal the OpenCV/Pillow
+    path, and (with the parity fixtures) fp32 and bf16 stay within their bounds of the original's outputs."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"gpu_check --dry-run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) <= 8 and {"summary.txt", "device_check.json", "gpu_check.log"} <= set(files), files
+    summary = (tmp_path / "summary.txt").read_text()
+    for line in ("frame_ops torch vs cv2 | crops equal True | patches equal True", "networks batch 2 | full path",
+                 "encoder libx264 | libx264", "encoder nvenc |", "compile |", "avatars | live", "lipsync | e2e"):
+        assert line in summary, f"{line!r} missing from:\n{summary}"
+    parts = json.loads((tmp_path / "device_check.json").read_text())["parts"]
+    shares = parts["networks"]["batches"]["2"]["share"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.01) and all(positive(v) for v in shares.values())
+    assert positive(parts["networks"]["batches"]["2"]["networks_pct_of_roofline"])
+    if "skipped" not in parts["precision"]:
+        assert parts["precision"]["ok"] and set(parts["precision"]["dtypes"]) == {"fp32", "bf16"}
+        assert "precision fp32 vs the original's fp32" in summary
