@@ -9,7 +9,7 @@
 #
 # On the device tool: run(command="bash bench/gpu_check.sh", carry=[".gpu_carry"], timeout_s=420).
 #
-# Steps, in this order (results in $OUT when set, else bench/results/gpu_check/; 6 files):
+# Steps, in this order (results in $OUT when set, else bench/results/gpu_check/; 8 files):
 #   1. device_check.json  bench/device_check.py: CUDA correctness first (fp32, fp16 and bf16 against the original's
 #                         outputs on the parity fixtures), frame_ops=torch equal to the OpenCV/Pillow path and its ms
 #                         per face, the full-size networks at batch 8 and 16 (s per frame per stage, each stage's
@@ -18,9 +18,11 @@
 #   2. avatars.json       bench/avatars.py, full size, fp16, 720p: speaking frames/s at batch 8, 16, 32 and the
 #                         live first frame after the first 200 ms of voice
 #   3. lipsync.json       bench/lipsync.py, full size, fp16, 720p: frames/s per stage and end to end (file -> mp4)
+#   4. latentsync15.json, latentsync16.json   bench/latentsync.py, full-size UNet3D, fp16, a 16-frame chunk: frames/s
+#                         at 20 steps with and without DeepCache (from the chunk and step times)
 #   summary.txt           each figure against its target (issue "The GPU path"), one line each; gpu_check.log
 #
-# Every step has a time limit (the whole run GPU_CHECK_BUDGET_S, default 290 s); a step that fails or runs out of
+# Every step has a time limit (the whole run GPU_CHECK_BUDGET_S, default 300 s; 900 s in a dry run); a step that fails or runs out of
 # time stops the run with "GPU CHECK FAILED" and a non-zero exit, except the compile step, which runs only when time
 # is left and is otherwise reported as not measured. Test weights are written when missing
 # (tests/make_test_weights.py into $MUSETALK_MODELS_DIR, default <pack>/test_weights; ~2 GB, idempotent).
@@ -84,7 +86,7 @@ if [ "$MODE" = pack ]; then pack_carry; exit 0; fi
 RESULTS=${OUT:-$ROOT/bench/results/gpu_check}
 mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/gpu_check.log") 2>&1
-BUDGET=${GPU_CHECK_BUDGET_S:-290}
+BUDGET=${GPU_CHECK_BUDGET_S:-$([ "$MODE" = dry ] && echo 900 || echo 300)}   # a dry run shares a CI box
 START=$(date +%s)
 STEP=start
 trap 'echo "GPU CHECK FAILED at step \"$STEP\" (see the output above)" >&2' ERR
@@ -153,7 +155,7 @@ if [ "$MODE" = gpu ]; then
   step "device_check (precision, frame_ops, networks, encoder)" 100 "$PY" bench/device_check.py --device cuda \
     --dtype fp16 --parts precision,frame_ops,networks,encoder --json "$RESULTS/device_check.json"
 else
-  step "device_check (dry run)" 60 "$PY" bench/device_check.py --dry-run --parts precision,frame_ops,networks,encoder \
+  step "device_check (dry run)" 240 "$PY" bench/device_check.py --dry-run --parts precision,frame_ops,networks,encoder \
     --json "$RESULTS/device_check.json"
 fi
 
@@ -162,7 +164,7 @@ if [ "$MODE" = gpu ]; then
   step "avatars (fp16, full size)" 70 "$PY" bench/avatars.py --device cuda --dtype fp16 --batch-sizes 8,16,32 \
     --voice-frames 128 --live-trials 3 --json "$RESULTS/avatars.json"
 else
-  step "avatars (dry run: small networks)" 60 "$PY" bench/avatars.py --quick --device cpu --dtype fp32 \
+  step "avatars (dry run: small networks)" 240 "$PY" bench/avatars.py --quick --device cpu --dtype fp32 \
     --batch-sizes 2,4 --voice-frames 12 --live-trials 2 --json "$RESULTS/avatars.json"
 fi
 
@@ -172,11 +174,22 @@ if [ "$MODE" = gpu ]; then
     --batch-size 16 --frames 32 --e2e-frames 100 --e2e-cutaway 20 --audio-seconds 5 --no-compare --no-jaw \
     --json "$RESULTS/lipsync.json"
 else
-  step "lipsync (dry run)" 60 "$PY" bench/lipsync.py --quick --device cpu --dtype fp32 --no-compare \
+  step "lipsync (dry run)" 240 "$PY" bench/lipsync.py --quick --device cpu --dtype fp32 --no-compare \
     --json "$RESULTS/lipsync.json"
 fi
 
-# ---- 6. compile=cuda_graphs, with what is left (never fails the check) ---------------------------------------------------
+# ---- 6. LatentSync 1.5 and 1.6: a 16-frame chunk, full-size UNet3D (random weights built in place) ----------------------
+if [ "$MODE" = gpu ]; then
+  for V in 1.5 1.6; do
+    step "latentsync $V (fp16, full size)" 45 "$PY" bench/latentsync.py --device cuda --dtype fp16 --version "$V" \
+      --frames 16 --steps 3 --vram-frames 0 --json "$RESULTS/latentsync${V/./}.json"
+  done
+else
+  step "latentsync 1.5 (dry run)" 240 "$PY" bench/latentsync.py --quick --device cpu --dtype fp32 --vram-frames 0 \
+    --json "$RESULTS/latentsync15.json"
+fi
+
+# ---- 7. compile=cuda_graphs, with what is left (never fails the check) ---------------------------------------------------
 LEFT=$(( BUDGET - ($(date +%s) - START) - 10 ))
 COMPILED="not measured: no time left in the budget (${LEFT}s)"
 if [ "$MODE" = gpu ] && [ "$LEFT" -ge 45 ]; then
@@ -243,5 +256,20 @@ for r in lip["results"]:
     if str(r.get("stage", "")).startswith(("e2e", "unet", "vae_decode", "per-frame")):
         target = " (target 250)" if str(r.get("stage")).startswith("e2e") else ""
         print(f"lipsync | {r['stage']} | {r.get('fps')} frames/s{target} | VRAM {r.get('vram_peak_mb')} MB")
+for v, target in (("15", (30, 60)), ("16", (7, None))):
+    path = os.path.join(out, f"latentsync{v}.json")
+    if not os.path.isfile(path):
+        continue
+    rows = {r["stage"].split(" (")[0] + (" dc" if "(DeepCache" in r["stage"] else ""): r for r in load(path)["results"]}
+    frames = rows["chunk"]["frames"]
+    around = rows["align"]["s_per_frame"] + rows["restore"]["s_per_frame"]    # per frame, outside the chunk
+    full = rows["unet step"]["seconds"]
+    plain = rows["chunk"]["seconds"] + 17 * full                              # 20 DDIM steps, as the original
+    cached = rows["chunk dc"]["seconds"] + 6 * full + 11 * rows["unet step dc"]["seconds"]   # 7 full + 13 shallow
+    fps, fps_dc = 1 / (around + plain / frames), 1 / (around + cached / frames)
+    goal = f" (target {target[0]}{', ' + str(target[1]) + ' with DeepCache' if target[1] else ''})"
+    print(f"latentsync 1.{v[1]} | {fps:.1f} frames/s at 20 steps, {fps_dc:.1f} with DeepCache{goal}"
+          f"{mark(fps >= target[0] and (target[1] is None or fps_dc >= target[1]) if dtype == 'fp16' else None)} | "
+          f"UNet step {full:.3f} s per {frames}-frame chunk")
 EOF
 echo "GPU CHECK DONE in $(( $(date +%s) - START ))s; results in $RESULTS"

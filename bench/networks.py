@@ -1,6 +1,6 @@
 """Our MuseTalk networks against the original's, side by side, on the same weights, inputs, torch and threads.
 
-    python bench/networks.py --original-python /path/to/venv/bin/python [--rounds 5] [--frames 8] [--threads 2]
+    python bench/networks.py --original-python /path/to/venv/bin/python [--rounds 7] [--frames 8] [--threads 2]
     python bench/networks.py --original-python ... --profile encode      # also the top ops of each side
 
 The original runs diffusers 0.30.x (MuseTalk ``requirements.txt``); the pack runs whatever diffusers it is installed
@@ -24,8 +24,10 @@ The original side follows MuseTalk step by step:
 
 Rounds are interleaved (ours then the original's, the order swapped every round), after one untimed warm-up call of
 each stage; the table gives the minimum and median seconds per output frame of each side, and ``ours / original``
-of the medians and of the minimums (<= 1.00: ours is no slower; on a shared machine the minimum is the steadier
-one). ``check`` rows compare the two sides' outputs for the same inputs (the UNet prediction and the decoded faces;
+of the medians, of the minimums, of the rounds (``paired``: the median over rounds of the two calls made seconds
+apart, which a machine whose speed drifts over minutes disturbs least) and of the CPU seconds each worker process
+spent (``cpu``: what other tenants of a shared machine take is not counted); <= 1.00: ours is no slower. ``check``
+rows compare the two sides' outputs for the same inputs (the UNet prediction and the decoded faces;
 the encoder's mean latents), so both ran the same computation.
 """
 from __future__ import annotations
@@ -183,7 +185,7 @@ def worker(side: str, models: str, frames: int, threads: int) -> None:
             print(json.dumps({"saved": command["check"]}), flush=True)
             continue
         profile = command.get("profile")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if profile:
             from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -193,7 +195,8 @@ def worker(side: str, models: str, frames: int, threads: int) -> None:
             print(json.dumps({"seconds": time.perf_counter() - started, "profile": table}), flush=True)
             continue
         fn(*data)
-        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}),
+              flush=True)
 
 
 def _diffusers_version() -> str:
@@ -261,22 +264,36 @@ def compare(args) -> list:
             rows.append({"stage": f"check {stage}", "shape": list(a.shape),
                          "max_abs_diff": float(np.abs(a.astype(np.float64) - b).max())})
         seconds = {(s.name, stage): [] for s in sides for stage in stages}
+        cpu = {(s.name, stage): [] for s in sides for stage in stages}
         for r in range(args.rounds):
             for stage in stages:
                 for side in (sides if r % 2 == 0 else sides[::-1]):
-                    seconds[(side.name, stage)].append(side.ask(stage=stage)["seconds"] / args.frames)
+                    answer = side.ask(stage=stage)
+                    seconds[(side.name, stage)].append(answer["seconds"] / args.frames)
+                    cpu[(side.name, stage)].append(answer["cpu_seconds"] / args.frames)
         for stage in stages:
             ours, orig = seconds[("ours", stage)], seconds[("original", stage)]
+            paired = [a / b for a, b in zip(ours, orig)]          # the two calls of one round, seconds apart
             rows.append({"stage": stage, "ours_min_s": min(ours), "ours_median_s": statistics.median(ours),
                          "original_min_s": min(orig), "original_median_s": statistics.median(orig),
                          "ours_over_original": statistics.median(ours) / statistics.median(orig),
-                         "ours_over_original_min": min(ours) / min(orig)})
+                         "ours_over_original_min": min(ours) / min(orig),
+                         "ours_over_original_paired": statistics.median(paired),
+                         "ours_cpu_median_s": statistics.median(cpu[("ours", stage)]),
+                         "original_cpu_median_s": statistics.median(cpu[("original", stage)]),
+                         "ours_over_original_cpu": statistics.median(cpu[("ours", stage)])
+                         / statistics.median(cpu[("original", stage)])})
         timed = [r for r in rows if r["stage"] in STAGES]
         total = {k: sum(r[k] for r in timed) for k in ("ours_min_s", "ours_median_s", "original_min_s",
                                                        "original_median_s")}
+        per_round = [sum(seconds[("ours", s)][r] for s in stages) / sum(seconds[("original", s)][r] for s in stages)
+                     for r in range(args.rounds)]
+        cpu_total = {side: sum(statistics.median(cpu[(side, s)]) for s in stages) for side in ("ours", "original")}
         rows.append({"stage": "per output frame", **total,
                      "ours_over_original": total["ours_median_s"] / total["original_median_s"],
-                     "ours_over_original_min": total["ours_min_s"] / total["original_min_s"]})
+                     "ours_over_original_min": total["ours_min_s"] / total["original_min_s"],
+                     "ours_over_original_paired": statistics.median(per_round),
+                     "ours_over_original_cpu": cpu_total["ours"] / cpu_total["original"]})
         if args.profile:
             for side in sides:
                 print(f"== {side.name}: {args.profile}\n" + side.ask(stage=args.profile, profile=True)["profile"])
@@ -296,7 +313,7 @@ def main(argv=None) -> int:
     ap.add_argument("--original-python", help="the interpreter of a venv with diffusers 0.30.x (see above)")
     ap.add_argument("--models", default=os.path.join(ROOT, "test_weights"),
                     help="where the random full-size weights are written (once)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--frames", type=int, default=8, help="output frames per call (the original's batch)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--stages", default=",".join(STAGES), help="which stages (default: all)")

@@ -299,7 +299,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(files) <= 8 and {"summary.txt", "device_check.json", "gpu_check.log"} <= set(files), files
     summary = (tmp_path / "summary.txt").read_text()
     for line in ("frame_ops torch vs cv2 | crops equal True | patches equal True", "networks batch 2 | full path",
-                 "encoder libx264 | libx264", "encoder nvenc |", "compile |", "avatars | live", "lipsync | e2e"):
+                 "encoder libx264 | libx264", "encoder nvenc |", "compile |", "avatars | live", "lipsync | e2e",
+                 "latentsync 1.5 |"):
         assert line in summary, f"{line!r} missing from:\n{summary}"
     parts = json.loads((tmp_path / "device_check.json").read_text())["parts"]
     shares = parts["networks"]["batches"]["2"]["share"]
