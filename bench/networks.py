@@ -115,24 +115,34 @@ class Original:
         self.net.load_state_dict(torch.load(os.path.join(folder, "musetalkV15", "unet.pth"), map_location="cpu"))
         self.net.eval()
         self.scaling = self.vae.config.scaling_factor
+        self.mask = torch.zeros((SIZE, SIZE))                       # MuseTalk VAE.get_mask_tensor: the upper half
+        self.mask[:SIZE // 2, :] = 1
 
-    def _images(self, crops):
+    def _image(self, rgb, half_mask: bool):
+        """MuseTalk ``musetalk/models/vae.py`` ``preprocess_img`` for one RGB crop, step by step: ``/ 255.`` in
+        float64, the (C, 1, H, W) transpose turned into a float32 tensor (its strides kept), the half mask, then
+        torchvision's ``Normalize([0.5] * 3, [0.5] * 3)`` (a clone, ``sub_``, ``div_``). The layout matters for the
+        speed: a whole batch permuted from (N, H, W, C) would run the encoder in channels_last, which MuseTalk's
+        one-image tensors do not (their results equal the contiguous ones bit for bit)."""
+        import numpy as np
         import torch
 
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
-        masked = x.clone()
-        masked[:, :, SIZE // 2:] = 0                                # the half mask, before the normalisation
-        return (masked - 0.5) / 0.5, (x - 0.5) / 0.5
+        x = np.transpose(np.asarray([rgb]) / 255.0, (3, 0, 1, 2))
+        x = torch.squeeze(torch.FloatTensor(x))
+        if half_mask:
+            x = x * (self.mask > 0.5)
+        x = x.clone()
+        x.sub_(0.5).div_(0.5)
+        return x.unsqueeze(0)
 
     def encode(self, crops, latents, windows, pred):
         import torch
 
         with torch.no_grad():
-            masked, ref = self._images(crops)
             out = []
-            for i in range(masked.shape[0]):                       # frame by frame, masked then reference
-                m = self.vae.encode(masked[i:i + 1]).latent_dist.sample() * self.scaling
-                r = self.vae.encode(ref[i:i + 1]).latent_dist.sample() * self.scaling
+            for crop in crops:                                     # frame by frame, masked then reference
+                m = self.vae.encode(self._image(crop, True)).latent_dist.sample() * self.scaling
+                r = self.vae.encode(self._image(crop, False)).latent_dist.sample() * self.scaling
                 out.append(torch.cat([m, r], dim=1))
             return torch.cat(out)
 
@@ -140,10 +150,8 @@ class Original:
         import torch
 
         with torch.no_grad():
-            masked, ref = self._images(crops)
-            x = torch.stack([masked, ref], 1).reshape(-1, 3, SIZE, SIZE)
-            z = torch.cat([self.vae.encode(x[i:i + 1]).latent_dist.mean for i in range(x.shape[0])]) * self.scaling
-            return z.reshape(-1, 8, LATENT, LATENT)
+            z = [self.vae.encode(self._image(crop, half)).latent_dist.mean for crop in crops for half in (True, False)]
+            return (torch.cat(z) * self.scaling).reshape(-1, 8, LATENT, LATENT)
 
     def unet(self, crops, latents, windows, pred):
         import torch
