@@ -2,6 +2,7 @@
 
     python bench/networks.py --original-python /path/to/venv/bin/python [--rounds 7] [--frames 8] [--threads 2]
     python bench/networks.py --original-python ... --profile encode      # also the top ops of each side
+    python bench/networks.py --original-python ... --same-allocator      # both workers with one glibc allocator state
 
 The original runs diffusers 0.30.x (MuseTalk ``requirements.txt``); the pack runs whatever diffusers it is installed
 with. One process cannot hold two diffusers, so each side is a worker process started by this script: ``ours`` with
@@ -217,6 +218,8 @@ def _diffusers_version() -> str:
 class Side:
     def __init__(self, name: str, python: str, args):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        if args.same_allocator:   # both workers with one glibc allocator state (see --same-allocator)
+            env.update(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(4 << 30))
         self.name = name
         self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, "--models", args.models,
                                       "--frames", str(args.frames), "--threads", str(args.threads)],
@@ -328,6 +331,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", choices=STAGES, help="also print the top ops of each side for this stage")
     ap.add_argument("--quick", action="store_true", help="1 frame, 1 round (a smoke run; without --original-python "
                                                          "both sides run this interpreter's diffusers)")
+    ap.add_argument("--same-allocator", action="store_true",
+                    help="run both workers with glibc's mmap threshold at 32 MiB and a 4 GiB trim threshold: the "
+                         "networks compared without each process's allocator history (bench/README.md)")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--worker", choices=("ours", "original"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
