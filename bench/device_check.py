@@ -132,13 +132,12 @@ def frame_ops(args, device) -> dict:
 
     up = fo.DeviceFrames(device)
     faces_t = torch.from_numpy(faces).to(device)
-    masks_t = [torch.from_numpy(m.mask).to(device) for m in masks]
 
     def torch_path():
         on = up.upload(dict(enumerate(frames)), range(len(frames)))
         crops = fo.crop_faces([on[i] for i in range(len(frames))], boxes).cpu().numpy()
-        return [(c, fo.blend_face(on[i], faces_t[i], b, m.crop_box, mt))
-                for i, (c, b, m, mt) in enumerate(zip(crops, boxes, masks, masks_t))]
+        return [(c, fo.blend_face(on[i], faces_t[i], b, m.crop_box, m.mask))
+                for i, (c, b, m) in enumerate(zip(crops, boxes, masks))]
 
     want, got = cv2_path(), torch_path()
     crops_equal = all(np.array_equal(a[0], b[0]) for a, b in zip(want, got))
@@ -189,8 +188,7 @@ def networks(args, device, dtype) -> dict:
         latents = engine.encode_reference(crops)
         pred = engine.denoise(latents, windows)
         decoded = engine.decode(pred)
-        mask = [torch.full((b[3] - b[1] + 64, b[2] - b[0] + 64), 200, dtype=torch.uint8, device=device)
-                for b in boxes]
+        mask = [np.full((b[3] - b[1] + 64, b[2] - b[0] + 64), 200, dtype=np.uint8) for b in boxes]
 
         def paste():
             faces = fo.postprocess_decoded(decoded)

@@ -29,7 +29,7 @@ On CUDA the unit's source frames are copied into a pinned staging buffer and sen
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -148,9 +148,10 @@ def blend_region(old: torch.Tensor, new: torch.Tensor, alpha: torch.Tensor) -> t
 
 
 def blend_face(frame: torch.Tensor, face: torch.Tensor, box: Sequence[float], crop_box: Sequence[int],
-               mask: torch.Tensor) -> Patch:
+               mask: np.ndarray) -> Patch:
     """blending.blend_face on the device: the generated face (uint8 ``[256, 256, 3]`` or already the box's size)
-    pasted into ``frame`` through the blend mask over the expanded square ``crop_box``; returns the changed
+    pasted into ``frame`` through the blend mask (uint8 ``[side, side]`` on the CPU, made once per source frame) over
+    the expanded square ``crop_box``; only the mask's part inside the frame goes to the device. Returns the changed
     rectangle as a :class:`Patch` on the CPU."""
     x1, y1, x2, y2 = int_box(box)
     cx0, cy0, cx1, cy1 = (int(v) for v in crop_box)
@@ -164,13 +165,14 @@ def blend_face(frame: torch.Tensor, face: torch.Tensor, box: Sequence[float], cr
     if fy1 > fy0 and fx1 > fx0:                                 # ... with the face pasted at its box
         sized = resize_face(face, box)
         new[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = sized[fy0 - y1:fy1 - y1, fx0 - x1:fx1 - x1]
-    alpha = mask[y0 - cy0:y1c - cy0, x0 - cx0:x1c - cx0]
-    pixels = blend_region(old, new, alpha)
-    return Patch(y0, y1c, x0, x1c, pixels.cpu().numpy(), alpha.cpu().numpy())
+    alpha = np.ascontiguousarray(mask[y0 - cy0:y1c - cy0, x0 - cx0:x1c - cx0])
+    pixels = blend_region(old, new, torch.from_numpy(alpha).to(frame.device))
+    return Patch(y0, y1c, x0, x1c, pixels.cpu().numpy(), alpha)
 
 
 def postprocess_decoded(images: torch.Tensor) -> torch.Tensor:
-    """musetalk_engine.postprocess_decoded, kept on the device: ``[b, 3, 256, 256]`` -> uint8 ``[b, 256, 256, 3]``."""
+    """VAE output ``[b, 3, 256, 256]`` -> uint8 ``[b, 256, 256, 3]`` on its device: ``round(clamp(x/2+0.5, 0, 1)*255)``,
+    half to even (the one rule; musetalk_engine.postprocess_decoded brings it to the CPU)."""
     x = (images.float() / 2 + 0.5).clamp(0, 1)
     return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
@@ -204,6 +206,3 @@ class DeviceFrames:
         self._copied.record(torch.cuda.current_stream(self.device))
         return out
 
-
-def masks_to_device(masks: List[np.ndarray], device: torch.device) -> List[torch.Tensor]:
-    return [torch.from_numpy(np.ascontiguousarray(m)).to(device) for m in masks]

@@ -13,6 +13,7 @@ import torch
 
 from ..runtime import Runtime
 from ..types import FaceSequence, Patch
+from . import frame_ops
 from .base import LRU, Unit
 
 NAME = "musetalk-v1.5"
@@ -56,8 +57,6 @@ class MuseTalkBackend:
         if need:
             boxes = [faces.frames[s].face.crop_box for s in need]
             if on_device:
-                from . import frame_ops
-
                 crops = frame_ops.crop_faces([frames[s] for s in need], boxes)
             else:
                 from .musetalk_engine import crop_faces
@@ -71,23 +70,19 @@ class MuseTalkBackend:
         decoded = self.engine.decode(predicted)
         masks = self._blend_masks(srcs, src_u8, faces)
         if on_device:
-            from . import frame_ops
-
             generated = frame_ops.postprocess_decoded(decoded)
-            out = []
-            for face, s in zip(generated, srcs):
-                self._cancel_point()
-                mask = masks[s]
-                out.append(frame_ops.blend_face(frames[s], face, faces.frames[s].face.crop_box, mask.crop_box,
-                                                torch.from_numpy(mask.mask).to(face.device)))
-            return out
-        from .blending import blend_face
-        from .musetalk_engine import postprocess_decoded
+            paste = lambda s, face, box, mask: frame_ops.blend_face(frames[s], face, box, mask.crop_box,  # noqa: E731
+                                                                     mask.mask)
+        else:
+            from .blending import blend_face
+            from .musetalk_engine import postprocess_decoded
 
+            generated = postprocess_decoded(decoded)
+            paste = lambda s, face, box, mask: blend_face(src_u8[s], face, box, mask)  # noqa: E731
         out = []
-        for face, s in zip(postprocess_decoded(decoded), srcs):
+        for face, s in zip(generated, srcs):
             self._cancel_point()            # between the frames of the paste-back
-            out.append(blend_face(src_u8[s], face, faces.frames[s].face.crop_box, masks[s]))
+            out.append(paste(s, face, faces.frames[s].face.crop_box, masks[s]))
         return out
 
     def _blend_masks(self, srcs: Sequence[int], src_u8: Dict[int, np.ndarray], faces: FaceSequence) -> Dict:
@@ -111,9 +106,7 @@ class MuseTalkBackend:
 
     def _uploader(self):
         if self._frames_up is None:
-            from .frame_ops import DeviceFrames
-
-            self._frames_up = DeviceFrames(self.engine.device)
+            self._frames_up = frame_ops.DeviceFrames(self.engine.device)
         return self._frames_up
 
     def _cancel_point(self) -> None:

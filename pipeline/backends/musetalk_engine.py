@@ -99,9 +99,9 @@ def preprocess_crops(crops_rgb_u8: ArrayLike, device: Union[str, torch.device] =
 def postprocess_decoded(images: torch.Tensor) -> np.ndarray:
     """VAE output ``[b, 3, 256, 256]`` -> uint8 RGB ``[b, 256, 256, 3]``: ``round(clamp(x/2+0.5, 0, 1)*255)``, half to
     even, in float32 (VAE.decode_latents; identical to the original's NumPy rounding, without its final BGR flip)."""
-    x = (images.float() / 2 + 0.5).clamp(0, 1)
-    x = (x * 255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    from .frame_ops import postprocess_decoded as on_device
+
+    return on_device(images).cpu().numpy()
 
 
 class quiet_diffusers:

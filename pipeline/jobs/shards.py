@@ -31,6 +31,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..runtime import COMPILE_CHOICES, FRAME_OPS_CHOICES
+
 SHARD_CHOICES = ("off", "shots")
 DEFAULT_MIN_SECONDS = 10.0       # shots shorter than this are merged with the next
 
@@ -73,8 +75,8 @@ class Shard:
     device: str
     dtype: str
     identity: str = ""             # the run's identity: a finished shard of the same identity is reused
-    frame_ops: str = "auto"        # the runtime's frame_ops and compile (pipeline/runtime.py)
-    compile: str = "off"
+    frame_ops: str = FRAME_OPS_CHOICES[0]   # the runtime's frame_ops and compile (pipeline/runtime.py)
+    compile: str = COMPILE_CHOICES[0]
 
     @property
     def name(self) -> str:
@@ -198,7 +200,7 @@ def joined_frames(source_frames, plan_source: np.ndarray, shards: Sequence[Shard
 
 def sharded_lipsync(run, video: str, force_rate: float, runtime_device: str, runtime_dtype: str, min_seconds: float,
                     maker=None, scratch: Optional[str] = None, identity: str = "", progress=None,
-                    frame_ops: str = "auto", compile: str = "off"):
+                    frame_ops: str = FRAME_OPS_CHOICES[0], compile: str = COMPILE_CHOICES[0]):
     """``run`` (a :class:`~..lipsync.LipSyncRun` of the whole video) made in shards in the folder ``scratch``
     (default: a new temporary one; with ``identity``, shards a previous run of the same identity finished there
     are reused): returns ``(joined frames, joined report, the scratch folder)``; the caller encodes the frames and
