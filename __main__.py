@@ -5,6 +5,9 @@ builds a typed request (pipeline/jobs) and runs it.
     python <pack> batch JOBS [options]                                        a folder or list   (batch_cli.py)
     python <pack> avatar prepare|speak|list|remove ...                        avatars            (avatar_cli.py)
     python <pack> serve [--port 8288]                                         the dubbing server (server/serve.py)
+
+Run as a program, the process first keeps the memory its networks free for their next call
+(pipeline/cpu_heap.py).
 """
 import importlib
 import os
@@ -40,4 +43,6 @@ def _import_pack():
 
 
 if __name__ == "__main__":
-    sys.exit((main if __package__ else _import_pack().main)())
+    entry = main if __package__ else _import_pack().main
+    importlib.import_module((__package__ or "musetalk_enhanced") + ".pipeline.cpu_heap").keep_freed_memory()
+    sys.exit(entry())

@@ -6,9 +6,11 @@
 2. it imports the pack under the name its parent process knows it by (``musetalk_enhanced``, or the folder name
    ComfyUI gives a custom node) through the pack's bootstrap.py, so that the functions the parent sends, pickled by
    that name, resolve in the worker;
-3. it gives torch the worker's share of the cores.
+3. it keeps the memory the networks free for their next call (pipeline/cpu_heap.py), as ``python <pack>`` does;
+4. it gives torch the worker's share of the cores.
 
 Standard library only: nothing of the pack can be imported before this has run."""
+import importlib
 import os
 import runpy
 
@@ -16,6 +18,7 @@ if "PACK_NAME" in globals():
     if globals().get("GPU_QUEUE") is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = GPU_QUEUE.get()  # noqa: F821
     runpy.run_path(os.path.join(PACK_DIR, "bootstrap.py"))["register"](PACK_NAME, PACK_DIR)  # noqa: F821
+    importlib.import_module(PACK_NAME + ".pipeline.cpu_heap").keep_freed_memory()  # noqa: F821
     import torch
 
     torch.set_num_threads(max(1, int(THREADS)))  # noqa: F821
