@@ -43,6 +43,9 @@ def _import_pack():
 
 
 if __name__ == "__main__":
-    entry = main if __package__ else _import_pack().main
-    importlib.import_module((__package__ or "musetalk_enhanced") + ".pipeline.cpu_heap").keep_freed_memory()
-    sys.exit(entry())
+    import runpy
+
+    # before torch or the pack allocate anything (standard library only)
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline", "cpu_heap.py"))[
+        "keep_freed_memory"]()
+    sys.exit((main if __package__ else _import_pack().main)())

@@ -2,7 +2,7 @@
 
     python bench/networks.py --original-python /path/to/venv/bin/python [--rounds 7] [--frames 8] [--threads 2]
     python bench/networks.py --original-python ... --profile encode      # also the top ops of each side
-    python bench/networks.py --original-python ... --same-allocator      # the original's worker keeps freed memory too
+    python bench/networks.py --original-python ... --same-allocator      # both with one heap setting from the start
 
 The original runs diffusers 0.30.x (MuseTalk ``requirements.txt``); the pack runs whatever diffusers it is installed
 with. One process cannot hold two diffusers, so each side is a worker process started by this script: ``ours`` with
@@ -26,8 +26,8 @@ The original side follows MuseTalk step by step:
 Each side runs in the process state its users get: ours keeps the memory its networks free
 (pipeline/cpu_heap.py, as ``python <pack>`` and the pack's workers do; ``MUSETALK_KEEP_FREED_MEMORY=0`` in the
 environment turns it off), the original keeps glibc's defaults, as MuseTalk's scripts do. ``--same-allocator``
-starts the original's worker with the same heap settings (as environment variables), which compares the networks
-alone.
+starts both workers with those heap settings as environment variables (glibc reads them before the first
+allocation), which compares the networks alone.
 
 Rounds are interleaved (ours then the original's, the order swapped every round), after one untimed warm-up call of
 each stage; the table gives the minimum and median seconds per output frame of each side, and ``ours / original``
@@ -83,11 +83,8 @@ class Ours:
 
         os.environ["MUSETALK_MODELS_DIR"] = models
         runpy.run_path(os.path.join(ROOT, "bootstrap.py"))["import_pack"]()
-        from musetalk_enhanced.pipeline import cpu_heap
         from musetalk_enhanced.pipeline.backends import musetalk_engine as me
         from musetalk_enhanced.pipeline.runtime import Runtime
-
-        self.heap = cpu_heap.keep_freed_memory()               # as python <pack> does before it loads anything
 
         self.me = me
         runtime = Runtime(device="cpu", dtype=torch.float32, show_progress=False)
@@ -114,7 +111,6 @@ class Original:
         import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        self.heap = "kept (environment)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc defaults"
         folder = os.path.join(models, "musetalk")
         self.vae = AutoencoderKL.from_pretrained(os.path.join(folder, "sd-vae")).eval()
         with open(os.path.join(folder, "musetalkV15", "musetalk.json")) as f:
@@ -180,6 +176,10 @@ class Original:
 
 # ---- a worker: one side, stages on command --------------------------------------------------------------------------
 def worker(side: str, models: str, frames: int, threads: int) -> None:
+    if side == "ours":      # as python <pack> does, before anything is allocated (standard library only)
+        heap = runpy.run_path(os.path.join(ROOT, "pipeline", "cpu_heap.py"))["keep_freed_memory"]()
+    else:
+        heap = "kept (environment)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc defaults"
     import numpy as np
     import torch
 
@@ -188,7 +188,7 @@ def worker(side: str, models: str, frames: int, threads: int) -> None:
     model = Ours(models) if side == "ours" else Original(models)
     data = inputs(frames)
     print(json.dumps({"ready": side, "torch": torch.__version__, "diffusers": _diffusers_version(),
-                      "heap": model.heap}), flush=True)
+                      "heap": heap}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         stage = command["stage"]
@@ -226,7 +226,7 @@ def _diffusers_version() -> str:
 class Side:
     def __init__(self, name: str, python: str, args):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        if args.same_allocator and name == "original":   # the heap settings of ours (pipeline/cpu_heap.py)
+        if args.same_allocator:   # both workers with the heap settings of ours (pipeline/cpu_heap.py) from the start
             env.update(runpy.run_path(os.path.join(ROOT, "pipeline", "cpu_heap.py"))["environment"]())
         self.name = name
         self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, "--models", args.models,
@@ -340,8 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 frame, 1 round (a smoke run; without --original-python "
                                                          "both sides run this interpreter's diffusers)")
     ap.add_argument("--same-allocator", action="store_true",
-                    help="start the original's worker with the heap settings of ours (pipeline/cpu_heap.py): the "
-                         "networks compared without the processes' allocators (bench/README.md)")
+                    help="start both workers with the heap settings of ours (pipeline/cpu_heap.py) as environment "
+                         "variables: the networks compared without the processes' allocators (bench/README.md)")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--worker", choices=("ours", "original"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
