@@ -33,7 +33,9 @@ Rounds are interleaved (ours then the original's, the order swapped every round)
 each stage; the table gives the minimum and median seconds per output frame of each side, and ``ours / original``
 of the medians, of the minimums, of the rounds (``paired``: the median over rounds of the two calls made seconds
 apart, which a machine whose speed drifts over minutes disturbs least) and of the CPU seconds each worker process
-spent (``cpu``: what other tenants of a shared machine take is not counted); <= 1.00: ours is no slower. ``check``
+spent (``cpu``: what other tenants of a shared machine take is not counted); <= 1.00: ours is no slower. Each stage
+row also gives each side's median minor page faults per output frame (fresh memory the kernel had to zero and map:
+the heap's share of the time). ``check``
 rows compare the two sides' outputs for the same inputs (the UNet prediction and the decoded faces;
 the encoder's mean latents), so both ran the same computation.
 """
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import runpy
 import statistics
 import subprocess
@@ -211,9 +214,10 @@ def worker(side: str, models: str, frames: int, threads: int) -> None:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
             print(json.dumps({"seconds": time.perf_counter() - started, "profile": table}), flush=True)
             continue
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         fn(*data)
-        print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}),
-              flush=True)
+        print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+                          "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}), flush=True)
 
 
 def _diffusers_version() -> str:
@@ -284,12 +288,14 @@ def compare(args) -> list:
                          "max_abs_diff": float(np.abs(a.astype(np.float64) - b).max())})
         seconds = {(s.name, stage): [] for s in sides for stage in stages}
         cpu = {(s.name, stage): [] for s in sides for stage in stages}
+        faults = {(s.name, stage): [] for s in sides for stage in stages}
         for r in range(args.rounds):
             for stage in stages:
                 for side in (sides if r % 2 == 0 else sides[::-1]):
                     answer = side.ask(stage=stage)
                     seconds[(side.name, stage)].append(answer["seconds"] / args.frames)
                     cpu[(side.name, stage)].append(answer["cpu_seconds"] / args.frames)
+                    faults[(side.name, stage)].append(answer["page_faults"] / args.frames)
         for stage in stages:
             ours, orig = seconds[("ours", stage)], seconds[("original", stage)]
             paired = [a / b for a, b in zip(ours, orig)]          # the two calls of one round, seconds apart
@@ -301,7 +307,9 @@ def compare(args) -> list:
                          "ours_cpu_median_s": statistics.median(cpu[("ours", stage)]),
                          "original_cpu_median_s": statistics.median(cpu[("original", stage)]),
                          "ours_over_original_cpu": statistics.median(cpu[("ours", stage)])
-                         / statistics.median(cpu[("original", stage)])})
+                         / statistics.median(cpu[("original", stage)]),
+                         "ours_page_faults": statistics.median(faults[("ours", stage)]),
+                         "original_page_faults": statistics.median(faults[("original", stage)])})
         timed = [r for r in rows if r["stage"] in STAGES]
         total = {k: sum(r[k] for r in timed) for k in ("ours_min_s", "ours_median_s", "original_min_s",
                                                        "original_median_s")}
