@@ -229,6 +229,17 @@ def targets(report: dict) -> list:
                     + ", ".join(f"{r['stage'].split(', ', 1)[1].split(' (')[0]} {r['speedup']}x" for r in sharded)
                     + (f", full-size networks 1 worker {full['speedup']}x" if full else ""),
                     "met" if bit["max_abs_diff"] == 0 and bit["frames_differing"] == 0 else "not met"))
+    nets = {r.get("stage"): r for r in report.get("networks", {}).get("rows", [])}
+    frame = nets.get("per output frame")
+    if frame:
+        setup = nets.get("versions", {})
+        out.append(("fp32 networks (VAE encode, UNet, VAE decode) <= 1.00x the original MuseTalk's time per output "
+                    "frame, same weights and threads (bench/networks.py)",
+                    f"{frame['ours_over_original']:.2f}x by the median, {frame['ours_over_original_min']:.2f}x by the "
+                    f"minimum, {frame['ours_over_original_paired']:.2f}x paired, {frame['ours_over_original_cpu']:.2f}x"
+                    f" CPU time ({setup.get('rounds')} rounds; heap: ours {setup.get('ours', {}).get('heap', '?')}, "
+                    f"original {setup.get('original', {}).get('heap', '?')})",
+                    "met" if max(frame["ours_over_original"], frame["ours_over_original_min"]) <= 1.0 else "not met"))
     whole = next((r for r in _rows(report, "long") if r.get("stage") == "whole run"), None)
     if whole:
         out.append((f"{whole['minutes']:g}-minute {whole['resolution']} clip streamed with peak RSS <= "
@@ -332,6 +343,10 @@ def main(argv=None) -> int:
         print(f"== {name}", flush=True)
         extra = ["--device", args.device] if args.device != "auto" else []
         report["benchmarks"].append(run_script(name, args.quick, extra, per_script, args.reuse))
+    networks = os.path.join(per_script, "networks.json")   # bench/networks.py's, run beside the original's venv
+    if os.path.isfile(networks):
+        with open(networks) as f:
+            report["networks"] = json.load(f)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     md = markdown(report)
