@@ -22,7 +22,7 @@ import platform
 
 OPT_OUT = "MUSETALK_KEEP_FREED_MEMORY"     # "0": glibc's defaults
 TRIM_THRESHOLD = (1 << 31) - 1             # bytes of freed memory kept at the heap's top (mallopt takes an int)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4      # glibc malloc.h
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4      # mallopt parameter numbers (glibc)
 _applied = []
 
 
