@@ -37,12 +37,15 @@ with torch.inference_mode():
 print(sorted(faults)[2])
 """
 ACTIVATION_PAGES = (64 * 384 * 384 * 4) // 4096      # one activation of the call (36 MB), in 4 KB pages
+# 4 KB pages whatever the host's transparent huge pages setting (prctl PR_SET_THP_DISABLE), so a fresh block faults
+# once per 4 KB page and the counts compare across machines
+SMALL_PAGES = "import ctypes; ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)\n"
 
 
 def faults_after(setup: str, env=None) -> tuple:
     """(what the setup printed, the page faults of a warm network call) in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", setup + CALL], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, **(env or {})), cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", SMALL_PAGES + setup + CALL], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, **(env or {})), cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.split("\n")
     return "\n".join(lines[:-2]), int(lines[-2])
