@@ -53,6 +53,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 STAGES = ("encode", "unet", "decode")
+CPU_HEAP = os.path.join(ROOT, "pipeline", "cpu_heap.py")   # standard library only: loaded by path on both sides
 SIZE, LATENT, TOKENS, WIDTH = 256, 32, 50, 384
 
 
@@ -179,10 +180,12 @@ class Original:
 
 # ---- a worker: one side, stages on command --------------------------------------------------------------------------
 def worker(side: str, models: str, frames: int, threads: int) -> None:
-    if side == "ours":      # as python <pack> does, before anything is allocated (standard library only)
-        heap = runpy.run_path(os.path.join(ROOT, "pipeline", "cpu_heap.py"))["keep_freed_memory"]()
+    cpu_heap = runpy.run_path(CPU_HEAP)
+    if side == "ours":      # as python <pack> does, before anything is allocated
+        heap = cpu_heap["keep_freed_memory"]()
     else:
-        heap = "kept (environment)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc defaults"
+        heap = ("kept (environment)" if cpu_heap["environment"]().items() <= os.environ.items()
+                else "glibc defaults")
     import numpy as np
     import torch
 
@@ -231,7 +234,7 @@ class Side:
     def __init__(self, name: str, python: str, args):
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         if args.same_allocator:   # both workers with the heap settings of ours (pipeline/cpu_heap.py) from the start
-            env.update(runpy.run_path(os.path.join(ROOT, "pipeline", "cpu_heap.py"))["environment"]())
+            env.update(runpy.run_path(CPU_HEAP)["environment"]())
         self.name = name
         self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name, "--models", args.models,
                                       "--frames", str(args.frames), "--threads", str(args.threads)],

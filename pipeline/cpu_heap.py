@@ -15,7 +15,8 @@ had by starting ComfyUI with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483
 ``MUSETALK_KEEP_FREED_MEMORY=0`` to keep glibc's defaults. Other C libraries (macOS, Windows, musl) are left as
 they are.
 
-Standard library only: pipeline/jobs/boot.py and bench/networks.py's original side load this file by path."""
+Standard library only: ``__main__.py``, pipeline/jobs/boot.py and bench/networks.py load this file by path, before
+anything of the pack is imported."""
 import ctypes
 import os
 import platform
@@ -23,7 +24,6 @@ import platform
 OPT_OUT = "MUSETALK_KEEP_FREED_MEMORY"     # "0": glibc's defaults
 TRIM_THRESHOLD = (1 << 31) - 1             # bytes of freed memory kept at the heap's top (mallopt takes an int)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4      # mallopt parameter numbers (glibc)
-_applied = []
 
 
 def environment() -> dict:
@@ -32,15 +32,8 @@ def environment() -> dict:
 
 
 def keep_freed_memory() -> str:
-    """Set this process's heap to keep freed memory (once; later calls return the first answer). Returns what was
-    done, for a log line: ``"kept"``, or why the heap keeps its defaults."""
-    if _applied:
-        return _applied[0]
-    _applied.append(_apply())
-    return _applied[0]
-
-
-def _apply() -> str:
+    """Set this process's heap to keep freed memory (calling it again sets the same values). Returns what was done,
+    for a log line: ``"kept"``, or why the heap keeps its defaults."""
     if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return f"glibc defaults ({OPT_OUT}={os.environ[OPT_OUT]})"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
